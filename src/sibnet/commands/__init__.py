@@ -1,0 +1,1 @@
+"""Subcommands of the ``sibnet`` command line, one module each."""

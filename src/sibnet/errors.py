@@ -1,0 +1,13 @@
+"""Errors that the command line reports as one line (exit code 2) instead of a traceback."""
+
+
+class SibnetError(Exception):
+    """A problem with the user's input (argument, file, row, configuration)."""
+
+
+class ConfigError(SibnetError, ValueError):
+    """A configuration key, value or type is wrong."""
+
+
+class DataError(SibnetError, ValueError):
+    """A dataset file, row or column is missing or malformed."""
