@@ -1,0 +1,251 @@
+"""Classification metrics: per-label AUROC and AUPRC with bootstrap intervals.
+
+Conventions
+-----------
+* ``probs`` is (N, K): any score that ranks images (probabilities, logits); AUROC and average
+  precision depend only on the ranking. ``labels`` is (N, K) multi-hot with values 0, 1 or ``nan``
+  (``nan`` = masked out: that image is ignored for that label only). Single-label (multiclass)
+  input is given either as one-hot (N, K) or as class indices (N,); it is scored one-vs-rest per
+  class. A 1-D ``probs`` with 1-D 0/1 ``labels`` is one binary label (K = 1).
+* Uncertain labels (-1) must be resolved by a policy before evaluation; they are refused.
+* AUROC is :func:`sklearn.metrics.roc_auc_score`, AUPRC is average precision
+  (:func:`sklearn.metrics.average_precision_score`, the step-wise area, no interpolation).
+* A label whose (non-nan) values are all 0 or all 1 has no AUROC/AUPRC: ``nan`` with a note.
+  Means are over the labels that have a value.
+* Bootstrap: images are resampled with replacement (``n_boot`` times, ``numpy.random.default_rng
+  (seed)``); percentile interval at level ``ci``. A resample in which a label has one class only
+  is skipped for that label; for the means, a resample is used only when every label that has a
+  point estimate is defined in it (so the mean is always over the same labels). The number of
+  resamples used is reported (``n_boot_used``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Sequence
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from sibnet.errors import DataError
+
+__all__ = ["as_arrays", "classification_metrics", "mean_auroc", "to_rows"]
+
+
+def _to_numpy(x, name: str) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"argument {name!r} is not numeric: {err}") from None
+
+
+def as_arrays(probs, labels, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Check and convert ``probs`` and ``labels`` to float64 arrays of shape (N, K).
+
+    Class-index labels (N,) next to probs (N, K > 1) are one-hot encoded. Raises
+    :class:`DataError` naming the argument, row and column of any bad value.
+    """
+    p = _to_numpy(probs, "probs")
+    y = _to_numpy(labels, "labels")
+    if p.ndim == 1:
+        p = p[:, None]
+    if p.ndim != 2:
+        raise DataError(f"argument 'probs' must have shape (N, K), got {tuple(p.shape)}")
+    n, k = p.shape
+    if y.ndim == 1 and k > 1:
+        if y.shape[0] != n:
+            raise DataError(f"argument 'labels' has {y.shape[0]} rows but 'probs' has {n}")
+        bad = ~np.isfinite(y) | (y != np.round(y)) | (y < 0) | (y >= k)
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"argument 'labels': class index {y[r]!r} at row {r} is not an integer in [0, {k})"
+            )
+        y = np.eye(k)[y.astype(int)]
+    elif y.ndim == 1:
+        y = y[:, None]
+    if y.shape != p.shape:
+        raise DataError(
+            f"arguments 'probs' {tuple(p.shape)} and 'labels' {tuple(y.shape)} must have the same shape"
+        )
+    if num_classes is not None and k != num_classes:
+        raise DataError(f"argument 'probs' has {k} columns but {num_classes} class names were given")
+    bad_p = ~np.isfinite(p)
+    if bad_p.any():
+        r, c = map(int, np.argwhere(bad_p)[0])
+        raise DataError(f"argument 'probs' has a non-finite value {p[r, c]!r} at row {r}, column {c}")
+    bad_y = ~np.isnan(y) & (y != 0) & (y != 1)
+    if bad_y.any():
+        r, c = map(int, np.argwhere(bad_y)[0])
+        raise DataError(
+            f"argument 'labels' has value {y[r, c]!r} at row {r}, column {c}; expected 0, 1 or nan "
+            "(resolve uncertain labels with a policy before evaluation)"
+        )
+    return p, y
+
+
+def _binary_scores(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """AUROC and AP of one label (nan rows already removed); nan when one class only."""
+    if y.size == 0 or y.min() == y.max():
+        return math.nan, math.nan
+    return float(roc_auc_score(y, p)), float(average_precision_score(y, p))
+
+
+def _per_label(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    k = p.shape[1]
+    auroc, ap = np.full(k, np.nan), np.full(k, np.nan)
+    for j in range(k):
+        keep = ~np.isnan(y[:, j])
+        auroc[j], ap[j] = _binary_scores(p[keep, j], y[keep, j])
+    return auroc, ap
+
+
+def mean_auroc(probs, labels) -> float:
+    """Mean AUROC over the labels that have both classes (nan rows ignored); no bootstrap.
+
+    Cheap enough for early stopping. Returns ``nan`` when no label has both classes.
+    """
+    p, y = as_arrays(probs, labels)
+    auroc = np.full(p.shape[1], np.nan)
+    for j in range(p.shape[1]):
+        keep = ~np.isnan(y[:, j])
+        yj = y[keep, j]
+        if yj.size and yj.min() != yj.max():
+            auroc[j] = roc_auc_score(yj, p[keep, j])
+    return float(np.nanmean(auroc)) if np.isfinite(auroc).any() else math.nan
+
+
+def _interval(samples: list[float], ci: float) -> tuple[float, float]:
+    if not samples:
+        return math.nan, math.nan
+    a = (1.0 - ci) / 2.0
+    lo, hi = np.percentile(np.asarray(samples), [100 * a, 100 * (1 - a)])
+    return float(lo), float(hi)
+
+
+def classification_metrics(
+    probs,
+    labels,
+    class_names: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+) -> dict:
+    """Per-label and mean AUROC / AUPRC with bootstrap percentile intervals.
+
+    Returns a JSON-serialisable dict::
+
+        {"n_images", "n_boot", "seed", "ci",
+         "per_label": {name: {"auroc", "auroc_ci": [lo, hi], "auprc", "auprc_ci",
+                              "n", "n_pos", "n_boot_used", "note"}},
+         "mean": {"auroc", "auroc_ci", "auprc", "auprc_ci", "n_labels", "n_boot_used"},
+         "notes": [...]}
+
+    Missing values are ``None`` in the dict (JSON ``null``); see the module docstring for the
+    conventions.
+    """
+    p, y = as_arrays(probs, labels)
+    n, k = p.shape
+    if class_names is None:
+        class_names = [f"class_{j}" for j in range(k)]
+    class_names = [str(c) for c in class_names]
+    if len(class_names) != k:
+        raise DataError(f"argument 'class_names' has {len(class_names)} names but 'probs' has {k} columns")
+    if len(set(class_names)) != k:
+        raise DataError("argument 'class_names' has duplicate names")
+    if not 0 < ci < 1:
+        raise DataError(f"argument 'ci' must be in (0, 1), got {ci!r}")
+    if int(n_boot) != n_boot or n_boot < 0:
+        raise DataError(f"argument 'n_boot' must be a non-negative integer, got {n_boot!r}")
+    n_boot = int(n_boot)
+
+    auroc, ap = _per_label(p, y)
+    valid = np.isfinite(auroc)
+    notes: list[str] = []
+    per_label_notes = [""] * k
+    for j in range(k):
+        if not valid[j]:
+            yj = y[~np.isnan(y[:, j]), j]
+            what = "no labelled images" if yj.size == 0 else f"only class {int(yj[0])} present"
+            per_label_notes[j] = f"{what}: AUROC and AUPRC undefined"
+            notes.append(f"label {class_names[j]!r}: {per_label_notes[j]}")
+
+    rng = np.random.default_rng(seed)
+    boot_auroc: list[list[float]] = [[] for _ in range(k)]
+    boot_ap: list[list[float]] = [[] for _ in range(k)]
+    boot_mean_auroc: list[float] = []
+    boot_mean_ap: list[float] = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        a, b = _per_label(p[idx], y[idx])
+        for j in np.flatnonzero(np.isfinite(a)):
+            boot_auroc[j].append(a[j])
+            boot_ap[j].append(b[j])
+        if valid.any() and np.isfinite(a[valid]).all():
+            boot_mean_auroc.append(float(a[valid].mean()))
+            boot_mean_ap.append(float(b[valid].mean()))
+
+    def num(x: float):
+        return None if x is None or not math.isfinite(x) else float(x)
+
+    per_label = {}
+    for j, name in enumerate(class_names):
+        keep = ~np.isnan(y[:, j])
+        per_label[name] = {
+            "auroc": num(auroc[j]),
+            "auroc_ci": [num(v) for v in _interval(boot_auroc[j], ci)],
+            "auprc": num(ap[j]),
+            "auprc_ci": [num(v) for v in _interval(boot_ap[j], ci)],
+            "n": int(keep.sum()),
+            "n_pos": int(np.nansum(y[:, j])),
+            "n_boot_used": len(boot_auroc[j]),
+            "note": per_label_notes[j],
+        }
+    mean = {
+        "auroc": num(float(auroc[valid].mean())) if valid.any() else None,
+        "auroc_ci": [num(v) for v in _interval(boot_mean_auroc, ci)],
+        "auprc": num(float(ap[valid].mean())) if valid.any() else None,
+        "auprc_ci": [num(v) for v in _interval(boot_mean_ap, ci)],
+        "n_labels": int(valid.sum()),
+        "n_boot_used": len(boot_mean_auroc),
+    }
+    if not valid.any():
+        notes.append("no label has both classes: mean AUROC and AUPRC undefined")
+    for j, name in enumerate(class_names):
+        used = per_label[name]["n_boot_used"]
+        if valid[j] and n_boot and used < n_boot:
+            notes.append(f"label {name!r}: {n_boot - used} of {n_boot} resamples had one class only and were skipped")
+    return {
+        "n_images": int(n),
+        "n_boot": n_boot,
+        "seed": int(seed),
+        "ci": float(ci),
+        "per_label": per_label,
+        "mean": mean,
+        "notes": notes,
+    }
+
+
+def to_rows(result: dict) -> list[dict]:
+    """Flatten :func:`classification_metrics` output to CSV rows (one per label, then ``mean``)."""
+    rows = []
+    for name, r in list(result["per_label"].items()) + [("mean", result["mean"])]:
+        rows.append(
+            {
+                "label": name,
+                "auroc": r["auroc"],
+                "auroc_lo": r["auroc_ci"][0],
+                "auroc_hi": r["auroc_ci"][1],
+                "auprc": r["auprc"],
+                "auprc_lo": r["auprc_ci"][0],
+                "auprc_hi": r["auprc_ci"][1],
+                "n": r.get("n", result["n_images"]),
+                "n_pos": r.get("n_pos", ""),
+                "n_boot_used": r["n_boot_used"],
+                "note": r.get("note", ""),
+            }
+        )
+    return rows
