@@ -1,0 +1,79 @@
+"""Spatial coherence L_SC, eq. (2) of the paper, DESIGN decision 4.
+
+For every map S (one image, one class), with cluster labels from :func:`sibnet.losses.clusters.clusters`:
+
+    L_SC(S) = sum over pixels p in a cluster, sum over q != p in the (2r+1) x (2r+1) window
+              around p (clipped at the image border) with label(q) == label(p) of (S_p - S_q)^2.
+
+The pairs are ordered, so each unordered pair {p, q} counts twice. Pixels with label 0 (below the
+threshold) belong to no cluster and contribute nothing, unless ``background_cluster=True`` makes the
+background of each map one more cluster. The value is the sum per map, then the mean over the B*K
+maps (``reduction="mean"``), their sum ("sum") or the (B, K) per-map sums ("none").
+
+The labels are computed on the detached maps (no gradient through the thresholding); the value is
+differentiable with respect to the maps. The sum runs as a loop over the (2r+1)^2 // 2 half-offsets
+(dy, dx) with shifted slices, each giving the pair once, times 2.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sibnet.errors import ConfigError
+from sibnet.losses.clusters import clusters
+from sibnet.losses.distinctiveness import check_reduction, reduce
+from sibnet.losses.normalise import check_maps
+
+MIN_RADIUS, MAX_RADIUS = 1, 7
+
+
+def half_offsets(radius: int) -> list[tuple[int, int]]:
+    """The offsets (dy, dx) of a (2r+1)^2 window with (dy, dx) > (0, 0) lexicographically."""
+    return [(dy, dx) for dy in range(0, radius + 1) for dx in range(-radius, radius + 1)
+            if dy > 0 or dx > 0]
+
+
+def coherence_from_labels(maps: torch.Tensor, labels: torch.Tensor, radius: int = 4) -> torch.Tensor:
+    """The (B, K) per-map sums of eq. (2) for given cluster labels (0 = no cluster)."""
+    h, w = maps.shape[-2:]
+    total = maps.new_zeros(maps.shape[:2])
+    clustered = labels > 0
+    for dy, dx in half_offsets(radius):
+        if dy >= h or abs(dx) >= w:
+            continue
+        # p = (y, x), q = (y + dy, x + dx): both slices cover the pixels where both lie in the map
+        ys_p, ys_q = slice(0, h - dy), slice(dy, h)
+        xs_p = slice(max(0, -dx), w - max(0, dx))
+        xs_q = slice(max(0, dx), w - max(0, -dx))
+        lp, lq = labels[..., ys_p, xs_p], labels[..., ys_q, xs_q]
+        same = (lp == lq) & clustered[..., ys_p, xs_p]
+        diff = maps[..., ys_p, xs_p] - maps[..., ys_q, xs_q]
+        total = total + (diff * diff * same).sum(dim=(-2, -1))
+    return 2.0 * total
+
+
+def spatial_coherence(maps: torch.Tensor, radius: int = 4, threshold="otsu",
+                      background_cluster: bool = False, labels: torch.Tensor | None = None,
+                      reduction: str = "mean") -> torch.Tensor:
+    """L_SC of a (B, K, H, W) batch of (normalised) saliency maps.
+
+    ``radius`` r in 1..7 gives the (2r+1) x (2r+1) window (3x3 .. 15x15; the paper's 9x9 is r=4).
+    ``threshold`` ("otsu" | "mean" | number) and ``background_cluster`` choose the clusters (see
+    :mod:`sibnet.losses.clusters`); ``labels`` (a (B, K, H, W) integer tensor, 0 = no cluster, equal
+    labels = same cluster within a map) replaces that computation.
+    """
+    check_maps(maps)
+    check_reduction(reduction)
+    if isinstance(radius, bool) or not isinstance(radius, int) or not MIN_RADIUS <= radius <= MAX_RADIUS:
+        raise ConfigError(f"radius: expected an integer from {MIN_RADIUS} to {MAX_RADIUS} "
+                          f"(windows 3x3 to 15x15), got {radius!r}")
+    if labels is None:
+        labels = clusters(maps, threshold=threshold, background_cluster=background_cluster)
+    else:
+        if not isinstance(labels, torch.Tensor) or labels.shape != maps.shape:
+            shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise ConfigError(f"labels: expected shape {tuple(maps.shape)} like the maps, got {shape}")
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ConfigError(f"labels: expected an integer tensor, got {labels.dtype}")
+        labels = labels.to(maps.device)
+    return reduce(coherence_from_labels(maps, labels, radius), reduction)
