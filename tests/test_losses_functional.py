@@ -241,3 +241,112 @@ def test_coherence_tiny_maps_and_windows_larger_than_the_map():
     ref = 2 * ((0.9 - 0.8) ** 2 + (0.9 - 0.85) ** 2 + (0.8 - 0.85) ** 2)
     for r in range(1, 8):
         assert spatial_coherence(maps, radius=r, labels=lab).item() == pytest.approx(ref)
+
+
+# ---------------------------------------------------------------- classification term
+from sibnet.errors import DataError  # noqa: E402
+from sibnet.losses.classification import class_weights_from_labels, weighted_bce, weighted_ce  # noqa: E402
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weighted_bce_equals_torch(dtype):
+    torch.manual_seed(0)
+    logits = torch.randn(6, 4, dtype=dtype)
+    targets = (torch.rand(6, 4) > 0.6).to(dtype)
+    pw = torch.tensor([0.5, 2.0, 3.0, 1.0], dtype=dtype)
+    torch_loss = torch.nn.BCEWithLogitsLoss(pos_weight=pw)
+    assert torch.allclose(weighted_bce(logits, targets, pw), torch_loss(logits, targets), rtol=1e-6)
+    assert torch.allclose(weighted_bce(logits, targets, pw, "none"),
+                          F_bce(logits, targets, pw, "none"), rtol=1e-6)
+    assert torch.allclose(weighted_bce(logits, targets), F_bce(logits, targets, None, "mean"), rtol=1e-6)
+
+
+def F_bce(logits, targets, pw, reduction):
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=pw, reduction=reduction)
+
+
+def test_weighted_bce_masks_nan_targets():
+    torch.manual_seed(1)
+    logits = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([[1, 0, float("nan")], [0, 0, 1], [float("nan")] * 3, [1, 1, 0], [0, float("nan"), 1]],
+                           dtype=torch.float64)
+    pw = torch.tensor([2.0, 0.5, 4.0], dtype=torch.float64)
+    value = weighted_bce(logits, targets, pw)
+    value.backward()
+    mask = ~torch.isnan(targets)
+    # hand reference: -(pw*y*log(sigmoid(x)) + (1-y)*log(1-sigmoid(x))) over the observed entries
+    x, y = logits.detach()[mask], targets[mask]
+    w = pw.expand(5, 3)[mask]
+    ref = -(w * y * torch.log(torch.sigmoid(x)) + (1 - y) * torch.log(1 - torch.sigmoid(x))).mean()
+    assert value.item() == pytest.approx(ref.item(), rel=1e-12)
+    assert torch.isfinite(logits.grad).all() and (logits.grad[~mask] == 0).all() and (logits.grad[mask] != 0).all()
+    none = weighted_bce(logits, targets, pw, "none")
+    assert (none[~mask] == 0).all() and none.sum().item() == pytest.approx(weighted_bce(logits, targets, pw, "sum").item())
+    all_nan = torch.full((2, 3), float("nan"))
+    assert weighted_bce(torch.zeros(2, 3), all_nan).item() == 0.0
+
+
+def test_weighted_bce_rejects_uncertain_and_bad_targets():
+    with pytest.raises(DataError, match="-1"):
+        weighted_bce(torch.zeros(2, 2), torch.tensor([[1.0, -1.0], [0.0, 0.0]]))
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        weighted_bce(torch.zeros(1, 2), torch.tensor([[2.0, 0.0]]))
+    with pytest.raises(ConfigError, match="targets"):
+        weighted_bce(torch.zeros(2, 2), torch.zeros(2, 3))
+    with pytest.raises(ConfigError, match="pos_weight"):
+        weighted_bce(torch.zeros(2, 2), torch.zeros(2, 2), pos_weight=[1.0, 2.0, 3.0])
+
+
+def test_weighted_ce_equals_torch_with_indices_and_one_hot():
+    torch.manual_seed(2)
+    logits = torch.randn(7, 3, dtype=torch.float64)
+    index = torch.tensor([0, 2, 1, 1, 2, 0, 2])
+    w = torch.tensor([0.4, 1.5, 1.1], dtype=torch.float64)
+    ref = torch.nn.CrossEntropyLoss(weight=w)(logits, index)
+    assert weighted_ce(logits, index, w).item() == pytest.approx(ref.item(), rel=1e-12)
+    one_hot = torch.nn.functional.one_hot(index, 3).double()
+    assert weighted_ce(logits, one_hot, w).item() == pytest.approx(ref.item(), rel=1e-12)
+    # hand value: sum_i w_{y_i} * (-log softmax_{y_i}) / sum_i w_{y_i}
+    nll = -torch.log_softmax(logits, dim=1)[torch.arange(7), index]
+    assert ref.item() == pytest.approx(((w[index] * nll).sum() / w[index].sum()).item(), rel=1e-12)
+    # a nan row is ignored
+    masked = one_hot.clone()
+    masked[3] = float("nan")
+    keep = torch.arange(7) != 3
+    ref_masked = torch.nn.CrossEntropyLoss(weight=w)(logits[keep], index[keep])
+    assert weighted_ce(logits, masked, w).item() == pytest.approx(ref_masked.item(), rel=1e-12)
+    assert weighted_ce(logits, masked, w, "none")[3].item() == 0.0
+    with pytest.raises(DataError, match="one-hot"):
+        weighted_ce(logits, torch.full((7, 3), 0.5, dtype=torch.float64))
+    with pytest.raises(DataError, match="indices"):
+        weighted_ce(logits, torch.tensor([0, 1, 3, 0, 0, 0, 0]))
+
+
+def test_class_weights_from_labels_multilabel():
+    labels = np.array([[1, 0, 0, 1], [0, 0, np.nan, 1], [1, 0, 1, 1], [0, 0, 0, np.nan], [0, 0, 1, 1]])
+    with pytest.warns(UserWarning) as record:
+        w = class_weights_from_labels(torch.tensor(labels), "multilabel", ["A", "B", "C", "D"])
+    # A: 2 pos 3 neg; B: no positive; C: 2 pos 2 neg (one nan); D: no negative
+    np.testing.assert_allclose(w.numpy(), [1.5, 1.0, 1.0, 1.0])
+    messages = " ".join(str(r.message) for r in record)
+    assert "B: no positive" in messages and "D: no negative" in messages
+    assert len(record) == 2  # A and C are balanced: no warning
+    with pytest.raises(DataError, match="-1"):
+        class_weights_from_labels(np.array([[1, -1]]), "multilabel")
+    with pytest.raises(ConfigError, match="task"):
+        class_weights_from_labels(labels, "binary")
+
+
+def test_class_weights_from_labels_multiclass():
+    index = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2])  # counts 4, 2, 8
+    inverse = np.array([1 / 4, 1 / 2, 1 / 8])
+    expected = inverse / inverse.mean()
+    np.testing.assert_allclose(class_weights_from_labels(index, "multiclass").numpy(), expected, rtol=1e-6)
+    one_hot = np.eye(3)[index]
+    one_hot = np.vstack([one_hot, [[np.nan] * 3]])
+    w = class_weights_from_labels(one_hot, "multiclass")
+    np.testing.assert_allclose(w.numpy(), expected, rtol=1e-6)
+    assert w.mean().item() == pytest.approx(1.0)
+    with pytest.warns(UserWarning, match="never occurs"):
+        w = class_weights_from_labels(np.array([0, 0, 2]), "multiclass", ["a", "b", "c"])
+    np.testing.assert_allclose(w.numpy(), [2 / 3, 1.0, 4 / 3], rtol=1e-6)
