@@ -76,6 +76,18 @@ def boundary(m) -> np.ndarray:
     return m & ~binary_erosion(m)
 
 
+def _crop(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cropped to the bounding box of their union plus one pixel (inside the image).
+
+    Distances between the two sets and their boundaries are unchanged by this crop.
+    """
+    idx = np.argwhere(a | b)
+    lo = np.maximum(idx.min(0) - 1, 0)
+    hi = idx.max(0) + 2
+    sl = tuple(slice(int(l), int(h)) for l, h in zip(lo, hi))
+    return a[sl], b[sl]
+
+
 def _distances_to(target: np.ndarray, sampling) -> np.ndarray:
     """Euclidean distance of every pixel to the nearest ``target`` pixel (exact EDT)."""
     return distance_transform_edt(~target, sampling=sampling)
@@ -95,6 +107,7 @@ def hd95(a, b, spacing=None, percentile: float = 95.0) -> float:
     if not a.any() or not b.any():
         return math.inf
     s = _sampling(spacing, a.ndim)
+    a, b = _crop(a, b)
     ea, eb = boundary(a), boundary(b)
     d_ab = _distances_to(eb, s)[ea]
     d_ba = _distances_to(ea, s)[eb]
@@ -109,4 +122,5 @@ def hausdorff(a, b, spacing=None) -> float:
     if not a.any() or not b.any():
         return math.inf
     s = _sampling(spacing, a.ndim)
+    a, b = _crop(a, b)
     return float(max(_distances_to(b, s)[a].max(), _distances_to(a, s)[b].max()))
