@@ -1,0 +1,127 @@
+"""Exact, class-batched, differentiable saliency maps.
+
+Every method has the signature ``method(model, x, *, targets=None, create_graph=False, **options)``
+and returns a tensor (B, K, *spatial) with K the number of model outputs (or of ``targets``). All K
+maps come from ONE forward and ONE vectorised backward pass. With ``create_graph=True`` the maps are
+differentiable with respect to the model's parameters (second-order backpropagation).
+
+A call leaves the model exactly as it found it: train/eval flags, normalisation statistics,
+parameter ``.grad`` tensors and registered hooks. The model's mode is the caller's: in train mode,
+BatchNorm uses batch statistics (without updating its running buffers).
+
+Each built-in method also has ``method.forward_with_logits(model, x, ...) -> (logits, maps)``,
+which keeps the forward's ordinary effects (a training forward updates BatchNorm statistics once)
+so that a training loss can use the logits and the maps of the same pass.
+
+``get(name)`` returns a method by name; ``available()`` lists the names; any callable with the same
+signature can be used wherever a name is accepted, and ``register(name, fn)`` adds one.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..errors import SibnetError
+from .gradcam import gradcam_forward
+from .gradient import input_x_gradient_forward
+from .relevance import relevance_forward
+from .rules import Rule
+from .state import eval_norm, preserve_state
+
+SaliencyMethod = Callable[..., torch.Tensor]
+_REGISTRY: dict[str, SaliencyMethod] = {}
+
+
+def _public(name: str, forward: Callable, doc: str) -> SaliencyMethod:
+    @functools.wraps(forward)
+    def method(model: nn.Module, x: torch.Tensor, *, targets=None, create_graph: bool = False, **options):
+        _check_input(model, x)
+        with preserve_state(model):
+            return forward(model, x, targets=targets, create_graph=create_graph, **options)[1]
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = doc
+    method.forward_with_logits = forward
+    _REGISTRY[name] = method
+    return method
+
+
+def _check_input(model, x):
+    if not isinstance(model, nn.Module):
+        raise SibnetError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not torch.is_tensor(x) or x.dim() < 3 or not x.is_floating_point():
+        raise SibnetError(f"x must be a floating-point tensor (B, C, *spatial), got "
+                          f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
+
+
+def _deep_taylor_forward(model, x, *, targets=None, create_graph=False, stabilizer=1e-12, start="one_hot",
+                         loop=False, trace=None):
+    rule = Rule(kind="zplus", stabilizer=stabilizer, norm="pass")
+    return relevance_forward(model, x, rule, targets=targets, create_graph=create_graph, start=start, loop=loop,
+                             trace=trace)
+
+
+def _lrp_epsilon_forward(model, x, *, targets=None, create_graph=False, eps=1e-6, start="one_hot", loop=False,
+                         trace=None):
+    rule = Rule(kind="epsilon", eps=eps, norm="affine")
+    return relevance_forward(model, x, rule, targets=targets, create_graph=create_graph, start=start, loop=loop,
+                             trace=trace)
+
+
+def _lrp_alpha_beta_forward(model, x, *, targets=None, create_graph=False, alpha=2.0, beta=1.0, stabilizer=1e-6,
+                            start="one_hot", loop=False, trace=None):
+    if alpha - beta != 1 or beta < 0:
+        raise SibnetError(f"lrp_alpha_beta needs alpha - beta = 1 and beta >= 0, got alpha={alpha}, beta={beta}")
+    rule = Rule(kind="alpha_beta", alpha=alpha, beta=beta, stabilizer=stabilizer, norm="affine")
+    return relevance_forward(model, x, rule, targets=targets, create_graph=create_graph, start=start, loop=loop,
+                             trace=trace)
+
+
+gradcam = _public("gradcam", gradcam_forward, """Grad-CAM maps (B, K, *spatial) upsampled bilinearly to the input.
+
+Options: ``layer`` (module or dotted name; default: the feature map feeding the global pooling),
+``relu`` (default True), ``upsample`` (default True; False keeps the feature-map resolution).""")
+deep_taylor = _public("deep_taylor", _deep_taylor_forward, """Deep Taylor decomposition (z+ rule, biases ignored).
+
+iNNvestigate ``deep_taylor`` semantics: z+ on every convolution and linear layer, BatchNorm passed
+through, plain gradient through ReLU and pooling, concatenation splits, residual additions split in
+proportion to the summands. Options: ``stabilizer`` (1e-12), ``start`` ("one_hot" or "relu_logit").""")
+lrp_epsilon = _public("lrp_epsilon", _lrp_epsilon_forward, """LRP-epsilon (biases included; BatchNorm as an affine layer).
+
+Options: ``eps`` (1e-6), ``start``.""")
+lrp_alpha_beta = _public("lrp_alpha_beta", _lrp_alpha_beta_forward, """LRP-alpha-beta (default alpha=2, beta=1).
+
+Options: ``alpha``, ``beta`` (alpha - beta = 1), ``stabilizer``, ``start``.""")
+input_x_gradient = _public("input_x_gradient", input_x_gradient_forward,
+                           """Input x gradient, summed over input channels.""")
+
+
+def available() -> list[str]:
+    """Names of the registered saliency methods."""
+    return sorted(_REGISTRY)
+
+
+def get(method: str | SaliencyMethod) -> SaliencyMethod:
+    """A saliency method by name, or the callable itself."""
+    if callable(method):
+        return method
+    try:
+        return _REGISTRY[method]
+    except KeyError:
+        raise SibnetError(f"unknown saliency method {method!r}; available: {', '.join(available())}") from None
+
+
+def register(name: str, method: SaliencyMethod) -> SaliencyMethod:
+    """Make a user's method available by name (signature as the built-in methods)."""
+    if not callable(method):
+        raise SibnetError(f"saliency method {name!r} must be callable")
+    _REGISTRY[name] = method
+    return method
+
+
+__all__ = ["available", "deep_taylor", "eval_norm", "get", "gradcam", "input_x_gradient", "lrp_alpha_beta",
+           "lrp_epsilon", "preserve_state", "register"]

@@ -1,0 +1,129 @@
+"""Relevance methods (deep Taylor, LRP-epsilon, LRP-alpha-beta) for unmodified PyTorch models.
+
+During one forward pass a :class:`~torch.overrides.TorchFunctionMode` wraps every
+``F.linear``/``F.conv{1,2,3}d`` output, every ``F.batch_norm`` output and every residual
+addition of two activations in a rule Function (:mod:`sibnet.saliency.rules`). Everything else
+(ReLU, pooling, concatenation, reshaping, dropout) keeps its plain gradient, as iNNvestigate and
+Zennit do. One vectorised backward pass seeded with K one-hot vectors then gives all K maps.
+
+Because functions, not modules, are intercepted, functional calls inside ``forward`` and in-place
+ReLUs work, and no hook is ever registered on the model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .batched import batched_vjp, start_relevance
+from .rules import AddRule, LinearOp, LinearRule, NormRule, Rule, norm_affine, relevance_enabled
+
+_CONV = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
+_ADD_OUT = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}
+_ADD_IN = {torch.Tensor.add_, torch.Tensor.__iadd__}
+
+
+def _tuple(value, n):
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
+
+
+def _conv_geometry(dims, weight, stride=1, padding=0, dilation=1, groups=1) -> LinearOp:
+    stride, dilation = _tuple(stride, dims), _tuple(dilation, dims)
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = 0
+        elif padding == "same":
+            pads = []
+            for i in range(dims):
+                total = dilation[i] * (weight.shape[2 + i] - 1)
+                if total % 2 or stride[i] != 1:
+                    raise NotImplementedError(
+                        "relevance rules support padding='same' only where it is symmetric; "
+                        "give the convolution explicit integer padding")
+                pads.append(total // 2)
+            padding = tuple(pads)
+    return LinearOp(dims, stride, _tuple(padding, dims), dilation, int(groups))
+
+
+def _is_activation(t) -> bool:
+    return isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter) and t.is_floating_point() \
+        and t.requires_grad
+
+
+class RelevanceMode(TorchFunctionMode):
+    """Wraps linear, normalisation and residual-addition calls in rule Functions."""
+
+    def __init__(self, rule: Rule):
+        super().__init__()
+        self.rule = rule
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _CONV:
+            return self._conv(func, args, kwargs)
+        if func is F.linear:
+            return self._linear(args, kwargs)
+        if func is F.batch_norm:
+            return self._batch_norm(args, kwargs)
+        if func in _ADD_OUT or func in _ADD_IN:
+            return self._add(func, args, kwargs)
+        return func(*args, **kwargs)
+
+    def _conv(self, func, args, kwargs):
+        y = func(*args, **kwargs)
+        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+        bound = dict(zip(names, args), **kwargs)
+        x, weight, bias = bound["input"], bound["weight"], bound.get("bias")
+        op = _conv_geometry(_CONV[func], weight, *(bound[k] for k in names[3:] if k in bound))
+        return LinearRule.apply(x, weight, bias, y, self.rule, op)
+
+    def _linear(self, args, kwargs):
+        y = F.linear(*args, **kwargs)
+        bound = dict(zip(("input", "weight", "bias"), args), **kwargs)
+        return LinearRule.apply(bound["input"], bound["weight"], bound.get("bias"), y, self.rule, LinearOp())
+
+    def _batch_norm(self, args, kwargs):
+        y = F.batch_norm(*args, **kwargs)
+        names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+        bound = dict(zip(names, args), **kwargs)
+        x = bound["input"]
+        if self.rule.norm == "pass":
+            scale = shift = x.new_zeros(())
+        else:
+            scale, shift = norm_affine(x, bound.get("running_mean"), bound.get("running_var"), bound.get("weight"),
+                                       bound.get("bias"), bool(bound.get("training", False)), bound.get("eps", 1e-5))
+        return NormRule.apply(x, y, scale, shift, self.rule)
+
+    def _add(self, func, args, kwargs):
+        if len(args) != 2 or kwargs or not (_is_activation(args[0]) and _is_activation(args[1])) \
+                or args[0].shape != args[1].shape:
+            return func(*args, **kwargs)
+        a, b = args
+        if func in _ADD_IN:
+            # in-place residual (``out += identity``): keep the in-place semantics for the caller
+            a_value = a.clone()
+            out = AddRule.apply(a_value, b, a_value + b, self.rule)
+            return a.copy_(out)
+        return AddRule.apply(a, b, a + b, self.rule)
+
+
+def relevance_forward(model: nn.Module, x: torch.Tensor, rule: Rule, *, targets=None, create_graph: bool = False,
+                      start: str = "one_hot", loop: bool = False, trace: list | None = None):
+    """One forward and one batched relevance pass: ``(logits (B,K), maps (B,K',*spatial))``.
+
+    The logits carry the ordinary autograd graph (their gradient is PyTorch's own), so a training
+    loss can use them; the maps are differentiable w.r.t. the parameters when ``create_graph``.
+    The model's state is NOT restored here (a training forward updates BatchNorm statistics once,
+    like any forward); the public methods wrap this in :func:`~sibnet.saliency.state.preserve_state`.
+    """
+    leaf = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        with RelevanceMode(rule):
+            logits = model(leaf)
+        seeds = start_relevance(logits, targets, scale=start)
+        with relevance_enabled(trace):
+            relevance = batched_vjp(logits, leaf, seeds, create_graph=create_graph, loop=loop)
+    maps = relevance.sum(dim=2).transpose(0, 1)
+    return logits, maps

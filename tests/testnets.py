@@ -1,0 +1,73 @@
+"""Small networks used by the saliency and loss tests."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    """conv-BN-ReLU blocks, max and average pooling, a linear head (module ReLUs, optionally in-place)."""
+
+    def __init__(self, in_channels=1, num_classes=3, width=4, inplace=True):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=inplace),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=inplace),
+            nn.AvgPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=inplace),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class FunctionalCNN(nn.Module):
+    """A user-written CNN that calls ReLU, pooling and global pooling as functions inside forward."""
+
+    def __init__(self, in_channels=1, num_classes=3, width=4):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(2 * width)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        x = F.max_pool2d(x, 2)
+        x = F.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def install_torchvision_stub():
+    """zennit 0.5.1 imports torchvision's ResNet blocks; torchvision cannot be installed beside torch 2.13.0."""
+    if "torchvision" in sys.modules:
+        return
+    tv = types.ModuleType("torchvision")
+    models = types.ModuleType("torchvision.models")
+    resnet = types.ModuleType("torchvision.models.resnet")
+
+    class BasicBlock(nn.Module):
+        pass
+
+    class Bottleneck(nn.Module):
+        pass
+
+    resnet.BasicBlock, resnet.Bottleneck = BasicBlock, Bottleneck
+    tv.models, models.resnet = models, resnet
+    sys.modules.update({"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet})
+
+
+def no_inplace(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if hasattr(m, "inplace"):
+            m.inplace = False
+    return model
