@@ -1,0 +1,89 @@
+"""The thin object around the loop: :class:`Trainer` sets up processes, seeds, resume and logs.
+
+``Trainer(cfg).fit()`` is what ``sibnet train`` runs; under ``torchrun`` every process runs it and
+they join one process group (see :mod:`.distributed`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch.nn as nn
+
+from ..config import RESUMABLE_CHANGES, Config, diff_configs, dump_config
+from ..errors import ConfigError, SibnetError
+from .build import LossFactory, build_run
+from .checkpoint import load_checkpoint
+from .distributed import barrier, cleanup, init_distributed
+from .logs import RunLogger
+from .loop import TrainState, fit, restore_run
+from .rng import configure_determinism, mix_seed, seed_everything
+
+
+def check_resumable(saved: dict, cfg: Config, path: Path) -> None:
+    """Refuse to resume when a setting that shapes the run differs from the checkpoint's."""
+    changed = [k for k in diff_configs(saved, cfg.to_dict())
+               if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)]
+    if changed:
+        raise ConfigError(f"--resume {path}: the configuration differs from the checkpoint's in "
+                          f"{', '.join(changed[:8])}; resume with the same settings (only "
+                          f"{', '.join(RESUMABLE_CHANGES)} may change)")
+
+
+class Trainer:
+    """Train a classifier as configured; parts may be injected (datasets, model, loss factory)."""
+
+    def __init__(self, cfg: Config, *, datasets: tuple | None = None, model: nn.Module | None = None,
+                 loss_factory: LossFactory | None = None):
+        self.cfg = cfg
+        self.datasets, self.model, self.loss_factory = datasets, model, loss_factory
+
+    def fit(self, resume: str | Path | None = None, overwrite: bool = False) -> dict:
+        """Train (or continue the run in ``resume``); returns a summary dict."""
+        cfg = self.cfg
+        out = Path(cfg.out)
+        ckpt = None
+        if resume is not None:
+            resume = Path(resume)
+            if resume.is_dir():
+                resume = resume / "last.pt"
+            if not resume.is_file():
+                raise SibnetError(f"--resume: no checkpoint at {resume} (runs write <out>/last.pt)")
+            ckpt = load_checkpoint(resume)
+            if "state" not in ckpt or "optimizer" not in ckpt:
+                raise SibnetError(f"{resume}: checkpoint lacks the training state needed to resume")
+            check_resumable(ckpt.get("config", {}), cfg, resume)
+        elif (out / "last.pt").exists() and not overwrite:
+            raise SibnetError(f"{out} already holds a run (last.pt): pass --resume to continue it, "
+                              "--overwrite to start again, or choose another --out")
+        env = init_distributed(cfg.train.device)
+        try:
+            configure_determinism(cfg.train.deterministic)
+            seed_everything(cfg.train.seed)
+            run = build_run(cfg, env, datasets=self.datasets, model=self.model, loss_factory=self.loss_factory)
+            if env.distributed:  # same initial weights everywhere (DDP broadcasts rank 0's), own streams
+                seed_everything(mix_seed(cfg.train.seed, env.rank))
+            state = restore_run(run, ckpt) if ckpt is not None else TrainState()
+            if env.is_main:
+                out.mkdir(parents=True, exist_ok=True)
+                dump_config(cfg, out / "config.yaml")
+            barrier(env)
+            logger = RunLogger(out, enabled=env.is_main, purge_step=state.step + 1 if ckpt is not None else None)
+            try:
+                state = fit(run, state, logger)
+            finally:
+                logger.close()
+            barrier(env)
+            self.run, self.state = run, state
+            return summary(state, out)
+        finally:
+            cleanup(env)
+
+
+def summary(state: TrainState, out: Path) -> dict:
+    best = state.best_auroc if math.isfinite(state.best_auroc) else math.nan
+    return {"epochs": state.epoch, "steps": state.step, "best_epoch": state.best_epoch, "best_val_auroc": best,
+            "stop_reason": state.stop_reason or "finished", "last": str(out / "last.pt"),
+            "best": str(out / "best.pt"), "metrics": str(out / "metrics.csv"),
+            "tensorboard": str(out / "tensorboard")}
