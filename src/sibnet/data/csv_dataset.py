@@ -1,0 +1,131 @@
+"""A generic CSV of image paths and labels, for users' own data.
+
+Columns (names are stripped of spaces):
+
+* ``path`` (required): the image, relative to the CSV's folder or absolute. Greyscale, RGB,
+  8- or 16-bit PNG, JPEG, BMP, TIFF, and DICOM (``.dcm``; needs ``pip install sibnet[dicom]``).
+* label columns: ``labels=[...]``, or every column other than path/mask/patient/split/id/mask_*.
+  ``task="multilabel"`` (default): each column holds 1, 0, -1 (uncertain, kept) or blank (``nan``,
+  masked out). ``task="multiclass"``: one label column whose values are class names (or integers);
+  the classes are ``class_names`` if given, else the sorted distinct values; one-hot.
+* ``mask`` (optional): a mask image per row (blank: no annotation, an empty mask), read as a label
+  map; ``mask_mode`` as in :mod:`sibnet.data.records`. Must have its image's size.
+* ``patient`` (optional, else each row is its own patient), ``split`` (optional: train/val/test;
+  the splits must not share a patient), ``id`` (optional, else the path).
+
+``split``: without a ``split`` column every row belongs to ``"train"`` (the training pool) and
+``"all"``; with one, ``"train"``, ``"val"``, ``"test"`` select its rows. ``root`` is the CSV file or
+a folder holding exactly one ``.csv``. ``channels`` defaults to that of the first image (1 or 3).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .base import DatasetInfo
+from .imageio import read_image
+from .records import Record, RecordDataset, nonempty
+from .splits import check_disjoint
+from .tables import read_table
+
+RESERVED = ("path", "mask", "patient", "split", "id")
+SPLITS = ("train", "val", "test", "all")
+_ML = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "-1": -1.0, "-1.0": -1.0, "": np.nan}
+
+
+def find_csv(root: Path) -> Path:
+    if root.is_file():
+        return root
+    if not root.is_dir():
+        raise DataError(f"{root}: CSV file or folder not found")
+    found = sorted(root.glob("*.csv"))
+    if len(found) != 1:
+        raise DataError(f"{root}: {'no' if not found else len(found)} .csv files; pass the CSV file itself as root")
+    return found[0]
+
+
+class CSVDataset(RecordDataset):
+    """Images and labels listed in a CSV; see the module doc for the columns."""
+
+    def __init__(self, root, split: str = "train", image_size=128, *, labels=None, task: str = "multilabel",
+                 class_names=None, channels: int | None = None, mask_mode: str = "binary", instances: bool = False,
+                 **common):
+        if split not in SPLITS:
+            raise ConfigError(f"csv: split must be one of {SPLITS}, got {split!r}")
+        if task not in ("multilabel", "multiclass"):
+            raise ConfigError(f"csv: task must be 'multilabel' or 'multiclass', got {task!r}")
+        csv_path = find_csv(Path(root))
+        columns, rows = read_table(csv_path, required=("path", *(labels or ())))
+        name = csv_path.name
+        label_cols = list(labels) if labels else [c for c in columns if c not in RESERVED and c]
+        if not label_cols:
+            raise DataError(f"{csv_path}: no label columns (columns found: {', '.join(columns)})")
+        if task == "multiclass":
+            if len(label_cols) != 1:
+                raise ConfigError(f"csv: task 'multiclass' needs exactly one label column, got {label_cols}")
+            col = label_cols[0]
+            values = [r[col] for _, r in rows]
+            distinct = sorted(set(values) - {""})
+            if all(v.lstrip("-").isdigit() for v in distinct):
+                distinct.sort(key=int)
+            names = tuple(class_names) if class_names else tuple(distinct)
+        else:
+            names = tuple(label_cols)
+        has_split = "split" in columns
+        if split in ("val", "test") and not has_split:
+            raise DataError(f"{csv_path}: split {split!r} needs a 'split' column (or use fold= for a patient-wise "
+                            "train/val split)")
+        base = csv_path.parent
+        by_split: dict[str, list[str]] = {}
+        records = []
+        for line, row in rows:
+            where = f"{name} line {line}"
+            part = row.get("split", "train") or "train"
+            if has_split and part not in ("train", "val", "test"):
+                raise DataError(f"{where}, column 'split': unknown value {part!r} (expected train, val or test)")
+            if not row["path"]:
+                raise DataError(f"{where}, column 'path': empty")
+            image = Path(row["path"])
+            image = image if image.is_absolute() else base / image
+            if not image.is_file():
+                raise DataError(f"{where}, column 'path': image {image} not found")
+            mask = None
+            if row.get("mask"):
+                mask = Path(row["mask"])
+                mask = mask if mask.is_absolute() else base / mask
+                if not mask.is_file():
+                    raise DataError(f"{where}, column 'mask': mask {mask} not found")
+            if task == "multiclass":
+                v = row[label_cols[0]]
+                if v not in names:
+                    raise DataError(f"{where}, column {label_cols[0]!r}: unknown label value {v!r} "
+                                    f"(classes: {', '.join(names)})")
+                label = np.array([v == c for c in names], dtype=np.float32)
+            else:
+                vals = []
+                for c in label_cols:
+                    if row[c] not in _ML:
+                        raise DataError(f"{where}, column {c!r}: unknown label value {row[c]!r} "
+                                        "(expected 1, 0, -1 or blank)")
+                    vals.append(_ML[row[c]])
+                label = np.array(vals, dtype=np.float32)
+            patient = row.get("patient") or row.get("id") or row["path"]
+            by_split.setdefault(part, []).append(patient)
+            if split == "all" or part == split:
+                records.append(Record(id=row.get("id") or row["path"], patient=patient, label=label, image=image,
+                                      mask=mask, where=where))
+        if has_split:
+            check_disjoint(by_split, source=f"{csv_path}, column 'split'")
+        nonempty(records, f"csv {csv_path}", split)
+        if channels is None:
+            arr, _ = read_image(records[0].image)
+            channels = 1 if arr.shape[-1] == 1 else 3
+        has_masks = "mask" in columns
+        info = DatasetInfo(name="csv", class_names=names, task=task, in_channels=channels, has_masks=has_masks,
+                           extra={"csv": str(csv_path), "mask_mode": mask_mode})
+        super().__init__(records, info, root=base, image_size=image_size, channels=channels, split=split,
+                         mask_mode=mask_mode, instances=instances, **common)
+        self.with_mask_files = has_masks
