@@ -1,0 +1,39 @@
+"""Evaluation: plain functions on numpy arrays or tensors.
+
+``classification``  per-label AUROC / AUPRC with bootstrap intervals; ``mean_auroc`` for early stopping
+``agreement``       saliency maps vs expert masks (convex-hull binarisation, Dice, HD95, SSIM)
+``overlap``         Dice, HD95 (MONAI convention) and set Hausdorff of binary masks
+``glas``            the GlaS challenge's object- and pixel-level segmentation scores
+``robustness``      Gaussian noise on [0, 1] images
+``probes``          linear / RBF SVM and random forest on frozen features
+``statistics``      paired differences over matched runs, mean (sd) formatting
+"""
+
+from sibnet.evaluation.agreement import binarise_convex_hull, saliency_agreement, ssim
+from sibnet.evaluation.classification import classification_metrics, mean_auroc, to_rows
+from sibnet.evaluation.glas import glas_dataset_scores, glas_scores, label_instances
+from sibnet.evaluation.overlap import dice, hausdorff, hd95
+from sibnet.evaluation.probes import PROBES, evaluate_probes
+from sibnet.evaluation.robustness import DEFAULT_SIGMAS, add_gaussian_noise
+from sibnet.evaluation.statistics import mean_sd, paired_difference
+
+__all__ = [
+    "DEFAULT_SIGMAS",
+    "PROBES",
+    "add_gaussian_noise",
+    "binarise_convex_hull",
+    "classification_metrics",
+    "dice",
+    "evaluate_probes",
+    "glas_dataset_scores",
+    "glas_scores",
+    "hausdorff",
+    "hd95",
+    "label_instances",
+    "mean_auroc",
+    "mean_sd",
+    "paired_difference",
+    "saliency_agreement",
+    "ssim",
+    "to_rows",
+]

@@ -1,0 +1,144 @@
+"""Simple classifiers on frozen learned features (the paper's Table 5).
+
+Each probe is a scikit-learn pipeline ``StandardScaler`` → classifier, fitted on the train split's
+features (N, D) and scored by AUROC (and AUPRC) on the test split:
+
+``linear_svm``     ``LinearSVC(C=1)``, score = decision function
+``rbf_svm``        ``SVC(kernel="rbf", C=1, gamma="scale")``, score = decision function
+``random_forest``  ``RandomForestClassifier(n_estimators=200)``, score = P(positive)
+
+All are seeded with ``seed``. Multi-label (and multiclass, one-hot or class indices) targets are
+handled one-vs-rest: one binary probe per label, fitted on the train rows where that label is not
+``nan``. A label with one class only in the train split gets no probe (``nan``, with a note); one
+with one class only in the test split gets ``nan`` AUROC (with a note). Means are over the labels
+with a value.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Sequence
+
+import numpy as np
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, LinearSVC
+
+from sibnet.errors import DataError
+from sibnet.evaluation.classification import _binary_scores, as_arrays
+
+__all__ = ["PROBES", "make_probe", "evaluate_probes"]
+
+PROBES = ("linear_svm", "rbf_svm", "random_forest")
+
+
+def make_probe(name: str, seed: int = 0):
+    """An unfitted, seeded scikit-learn pipeline (standardisation + classifier)."""
+    if name == "linear_svm":
+        clf = LinearSVC(C=1.0, max_iter=20000, random_state=seed)
+    elif name == "rbf_svm":
+        clf = SVC(kernel="rbf", C=1.0, gamma="scale", random_state=seed)
+    elif name == "random_forest":
+        clf = RandomForestClassifier(n_estimators=200, random_state=seed, n_jobs=1)
+    else:
+        raise DataError(f"unknown probe {name!r}; choose from {', '.join(PROBES)}")
+    return make_pipeline(StandardScaler(), clf)
+
+
+def _features(x, name: str) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    f = np.asarray(x, dtype=np.float64)
+    if f.ndim != 2:
+        raise DataError(f"argument {name!r} must have shape (N, D), got {f.shape}")
+    if not np.isfinite(f).all():
+        r, c = map(int, np.argwhere(~np.isfinite(f))[0])
+        raise DataError(f"argument {name!r} has a non-finite value at row {r}, column {c}")
+    return f
+
+
+def _targets(labels, n: int, k: int, name: str) -> np.ndarray:
+    """(N, K) targets with 0, 1, nan; class indices are one-hot encoded (one-vs-rest)."""
+    try:
+        if k == 1 and np.ndim(labels) == 1:
+            labels = np.reshape(labels, (-1, 1))
+        y = as_arrays(np.zeros((n, k)), labels)[1]
+    except DataError as err:
+        raise DataError(f"argument {name!r}: {err}") from None
+    return y
+
+
+def _score(model, x: np.ndarray) -> np.ndarray:
+    if hasattr(model, "decision_function"):
+        return model.decision_function(x)
+    return model.predict_proba(x)[:, 1]
+
+
+def evaluate_probes(
+    train_features,
+    train_labels,
+    test_features,
+    test_labels,
+    class_names: Sequence[str] | None = None,
+    probes: Sequence[str] = PROBES,
+    seed: int = 0,
+) -> dict:
+    """Fit each probe on the train split and score it on the test split.
+
+    Returns ``{name: {"per_label": {label: {"auroc", "auprc"}}, "mean_auroc", "mean_auprc",
+    "notes"}}`` with ``None`` where undefined (JSON-serialisable).
+    """
+    xtr, xte = _features(train_features, "train_features"), _features(test_features, "test_features")
+    if xtr.shape[1] != xte.shape[1]:
+        raise DataError(f"train features have {xtr.shape[1]} dimensions but test features have {xte.shape[1]}")
+    if class_names is not None:
+        k = len(class_names)
+    elif np.ndim(train_labels) == 2:
+        k = np.shape(train_labels)[1]
+    elif np.ndim(test_labels) == 2:
+        k = np.shape(test_labels)[1]
+    else:  # class indices on both sides; 0/1 indices are one binary label
+        k = int(np.nanmax(np.concatenate([np.ravel(train_labels), np.ravel(test_labels)]))) + 1
+        k = 1 if k <= 2 else k
+    ytr = _targets(train_labels, len(xtr), k, "train_labels")
+    yte = _targets(test_labels, len(xte), k, "test_labels")
+    names = [str(c) for c in class_names] if class_names is not None else [f"class_{j}" for j in range(k)]
+    if len(names) != k:
+        raise DataError(f"argument 'class_names' has {len(names)} names but the labels have {k} columns")
+    for p in probes:
+        make_probe(p)  # validates the names before any fitting
+
+    def num(v):
+        return None if not math.isfinite(v) else float(v)
+
+    out = {}
+    for p in probes:
+        per_label, notes = {}, []
+        aurocs, auprcs = [], []
+        for j, name in enumerate(names):
+            tr, te = ~np.isnan(ytr[:, j]), ~np.isnan(yte[:, j])
+            if len(np.unique(ytr[tr, j])) < 2:
+                notes.append(f"label {name!r}: one class only in the train split, no probe fitted")
+                per_label[name] = {"auroc": None, "auprc": None}
+                continue
+            model = make_probe(p, seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                model.fit(xtr[tr], ytr[tr, j].astype(int))
+            auroc, auprc = _binary_scores(_score(model, xte[te]), yte[te, j])
+            if math.isnan(auroc):
+                notes.append(f"label {name!r}: one class only in the test split, AUROC undefined")
+            else:
+                aurocs.append(auroc)
+                auprcs.append(auprc)
+            per_label[name] = {"auroc": num(auroc), "auprc": num(auprc)}
+        out[p] = {
+            "per_label": per_label,
+            "mean_auroc": float(np.mean(aurocs)) if aurocs else None,
+            "mean_auprc": float(np.mean(auprcs)) if auprcs else None,
+            "notes": notes,
+        }
+    return out
