@@ -37,7 +37,10 @@ def coherence_from_labels(maps: torch.Tensor, labels: torch.Tensor, radius: int 
     """The (B, K) per-map sums of eq. (2) for given cluster labels (0 = no cluster)."""
     h, w = maps.shape[-2:]
     total = maps.new_zeros(maps.shape[:2])
-    clustered = labels > 0
+    # every unclustered pixel gets its own negative label, so "same label" alone means "same cluster"
+    labels = labels.to(torch.long)
+    own = -torch.arange(1, h * w + 1, device=labels.device).reshape(h, w)
+    labels = torch.where(labels > 0, labels, own)
     for dy, dx in half_offsets(radius):
         if dy >= h or abs(dx) >= w:
             continue
@@ -46,7 +49,7 @@ def coherence_from_labels(maps: torch.Tensor, labels: torch.Tensor, radius: int 
         xs_p = slice(max(0, -dx), w - max(0, dx))
         xs_q = slice(max(0, dx), w - max(0, -dx))
         lp, lq = labels[..., ys_p, xs_p], labels[..., ys_q, xs_q]
-        same = (lp == lq) & clustered[..., ys_p, xs_p]
+        same = lp == lq
         diff = maps[..., ys_p, xs_p] - maps[..., ys_q, xs_q]
         total = total + (diff * diff * same).sum(dim=(-2, -1))
     return 2.0 * total
