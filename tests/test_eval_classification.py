@@ -137,3 +137,27 @@ def test_json_and_rows():
 def test_bad_input_names_the_place(probs, labels, names, match):
     with pytest.raises(DataError, match=match):
         classification_metrics(probs, labels, names, n_boot=0)
+
+
+def test_vectorised_bootstrap_equals_scikit_learn_on_each_resample():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from sibnet.evaluation.classification import weighted_auroc_ap
+
+    rng = np.random.default_rng(5)
+    s = np.round(rng.random(40), 1)  # many tied scores
+    y = (rng.random(40) < 0.3).astype(float)
+    idx = rng.integers(0, 40, (60, 40))
+    counts = np.zeros((60, 40), dtype=int)
+    np.add.at(counts, (np.arange(60)[:, None], idx), 1)
+    auroc, ap = weighted_auroc_ap(s, y, counts)
+    checked = 0
+    for r in range(60):
+        ys, ss = y[idx[r]], s[idx[r]]
+        if ys.min() == ys.max():
+            assert math.isnan(auroc[r]) and math.isnan(ap[r])
+            continue
+        assert auroc[r] == pytest.approx(roc_auc_score(ys, ss), abs=1e-12)
+        assert ap[r] == pytest.approx(average_precision_score(ys, ss), abs=1e-12)
+        checked += 1
+    assert checked > 40

@@ -13,7 +13,9 @@ Conventions
 * A label whose (non-nan) values are all 0 or all 1 has no AUROC/AUPRC: ``nan`` with a note.
   Means are over the labels that have a value.
 * Bootstrap: images are resampled with replacement (``n_boot`` times, ``numpy.random.default_rng
-  (seed)``); percentile interval at level ``ci``. A resample in which a label has one class only
+  (seed)``); percentile interval at level ``ci``. Point estimates come from scikit-learn; the
+  resamples use :func:`weighted_auroc_ap`, the same quantities computed for all resamples at once
+  from resampling counts (checked against scikit-learn in the tests). A resample in which a label has one class only
   is skipped for that label; for the means, a resample is used only when every label that has a
   point estimate is defined in it (so the mean is always over the same labels). The number of
   resamples used is reported (``n_boot_used``).
@@ -22,7 +24,6 @@ Conventions
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Sequence
 
 import numpy as np
@@ -30,7 +31,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from sibnet.errors import DataError
 
-__all__ = ["as_arrays", "classification_metrics", "mean_auroc", "to_rows"]
+__all__ = ["as_arrays", "classification_metrics", "mean_auroc", "to_rows", "weighted_auroc_ap"]
 
 
 def _to_numpy(x, name: str) -> np.ndarray:
@@ -101,6 +102,30 @@ def _per_label(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         keep = ~np.isnan(y[:, j])
         auroc[j], ap[j] = _binary_scores(p[keep, j], y[keep, j])
     return auroc, ap
+
+
+def weighted_auroc_ap(scores: np.ndarray, y: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUROC and average precision of one label under B sets of integer sample weights.
+
+    ``weights`` (B, N) are the counts of each image in B bootstrap resamples. The result equals
+    ``roc_auc_score`` / ``average_precision_score`` on the resampled data (ties between scores
+    count one half in AUROC; AP steps at each distinct score), computed for all resamples at once.
+    Entries are ``nan`` where a resample has one class only.
+    """
+    order = np.argsort(-scores, kind="stable")
+    s_sorted = scores[order]
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+    w = weights[:, order].astype(np.float64)
+    pos = np.add.reduceat(w * (y[order] == 1), starts, axis=1)  # (B, groups of tied scores)
+    neg = np.add.reduceat(w * (y[order] == 0), starts, axis=1)
+    tp, fp = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
+    n_pos, n_neg = tp[:, -1], fp[:, -1]
+    ok = (n_pos > 0) & (n_neg > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auroc = (neg * (tp - 0.5 * pos)).sum(axis=1) / (n_pos * n_neg)
+        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-300), 0.0)
+        ap = (pos * precision).sum(axis=1) / n_pos
+    return np.where(ok, auroc, np.nan), np.where(ok, ap, np.nan)
 
 
 def mean_auroc(probs, labels) -> float:
@@ -174,19 +199,22 @@ def classification_metrics(
             notes.append(f"label {class_names[j]!r}: {per_label_notes[j]}")
 
     rng = np.random.default_rng(seed)
-    boot_auroc: list[list[float]] = [[] for _ in range(k)]
-    boot_ap: list[list[float]] = [[] for _ in range(k)]
-    boot_mean_auroc: list[float] = []
-    boot_mean_ap: list[float] = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, size=n)
-        a, b = _per_label(p[idx], y[idx])
-        for j in np.flatnonzero(np.isfinite(a)):
-            boot_auroc[j].append(a[j])
-            boot_ap[j].append(b[j])
-        if valid.any() and np.isfinite(a[valid]).all():
-            boot_mean_auroc.append(float(a[valid].mean()))
-            boot_mean_ap.append(float(b[valid].mean()))
+    boot_a = np.full((n_boot, k), np.nan)
+    boot_b = np.full((n_boot, k), np.nan)
+    for start in range(0, n_boot, 256):  # bounded memory: (chunk, N) counts at a time
+        size = min(256, n_boot - start)
+        idx = rng.integers(0, n, size=(size, n))
+        counts = np.zeros((size, n), dtype=np.int64)
+        np.add.at(counts, (np.arange(size)[:, None], idx), 1)
+        for j in np.flatnonzero(valid):
+            keep = ~np.isnan(y[:, j])
+            a, b = weighted_auroc_ap(p[keep, j], y[keep, j], counts[:, keep])
+            boot_a[start : start + size, j], boot_b[start : start + size, j] = a, b
+    boot_auroc = [boot_a[np.isfinite(boot_a[:, j]), j].tolist() for j in range(k)]
+    boot_ap = [boot_b[np.isfinite(boot_b[:, j]), j].tolist() for j in range(k)]
+    all_defined = np.isfinite(boot_a[:, valid]).all(axis=1) if valid.any() else np.zeros(n_boot, bool)
+    boot_mean_auroc = boot_a[all_defined][:, valid].mean(axis=1).tolist()
+    boot_mean_ap = boot_b[all_defined][:, valid].mean(axis=1).tolist()
 
     def num(x: float):
         return None if x is None or not math.isfinite(x) else float(x)
