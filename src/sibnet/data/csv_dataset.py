@@ -4,7 +4,7 @@ Columns (names are stripped of spaces):
 
 * ``path`` (required): the image, relative to the CSV's folder or absolute. Greyscale, RGB,
   8- or 16-bit PNG, JPEG, BMP, TIFF, and DICOM (``.dcm``; needs ``pip install sibnet[dicom]``).
-* label columns: ``labels=[...]``, or every column other than path/mask/patient/split/id/mask_*.
+* label columns: ``labels=[...]``, or every column other than path/mask/patient/split/id.
   ``task="multilabel"`` (default): each column holds 1, 0, -1 (uncertain, kept) or blank (``nan``,
   masked out). ``task="multiclass"``: one label column whose values are class names (or integers);
   the classes are ``class_names`` if given, else the sorted distinct values; one-hot.
