@@ -144,3 +144,21 @@ def test_label_instances_and_bad_input():
         glas_scores(np.zeros((4, 4), int), np.zeros((4, 5), int))
     with pytest.raises(DataError, match="negative"):
         glas_scores(-np.ones((4, 4), int), np.zeros((4, 4), int))
+
+
+@pytest.mark.data
+def test_real_glas_annotation():
+    from PIL import Image
+    from scipy.ndimage import binary_erosion
+
+    from conftest import shared_dataset
+
+    g = np.array(Image.open(shared_dataset("glas") / "testA_1_anno.png")).astype(int)
+    n = len(np.unique(g)) - 1
+    r = glas_scores(g, g)
+    assert (r["tp"], r["fp"], r["fn"]) == (n, 0, 0) and r["object_dice"] == 1.0
+    # glands eroded by 3 px keep > 50% of their area: every gland still a TP, Dice below 1,
+    # and the set Hausdorff of each gland to its eroded self is at least 3 px
+    pred = label_instances(binary_erosion(g > 0, iterations=3))
+    e = glas_scores(pred, g)
+    assert e["f1"] == 1.0 and 0.9 < e["object_dice"] < 1.0 and e["object_hausdorff"] >= 3.0
