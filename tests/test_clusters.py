@@ -149,3 +149,35 @@ def test_clusters_ignore_gradients_and_reject_bad_input():
         clusters(torch.rand(1, 1, 6, 6), method="gpu")
     with pytest.raises(ConfigError, match="NaN"):
         clusters(torch.full((1, 1, 3, 3), float("nan")))
+
+
+def test_torch_components_spiral_8_connected():
+    # a square spiral of width 1 whose turns touch only diagonally at one place
+    n = 25
+    fg = np.zeros((n, n), dtype=bool)
+    top, left, bottom, right = 0, 0, n - 1, n - 1
+    while top <= bottom and left <= right:
+        fg[top, left:right + 1] = True
+        fg[top:bottom + 1, right] = True
+        fg[bottom, left:right + 1] = True
+        fg[top + 2:bottom + 1, left] = True
+        top, left, bottom, right = top + 2, left + 2, bottom - 2, right - 2
+    for connectivity in (8, 4):
+        a = scipy_components(torch.from_numpy(fg)[None], connectivity).numpy()[0]
+        b = torch_components(torch.from_numpy(fg)[None], connectivity).numpy()[0]
+        assert same_partition(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_path_matches_cpu():
+    rng = np.random.default_rng(5)
+    for size in (16, 64, 128):
+        maps = torch.nn.functional.avg_pool2d(torch.from_numpy(rng.random((4, 5, size, size))).float(), 5, 1, 2)
+        cpu = clusters(maps).numpy()
+        gpu = clusters(maps.cuda())
+        assert gpu.device.type == "cuda"
+        np.testing.assert_array_equal(otsu_threshold(maps.cuda()).cpu().numpy(), otsu_threshold(maps).numpy())
+        gpu = gpu.cpu().numpy()
+        for b in range(4):
+            for k in range(5):
+                assert same_partition(cpu[b, k], gpu[b, k])

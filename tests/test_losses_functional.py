@@ -350,3 +350,19 @@ def test_class_weights_from_labels_multiclass():
     with pytest.warns(UserWarning, match="never occurs"):
         w = class_weights_from_labels(np.array([0, 0, 2]), "multiclass", ["a", "b", "c"])
     np.testing.assert_allclose(w.numpy(), [2 / 3, 1.0, 4 / 3], rtol=1e-6)
+
+
+def test_coherence_is_invariant_to_label_numbering():
+    maps = torch.from_numpy(cluster_maps())
+    labels = clusters(maps)
+    permuted = torch.randperm(int(labels.max()) + 1)[labels] + 1  # relabel, keep 0 as "no cluster"
+    permuted[labels == 0] = 0
+    reused = labels.clone()  # the same numbers reused in every map
+    for b in range(2):
+        for k in range(3):
+            lab = reused[b, k]
+            reused[b, k] = torch.unique(lab, return_inverse=True)[1] if lab.min() == 0 else torch.unique(
+                lab, return_inverse=True)[1] + 1
+    ref = spatial_coherence(maps, labels=labels, reduction="none")
+    assert torch.equal(spatial_coherence(maps, labels=permuted, reduction="none"), ref)
+    assert torch.equal(spatial_coherence(maps, labels=reused.int(), reduction="none"), ref)
