@@ -16,6 +16,8 @@ view1_frontal.jpg``); that first component is replaced by the folder found, so a
   ``"U-Zeros-LSR"`` a value drawn uniformly from ``lsr_range`` (default (0.55, 0.85) and (0, 0.3),
   Pham et al. 2020), one draw per (row, observation) from ``numpy.random.default_rng(seed)``, so it
   is the same for the same seed; ``"keep"`` leaves -1. Default ``"U-Ones"``.
+* ``missing="skip"`` leaves out rows whose image is missing (listed in ``.skipped``) instead of
+  raising.
 * ``frontal_only`` (default True) keeps rows whose ``Frontal/Lateral`` is ``Frontal``.
 * ``patient`` is ``patientNNNNN`` taken from the path.
 """
@@ -92,7 +94,8 @@ def _resolve(release: Path, rel: str) -> Path:
     return release.joinpath(*parts)
 
 
-def _read_split(release: Path, csv_name: str, labels, frontal_only: bool, blank: str, missing: str):
+def _read_split(release: Path, csv_name: str, labels, frontal_only: bool, blank: str, missing: str,
+                skipped: list):
     path = release / csv_name
     _, rows = read_table(path, required=("Path", "Frontal/Lateral", *labels))
     out = []
@@ -114,9 +117,11 @@ def _read_split(release: Path, csv_name: str, labels, frontal_only: bool, blank:
             raise DataError(f"{csv_name} line {line}, column 'Path': no patientNNNNN in {row['Path']!r}")
         image = _resolve(release, row["Path"])
         if not image.is_file():
+            msg = f"{csv_name} line {line}, column 'Path': image {image} not found"
             if missing == "skip":
+                skipped.append(msg)
                 continue
-            raise DataError(f"{csv_name} line {line}, column 'Path': image {image} not found")
+            raise DataError(msg)
         out.append((line, row["Path"], m.group(1), np.array(raw, dtype=np.float32), image, csv_name))
     return out
 
@@ -145,11 +150,11 @@ class CheXpert(RecordDataset):
         release = find_release(root)
         files = {"train": ["train.csv"], "valid": ["valid.csv"], "val": ["valid.csv"], "all": ["train.csv", "valid.csv"],
                  "test": ["test.csv"] if (release / "test.csv").is_file() else ["valid.csv"]}[split]
-        rows = []
+        rows, self.skipped = [], []
         for f in files:
             if not (release / f).is_file():
                 raise DataError(f"{release}: {f} not found (needed for split {split!r})")
-            rows += _read_split(release, f, labels, frontal_only, blank, missing)
+            rows += _read_split(release, f, labels, frontal_only, blank, missing, self.skipped)
         other = "valid.csv" if files == ["train.csv"] else "train.csv" if files == ["valid.csv"] else None
         if other and (release / other).is_file():
             _, orows = read_table(release / other, required=("Path",))

@@ -13,6 +13,9 @@ Columns (names are stripped of spaces):
 * ``patient`` (optional, else each row is its own patient), ``split`` (optional: train/val/test;
   the splits must not share a patient), ``id`` (optional, else the path).
 
+A row whose image or mask file is missing is an error, or (``missing="skip"``) left out and
+described in ``.skipped``.
+
 ``split``: without a ``split`` column every row belongs to ``"train"`` (the training pool) and
 ``"all"``; with one, ``"train"``, ``"val"``, ``"test"`` select its rows. ``root`` is the CSV file or
 a folder holding exactly one ``.csv``. ``channels`` defaults to that of the first image (1 or 3).
@@ -52,7 +55,7 @@ class CSVDataset(RecordDataset):
 
     def __init__(self, root, split: str = "train", image_size=128, *, labels=None, task: str = "multilabel",
                  class_names=None, channels: int | None = None, mask_mode: str = "binary", instances: bool = False,
-                 **common):
+                 missing: str = "error", **common):
         if split not in SPLITS:
             raise ConfigError(f"csv: split must be one of {SPLITS}, got {split!r}")
         if task not in ("multilabel", "multiclass"):
@@ -78,6 +81,9 @@ class CSVDataset(RecordDataset):
         if split in ("val", "test") and not has_split:
             raise DataError(f"{csv_path}: split {split!r} needs a 'split' column (or use fold= for a patient-wise "
                             "train/val split)")
+        if missing not in ("error", "skip"):
+            raise ConfigError(f"csv: missing must be 'error' or 'skip', got {missing!r}")
+        self.skipped: list[str] = []
         base = csv_path.parent
         by_split: dict[str, list[str]] = {}
         records = []
@@ -91,13 +97,21 @@ class CSVDataset(RecordDataset):
             image = Path(row["path"])
             image = image if image.is_absolute() else base / image
             if not image.is_file():
-                raise DataError(f"{where}, column 'path': image {image} not found")
+                msg = f"{where}, column 'path': image {image} not found"
+                if missing == "error":
+                    raise DataError(msg)
+                self.skipped.append(msg)
+                continue
             mask = None
             if row.get("mask"):
                 mask = Path(row["mask"])
                 mask = mask if mask.is_absolute() else base / mask
                 if not mask.is_file():
-                    raise DataError(f"{where}, column 'mask': mask {mask} not found")
+                    msg = f"{where}, column 'mask': mask {mask} not found"
+                    if missing == "error":
+                        raise DataError(msg)
+                    self.skipped.append(msg)
+                    continue
             if task == "multiclass":
                 v = row[label_cols[0]]
                 if v not in names:
