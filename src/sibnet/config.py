@@ -29,7 +29,7 @@ import yaml
 from .errors import ConfigError
 
 # datasets that read files and therefore need ``data.root`` (the others are generated in memory)
-DATASETS_NEEDING_ROOT = ("chexpert", "nih", "glas", "csv")
+DATASETS_NEEDING_ROOT = ("chexpert", "nih", "glas", "medmnist", "csv")
 
 
 @dataclass
@@ -187,6 +187,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -206,7 +211,8 @@ def _build(cls: type, data: dict, prefix: str, source: str) -> Any:
     if unknown:
         where = f" in {source}" if source else ""
         key = f"{prefix}{unknown[0]}"
-        raise ConfigError(f"unknown key {key!r}{where}; {prefix or 'top-level '}keys are: {', '.join(names)}")
+        scope = f"keys of {prefix[:-1]!r}" if prefix else "top-level keys"
+        raise ConfigError(f"unknown key {key!r}{where}; {scope} are: {', '.join(names)}")
     kwargs = {}
     for name in names:
         if name not in data:
