@@ -23,6 +23,7 @@ DATASETS = ("synthetic", "synthetic-glands", "chexpert", "nih", "glas", "medmnis
 OFFICIAL_SPLITS = {"chexpert": ("train", "valid"), "nih": ("train", "test"), "glas": ("train", "testA", "testB"),
                    "medmnist": ("train", "val", "test"), "csv": ("train", "val", "test"),
                    "synthetic": ("train", "val", "test"), "synthetic-glands": ("train", "val", "test")}
+NO_SPLIT_COLUMN = "needs a 'split' column"  # a CSV without one has only the training split
 REQUIRED = {"train"}  # an empty training split is a problem; other empty official splits are notes
 
 
@@ -62,6 +63,8 @@ def summary(args) -> int:
         try:
             ds = _build(args, split)
         except DataError as exc:
+            if NO_SPLIT_COLUMN in str(exc) and not args.split:
+                continue
             if "has no images" in str(exc):
                 print(f"  {split}: 0 images")
                 continue
@@ -106,6 +109,8 @@ def check(args) -> int:
         try:
             ds = _build(args, split, **extra)
         except DataError as exc:
+            if NO_SPLIT_COLUMN in str(exc) and not args.split:
+                continue
             msg = f"{split}: {exc}"
             if "has no images" in str(exc) and split not in REQUIRED and not args.split:
                 notes.append(msg)
