@@ -68,7 +68,7 @@ def test_cache_dir_inside_dataset_is_refused(tmp_path):
 def test_default_cache_dir_from_environment(tmp_path, monkeypatch):
     root = _folder(tmp_path, n=2)
     monkeypatch.setenv("SIBNET_CACHE", str(tmp_path / "envcache"))
-    cached = build_dataset("csv", root=root / "list.csv", image_size=8, cache=True)
+    cached = build_dataset("csv", root=root / "list.csv", image_size=8, cached=True)
     assert cached.path.parent == (tmp_path / "envcache").resolve()
     assert len(cached) == 2 and cached.info.name == "csv" and cached.patients == ["0.png", "1.png"]
 

@@ -9,7 +9,7 @@ Names: ``synthetic``, ``synthetic-glands`` (generated, no files needed), ``chexp
   (:func:`sibnet.data.splits.fold_split`, 80/20 for 5 folds, shuffled with ``seed``) of the
   dataset's training pool (its ``"train"`` split), and ``"test"`` is the dataset's official test split
   where one exists.
-* ``cache=True`` wraps the result in :class:`sibnet.data.cache.CachedDataset` (``cache_dir``
+* ``cached=True`` wraps the result in :class:`sibnet.data.cache.CachedDataset` (``cache_dir``
   defaults to ``$SIBNET_CACHE`` or ``~/.cache/sibnet``).
 * Any other keyword goes to the loader; one it does not take is a ConfigError naming it.
 
@@ -37,7 +37,6 @@ _LOADERS = {
 }
 _SYNTHETIC = ("synthetic", "synthetic-glands")
 _COMMON = ("augment", "normalize")  # passed to RecordDataset by every file-based loader
-_REGISTRY_ONLY = ("cache", "cache_dir", "cache_workers")
 
 
 def available() -> tuple[str, ...]:
@@ -89,6 +88,13 @@ class SubsetDataset(Dataset):
         return self.dataset[self.indices[i]]
 
 
+def _ensure_patients(ds):
+    """Give a dataset without ``.patients`` one, read from its items (each item has ``patient``)."""
+    if not hasattr(ds, "patients"):
+        ds.patients = [ds[i]["patient"] for i in range(len(ds))]
+    return ds
+
+
 def _subset(ds, indices, split):
     return ds.subset(indices, split=split) if hasattr(ds, "subset") else SubsetDataset(ds, indices, split)
 
@@ -97,7 +103,7 @@ def build_dataset(name: str, *, root=None, split: str = "train", image_size=128,
                   folds: int = 5, seed: int = 0, **options) -> Dataset:
     """The dataset ``name`` (see the module doc for ``split``, ``fold`` and the options)."""
     cls = loader_class(name)
-    cache = options.pop("cache", False)
+    cache = options.pop("cached", False)
     cache_dir = options.pop("cache_dir", None)
     cache_workers = options.pop("cache_workers", 0)
     named, var_kw = _accepted(cls)
@@ -126,9 +132,10 @@ def build_dataset(name: str, *, root=None, split: str = "train", image_size=128,
         if split == "test":
             ds = make("test")
         else:
-            pool = make("train")
+            pool = _ensure_patients(make("train"))
             train_idx, val_idx = fold_split(list(pool.patients), k=folds, fold=fold, seed=seed)
             ds = _subset(pool, train_idx if split == "train" else val_idx, split)
+    _ensure_patients(ds)
     if cache:
         from .cache import CachedDataset
 
