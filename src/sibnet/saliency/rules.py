@@ -131,8 +131,10 @@ def _linear_relevance(rule: Rule, op: LinearOp, x, weight, bias, y, r_out, nonne
 
     if rule.kind == "zplus":
         z, back = part(w_pos, w_neg, None)
-        r_in = back(r_out / stabilize(z, rule.stabilizer))
-        _trace("zplus", r_out, r_in)
+        z_stable = stabilize(z, rule.stabilizer)
+        s = r_out / z_stable
+        r_in = back(s)
+        _trace("zplus", r_out, r_in, s * (z_stable - z))  # kept by the stabiliser (all of it where z+ = 0)
         return r_in
     if rule.kind == "alpha_beta":
         b_pos = None if bias is None else bias.clamp(min=0)
@@ -247,7 +249,8 @@ class AddRule(torch.autograd.Function):
         if not _MODE["relevance"]:
             return None, None, grad, None
         a, b, total = ctx.saved_tensors
-        ratio = grad / stabilize(total, ctx.rule.add_eps)
+        total_stable = stabilize(total, ctx.rule.add_eps)
+        ratio = grad / total_stable
         r_a, r_b = a * ratio, b * ratio
-        _trace("add", grad, r_a + r_b)
+        _trace("add", grad, r_a + r_b, ratio * (total_stable - total))
         return r_a, r_b, None, None
