@@ -11,8 +11,9 @@ Conventions
   A per-case pointwise display map (window, gamma, noise, 8-bit quantisation) turns ``A`` into
   the image in ``[0, 1]``. Since every step after the sum is pointwise, a finding changes the
   image only where its field is non-zero.
-* A finding's mask is where its field exceeds ``MASK_FRACTION`` of the field's maximum (its
-  "material" extent); the Cardiomegaly mask is the whole (enlarged) heart silhouette.
+* A finding's mask is where its density (its opacity relative to its full strength, in [0, 1])
+  exceeds ``MASK_FRACTION`` (its "material" extent); the Cardiomegaly mask is the whole (enlarged) heart silhouette (heart
+  membership above ``MASK_FRACTION``), which contains the normal heart of the same patient.
 * Each case is a pure function of an integer key: separate random streams draw the anatomy,
   the acquisition and each finding's parameters, so removing one finding leaves the rest of the
   image (anatomy, other findings, noise) unchanged.
@@ -101,16 +102,22 @@ def _frame(acq: dict, size: int) -> Frame:
     return Frame(size, (c * k, s * k, -(c * tx + s * ty) * k), (-s * k, c * k, (s * tx - c * ty) * k))
 
 
-def _heart(a: dict, ctr: float, dome, u, v, e):
-    """Heart ellipse sized so that its width is ``ctr`` times the thoracic width."""
-    half = 0.5 * ctr * (a["lat_r"] + a["lat_l"])
-    phi, b = a["heart_angle"], a["heart_b"] + 0.25 * max(half - 0.15, 0.0)
+def _heart(a: dict, large: bool, dome, u, v, e):
+    """Heart ellipse whose width is ``ctr_normal`` times the thoracic width; an enlarged heart is
+    the normal one scaled by ``ctr_large / ctr_normal`` about a point low in the heart, so it
+    contains the normal silhouette (enlargement only adds opacity)."""
+    half = 0.5 * a["ctr_normal"] * (a["lat_r"] + a["lat_l"])
+    phi, b = a["heart_angle"], a["heart_b"]
     ax = np.sqrt(max(half**2 - (b * np.sin(phi)) ** 2, 1e-4)) / np.cos(phi)
     hu = half / 3.0
     dy = (ax * ax - b * b) * np.sin(phi) * np.cos(phi) / half  # row offset of the right extreme
     ev = np.sqrt((ax * np.sin(phi)) ** 2 + (b * np.cos(phi)) ** 2)
     floor = a["dome_l"] + a["dome_k"] * (hu + half - 0.42) ** 2
     hv = min(floor - dy - 0.03, a["dome_l"] + 0.12 - 0.75 * ev)
+    if large:
+        k = a["ctr_large"] / a["ctr_normal"]
+        pu, pv = hu, hv + 0.6 * ev
+        hu, hv, ax, b = pu + k * (hu - pu), pv + k * (hv - pv), k * ax, k * b
     r = ellipse_radius(u, v, hu, hv, ax, b, phi)
     return inside((1.0 - r) * min(ax, b), e) * inside(dome - v, e)
 
@@ -132,7 +139,7 @@ def anatomy_fields(case: dict, size: int) -> dict:
     thorax = inside(lateral - w, e) * inside(v - top, e) * inside(dome - v, e)
     lungs = thorax * inside(w - med, e)
     card = case["state"]["Cardiomegaly"] != 0
-    heart = _heart(a, a["ctr_large"] if card else a["ctr_normal"], dome, u, v, e)
+    heart = _heart(a, card, dome, u, v, e)
     air = lungs * (1.0 - heart)
 
     body_w = a["body"] * smoothstep(-1.05, -0.62, v) + 0.3 * smoothstep(-0.62, -1.05, v)
@@ -170,8 +177,12 @@ def anatomy_fields(case: dict, size: int) -> dict:
                 dome=dome, lateral=lateral, lungs=lungs)
 
 
-def finding_field(name: str, p: dict, f: dict, case: dict) -> np.ndarray:
-    """The non-negative attenuation added by finding ``name`` with parameters ``p``."""
+AMPLITUDE = {"Pleural Effusion": 0.36, "Atelectasis": 0.28, "Consolidation": 0.34, "Edema": 0.24}
+
+
+def finding_density(name: str, p: dict, f: dict, case: dict) -> np.ndarray:
+    """Where and how much of finding ``name`` there is, in [0, 1] (1 = full opacity); the image
+    gains ``AMPLITUDE[name] * strength * density`` attenuation."""
     u, v, w, side, air = f["u"], f["v"], f["w"], f["side"], f["air"]
     rng = key_rng(p["field_seed"])
     if name == "Pleural Effusion":
@@ -182,8 +193,8 @@ def finding_field(name: str, p: dict, f: dict, case: dict) -> np.ndarray:
             level = peak - height
             surface = level - p["meniscus"] * np.clip((w - 0.15) / 0.6, 0, None) ** 2
             grade = smoothstep(surface, surface + 0.06, v) * (0.75 + 0.25 * smoothstep(surface, surface + 0.25, v))
-            out += 0.36 * grade * (side == s)
-        return out * air * p["strength"]
+            out += grade * (side == s)
+        return out * air
     if name == "Atelectasis":
         s, cw, cv = p["side"], p["cw"], p["cv"]
         if p["wedge"]:
@@ -195,7 +206,7 @@ def finding_field(name: str, p: dict, f: dict, case: dict) -> np.ndarray:
             du, dv = np.cos(p["tilt"]) * p["half"], np.sin(p["tilt"]) * p["half"]
             dist = segment_distance(u, v, (s * cw - du, cv - dv), (s * cw + du, cv + dv))
             field = bump(dist / p["thick"])
-        return 0.28 * p["strength"] * field * air * (side == s)
+        return field * air * (side == s)
     if name == "Consolidation":
         s, lobe = p["side"], p["lobe"]
         fissure = -0.06 + 0.08 * (w - 0.2)
@@ -208,11 +219,11 @@ def finding_field(name: str, p: dict, f: dict, case: dict) -> np.ndarray:
         r = ellipse_radius(u, v, s * p["cw"], cv, p["ra"], p["rb"], p["angle"])
         g = (1.0 - r * r) + 0.5 * fourier_field(rng, f["frame"], 14, (9.0, 20.0))
         patch = 0.55 + 0.45 * smoothstep(-0.8, 0.8, fourier_field(rng, f["frame"], 14, (14.0, 30.0)))
-        return 0.34 * p["strength"] * smoothstep(0.0, 0.5, g) * patch * zone * air * (side == s) * (r < 1.6)
+        return smoothstep(0.0, 0.5, g) * patch * zone * air * (side == s) * (r < 1.6)
     if name == "Edema":
         r = ellipse_radius(w, v, case["anatomy"]["hilum"] + 0.05, p["cv"], p["ra"], p["rb"])
         fluff = 0.7 + 0.3 * smoothstep(-1.0, 1.0, fourier_field(rng, f["frame"], 12, (8.0, 18.0)))
-        return 0.24 * p["strength"] * bump(r) * fluff * air
+        return bump(r) * fluff * air
     raise KeyError(name)
 
 
@@ -226,15 +237,12 @@ def render(case: dict, size: int):
         if state == 0:
             continue
         if name == "Cardiomegaly":
-            masks[i] = f["heart"] > 0.5
+            masks[i] = f["heart"] > MASK_FRACTION
             continue
-        p = dict(case["params"][name])
-        if state < 0:
-            p["strength"] *= UNCERTAIN_STRENGTH
-        field = finding_field(name, p, f, case)
-        A += field
-        peak = field.max()
-        masks[i] = field > MASK_FRACTION * peak if peak > 0 else False
+        p = case["params"][name]
+        density = finding_density(name, p, f, case)
+        A += AMPLITUDE[name] * p["strength"] * (UNCERTAIN_STRENGTH if state < 0 else 1.0) * density
+        masks[i] = density > MASK_FRACTION
     acq = case["acquisition"]
     ramp = acq["ramp"] * f["u"]
     img = np.clip(acq["brightness"] + acq["contrast"] * (A + ramp), 0.0, 1.0) ** acq["gamma"]
