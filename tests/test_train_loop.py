@@ -95,13 +95,15 @@ def tiny_config(out, *overrides):
                               "train.progress=false", "train.device=cpu", "train.log_every=2", *overrides])
 
 
-def tiny_datasets(unlabeled: bool = False):
-    return TinySet(24, 0), TinySet(12, 1, noise=False), (TinySet(10, 2, unlabeled=True) if unlabeled else None)
+def tiny_datasets(unlabeled: bool = False, noise: bool = True):
+    return (TinySet(24, 0, noise=noise), TinySet(12, 1, noise=False),
+            TinySet(10, 2, unlabeled=True) if unlabeled else None)
 
 
-def tiny_trainer(cfg, *, unlabeled=False, bn=True, dropout=0.2, loss_factory=PlainLoss):
+def tiny_trainer(cfg, *, unlabeled=False, bn=True, dropout=0.2, noise=True, loss_factory=PlainLoss):
     torch.manual_seed(123)
-    return Trainer(cfg, datasets=tiny_datasets(unlabeled), model=TinyNet(bn, dropout), loss_factory=loss_factory)
+    return Trainer(cfg, datasets=tiny_datasets(unlabeled, noise), model=TinyNet(bn, dropout),
+                   loss_factory=loss_factory)
 
 
 def weights(path) -> dict:

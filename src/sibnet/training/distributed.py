@@ -98,3 +98,13 @@ def broadcast_object(obj: Any, env: DistEnv) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def sync_buffers(model: torch.nn.Module, env: DistEnv) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics), as DDP does before each
+    training forward; used before validation so that all ranks evaluate the checkpointed model."""
+    if not env.distributed:
+        return
+    with torch.no_grad():
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Subset
 from ..config import Config
 from ..errors import SibnetError
 from .checkpoint import FORMAT, VERSION, save_checkpoint
-from .distributed import DistEnv, all_gather_objects, all_reduce_sum
+from .distributed import DistEnv, all_gather_objects, all_reduce_sum, sync_buffers
 from .logs import RunLogger
 from .rng import capture_rng, mix_seed, restore_rng
 from .sampling import EpochSampler, StreamBatchSampler, shard, unshard
@@ -351,6 +351,7 @@ def _end_epoch(run: Run, state: TrainState, logger: RunLogger, seconds: float) -
     if means and not math.isfinite(means.get("total", 0.0)):
         raise SibnetError(f"training diverged in epoch {state.epoch + 1}: mean loss {means.get('total')} "
                           f"(terms {means}); lower optim.lr or the lambdas")
+    sync_buffers(run.model, run.env)
     auroc = validate(run)
     state.epoch += 1
     state.batch_in_epoch = 0

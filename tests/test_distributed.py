@@ -1,0 +1,97 @@
+"""Two CPU processes under torchrun (gloo): DistributedDataParallel, the distributed sampler,
+validation gathered over the ranks, rank-0-only checkpoints.
+
+Checks: both ranks end with identical weights; with a network without BatchNorm and dropout the
+two-rank run equals a one-process run with twice the batch (so gradients were averaged over the
+ranks exactly once per step); the logged validation AUROC is the one of the whole validation set.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+
+
+def child(out: str, batch: int, bn: bool) -> None:
+    sys.path.insert(0, str(HERE))
+    import test_train_loop as t
+
+    torch.set_num_threads(1)
+    cfg = t.tiny_config(out, f"data.batch_size={batch}", "train.epochs=2")
+    # without BatchNorm: no dropout and no input noise either, so that one process can reproduce it
+    trainer = t.tiny_trainer(cfg, bn=bn, dropout=0.2 if bn else 0.0, noise=bn)
+    result = trainer.fit()
+    rank = int(os.environ.get("RANK", "0"))
+    torch.save({"model": trainer.run.model.state_dict(), "best_val_auroc": result["best_val_auroc"],
+                "history": trainer.state.history, "world": int(os.environ.get("WORLD_SIZE", "1"))},
+               Path(out) / f"rank{rank}.pt")
+
+
+def torchrun(out: Path, batch: int, bn: bool, nproc: int = 2) -> None:
+    cmd = [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", __file__, str(out), str(batch), str(int(bn))]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def load(path):
+    return torch.load(path, weights_only=True)
+
+
+@pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not found")
+def test_two_ranks_identical_weights_and_gathered_metrics(tmp_path):
+    sys.path.insert(0, str(HERE))
+    import test_train_loop as t
+
+    out = tmp_path / "ddp"
+    torchrun(out, batch=2, bn=True)
+    r0, r1 = load(out / "rank0.pt"), load(out / "rank1.pt")
+    assert r0["world"] == r1["world"] == 2
+    t.assert_same_weights(r0["model"], r1["model"])
+    # rank 0 alone wrote the run's files; 24 items / 2 ranks / batch 2 = 6 steps per epoch
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["state"]["step"] == 12 and len(ckpt["rng"]) == 2
+    t.assert_same_weights(ckpt["model"], r0["model"])
+    def no_time(rows):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert no_time(r0["history"]) == no_time(r1["history"])  # losses all-reduced, AUROC gathered
+    # the logged AUROC of the last epoch is that of the whole validation set
+    from sklearn.metrics import roc_auc_score
+
+    net = t.TinyNet()
+    net.load_state_dict(r0["model"])
+    net.eval()
+    val = t.TinySet(12, 1, noise=False)
+    with torch.no_grad():
+        p = torch.sigmoid(net(val.x)).numpy()
+    expect = np.mean([roc_auc_score(val.y[:, j].numpy(), p[:, j]) for j in range(2)])
+    assert r0["history"][-1]["val_auroc"] == pytest.approx(expect, abs=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not found")
+def test_two_ranks_equal_one_process_with_double_batch(tmp_path):
+    sys.path.insert(0, str(HERE))
+    import test_train_loop as t
+
+    torchrun(tmp_path / "ddp", batch=2, bn=False)
+    single = tmp_path / "single"
+    res = subprocess.run([sys.executable, __file__, str(single), "4", "0"], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    ddp, one = load(tmp_path / "ddp" / "rank0.pt"), load(single / "rank0.pt")
+    t.assert_same_weights(ddp["model"], one["model"], atol=1e-6)
+
+
+if __name__ == "__main__":
+    child(sys.argv[1], int(sys.argv[2]), bool(int(sys.argv[3])))
