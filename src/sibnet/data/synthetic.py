@@ -14,8 +14,10 @@ Conventions
   marginal prevalence is exactly ``prevalence[name]`` in expectation.
 * ``prevalence``: ``None`` (``DEFAULT_PREVALENCE``), a dict of per-class prevalences (missing
   names keep their default) or a float that multiplies every default (clipped to [0, 1]).
-* ``difficulty`` in [0, 1]: 0 draws high-contrast findings and cardiothoracic ratios far from
-  0.5; 1 draws subtle findings (30% of the easy contrast) and ratios within 0.04-0.14 of 0.5.
+* ``difficulty`` in [0, 1]: finding contrast falls linearly from 1 to 0.3 of the easy contrast,
+  and the drawn cardiothoracic ratios keep a gap from 0.5 that falls from 0.10 to 0.04 (normal
+  hearts in [0.5 - gap - 0.08, 0.5 - gap], enlarged ones in [0.5 + gap, 0.5 + gap + 0.1]; the
+  visible silhouette, cut by the diaphragm, reads slightly lower but stays above 0.5).
 * ``uncertain_rate``: each positive label independently becomes -1 (CheXpert's "uncertain")
   with this probability; the finding is still drawn and masked, at ``UNCERTAIN_STRENGTH`` of its
   contrast (uncertain mentions are borderline findings). Negatives are never uncertain.
