@@ -290,3 +290,17 @@ def test_glands_determinism_and_cache(tmp_path):
 def test_a_full_default_split_builds(tmp_path):
     ds = SyntheticChestXray(tmp_path, split="val")
     assert len(ds) == 250 and ds[249]["image"].shape == (1, 128, 128)
+
+
+def test_cached_datasets_pickle_by_file_name(tmp_path):
+    import pickle
+
+    for ds in (SyntheticChestXray(tmp_path, split="val", size=64, n=20),
+               SyntheticGlands(tmp_path, split="val", size=64, n=20)):
+        blob = pickle.dumps(ds)
+        assert len(blob) < 20 * 64 * 64  # the images stay on disk
+        clone = pickle.loads(blob)
+        for key in ("image", "mask", "label"):
+            assert clone[19][key].numpy().tobytes() == ds[19][key].numpy().tobytes()
+        batch = next(iter(torch.utils.data.DataLoader(clone, batch_size=4)))
+        assert batch["image"].shape[0] == 4 and len(batch["id"]) == 4

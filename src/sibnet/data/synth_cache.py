@@ -39,8 +39,8 @@ def cache_key(kind: str, knobs: dict) -> str:
 
 
 def load_or_build(root, kind: str, knobs: dict, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Return the arrays of a split, generating them with ``build()`` and storing them under
-    ``root`` on first use (``root=None``: :func:`default_root`)."""
+    """Return the arrays of a split (read-only memory maps), generating them with ``build()``
+    and storing them under ``root`` on first use (``root=None``: :func:`default_root`)."""
     root = default_root() if root is None else Path(root).expanduser()
     folder = root / cache_key(kind, knobs)
     if folder.is_dir() and (folder / "done").exists():
@@ -63,4 +63,22 @@ def load_or_build(root, kind: str, knobs: dict, build: Callable[[], dict[str, np
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return arrays
+    return {p.stem: np.load(p, mmap_mode="r") for p in sorted(folder.glob("*.npy"))}
+
+
+class MappedArrays:
+    """Pickling support for datasets that hold memory-mapped cache arrays: a pickled dataset
+    (e.g. sent to a spawned DataLoader worker) carries the file names, not the data."""
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for name, value in state.items():
+            if isinstance(value, np.memmap) and value.filename:
+                state[name] = ("__npy__", value.filename)
+        return state
+
+    def __setstate__(self, state):
+        for name, value in state.items():
+            if isinstance(value, tuple) and len(value) == 2 and value[0] == "__npy__":
+                state[name] = np.load(value[1], mmap_mode="r")
+        self.__dict__.update(state)

@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from .base import DatasetInfo
-from .synth_cache import load_or_build
+from .synth_cache import MappedArrays, load_or_build
 from .synth_chest import CLASS_NAMES, UNCERTAIN_STRENGTH, render, render_case, sample_case, to_float
 from .synth_fields import key_rng
 
@@ -133,7 +133,7 @@ def draw_marker(image: np.ndarray) -> np.ndarray:
     return image
 
 
-class SyntheticChestXray(Dataset):
+class SyntheticChestXray(MappedArrays, Dataset):
     """Synthetic frontal chest radiographs with the five CheXpert findings and their masks.
 
     Items follow :mod:`sibnet.data.base`: ``image`` (1, H, W), ``label`` (5,) in {1, 0, -1} or

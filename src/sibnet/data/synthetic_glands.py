@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from .base import DatasetInfo
-from .synth_cache import load_or_build
+from .synth_cache import MappedArrays, load_or_build
 from .synth_fields import Frame, fourier_field, inside, key_rng
 
 CLASS_NAMES = ("benign", "malignant")
@@ -185,7 +185,7 @@ def render_tile(key, size: int = 128, malignant: bool | None = None):
     return rgb, _fuse(masks), malignant
 
 
-class SyntheticGlands(Dataset):
+class SyntheticGlands(MappedArrays, Dataset):
     """Synthetic H&E gland tiles graded benign / malignant (see the module notes)."""
 
     def __init__(self, root=None, split: str = "train", size: int = 128, n: int | None = None, seed: int = 0,
