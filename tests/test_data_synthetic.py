@@ -304,3 +304,21 @@ def test_cached_datasets_pickle_by_file_name(tmp_path):
             assert clone[19][key].numpy().tobytes() == ds[19][key].numpy().tobytes()
         batch = next(iter(torch.utils.data.DataLoader(clone, batch_size=4)))
         assert batch["image"].shape[0] == 4 and len(batch["id"]) == 4
+
+
+def test_separable_fourier_field_equals_the_direct_sum_of_waves():
+    from sibnet.data.synth_fields import Frame, fourier_field, smoothstep, bump
+
+    c, s = np.cos(0.3), np.sin(0.3)
+    frame = Frame(40, (c / 0.9, s / 0.9, 0.1), (-s / 0.9, c / 0.9, -0.05))
+    got = fourier_field(np.random.default_rng(5), frame, 7, (3.0, 9.0))
+    rng = np.random.default_rng(5)  # the same draws, in the documented order
+    theta, omega, phase = rng.uniform(0, np.pi, 7), rng.uniform(3.0, 9.0, 7), rng.uniform(0, 2 * np.pi, 7)
+    t = (np.arange(40) + 0.5) * 2 / 40 - 1
+    x, y = np.meshgrid(t, t)
+    u, v = (c * x + s * y) / 0.9 + 0.1, (-s * x + c * y) / 0.9 - 0.05
+    want = sum(np.cos(o * np.cos(a) * u + o * np.sin(a) * v + p) for a, o, p in zip(theta, omega, phase))
+    np.testing.assert_allclose(got, want * np.sqrt(2 / 7), atol=2e-5)
+    np.testing.assert_allclose(frame.u, u, atol=1e-6)
+    assert smoothstep(0.0, 2.0, np.array([-1.0, 1.0, 3.0])).tolist() == [0.0, 0.5, 1.0]
+    assert bump(np.array([0.0, 0.5, 1.0, 2.0])).tolist() == [1.0, 0.5625, 0.0, 0.0]
