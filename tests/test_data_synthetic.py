@@ -51,6 +51,16 @@ def test_harder_cases_have_fainter_findings():
     assert contrast(0.0) > 1.8 * contrast(1.0) > 0
 
 
+def test_uncertain_findings_are_drawn_fainter_with_the_same_mask():
+    base, _ = render_case(4, 96, {})
+    sure, sure_masks = render_case(4, 96, {"Pleural Effusion": 1})
+    unsure, unsure_masks = render_case(4, 96, {"Pleural Effusion": -1})
+    np.testing.assert_array_equal(sure_masks, unsure_masks)
+    inside = sure_masks[4] > 0
+    ratio = np.abs(unsure - base)[0][inside].mean() / np.abs(sure - base)[0][inside].mean()
+    assert 0.4 < ratio < 0.8  # UNCERTAIN_STRENGTH = 0.6 through a mildly non-linear display map
+
+
 @pytest.mark.parametrize("difficulty", [0.0, 0.5, 1.0])
 def test_cardiothoracic_ratio_separates_cardiomegaly(difficulty):
     for seed in range(8):
@@ -88,7 +98,7 @@ def test_items_follow_the_dataset_interface():
 
 
 def test_labels_and_masks_agree_and_absent_findings_have_empty_masks():
-    ds = SyntheticChestXray(split="train", size=64, n=40, seed=5, uncertain_rate=0.3, cache=False)
+    ds = SyntheticChestXray(split="train", size=48, n=150, seed=5, uncertain_rate=0.3, cache=False)
     seen = np.zeros(5, int)
     for i in range(len(ds)):
         item = ds[i]

@@ -14,6 +14,8 @@ Conventions
 * A finding's mask is where its density (its opacity relative to its full strength, in [0, 1])
   exceeds ``MASK_FRACTION`` (its "material" extent); the Cardiomegaly mask is the whole (enlarged) heart silhouette (heart
   membership above ``MASK_FRACTION``), which contains the normal heart of the same patient.
+* A present finding is always visible: one that an enlarged heart would hide entirely is drawn
+  in the other lung instead.
 * Each case is a pure function of an integer key: separate random streams draw the anatomy,
   the acquisition and each finding's parameters, so removing one finding leaves the rest of the
   image (anatomy, other findings, noise) unchanged.
@@ -241,6 +243,9 @@ def render(case: dict, size: int):
             continue
         p = case["params"][name]
         density = finding_density(name, p, f, case)
+        if density.max() <= MASK_FRACTION:  # hidden behind an enlarged heart: use the other lung
+            p = {**p, "side": -p["side"]}
+            density = finding_density(name, p, f, case)
         A += AMPLITUDE[name] * p["strength"] * (UNCERTAIN_STRENGTH if state < 0 else 1.0) * density
         masks[i] = density > MASK_FRACTION
     acq = case["acquisition"]
