@@ -151,7 +151,7 @@ def anatomy_fields(case: dict, size: int) -> dict:
     tex = key_rng(a["texture_seed"])
     ridges = (1.0 - np.minimum(np.abs(fourier_field(tex, frame, 20, (8.0, 22.0))), 1.0)) ** 4
     hilar = np.exp(-(((w - a["hilum"]) / 0.22) ** 2 + ((v + 0.02) / 0.25) ** 2))
-    markings = 0.05 * ridges * (0.35 + 0.65 * hilar) + 0.07 * hilar * (1 - smoothstep(0.05, 0.2, np.abs(w - a["hilum"])))
+    markings = 0.075 * ridges * (0.3 + 0.7 * hilar) + 0.07 * hilar * (1 - smoothstep(0.05, 0.2, np.abs(w - a["hilum"])))
 
     # posterior ribs (all at once via a phase), fainter anterior ribs, clavicles, spine
     curve = -0.06 * w + a["rib_curv"] * w * w
