@@ -22,14 +22,18 @@ HERE = Path(__file__).resolve().parent
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
 
 
-def child(out: str, batch: int, bn: bool) -> None:
+def child(out: str, batch: int, bn: bool, saliency: str) -> None:
     sys.path.insert(0, str(HERE))
     import test_train_loop as t
+    from sibnet.training.build import sibnet_loss_factory
 
     torch.set_num_threads(1)
-    cfg = t.tiny_config(out, f"data.batch_size={batch}", "train.epochs=2")
+    real = saliency != "stand-in"
+    cfg = t.tiny_config(out, f"data.batch_size={batch}", "train.epochs=2",
+                        f"loss.saliency={saliency if real else 'null'}", "loss.radius=2")
     # without BatchNorm: no dropout and no input noise either, so that one process can reproduce it
-    trainer = t.tiny_trainer(cfg, bn=bn, dropout=0.2 if bn else 0.0, noise=bn)
+    trainer = t.tiny_trainer(cfg, bn=bn, dropout=0.2 if bn else 0.0, noise=bn,
+                             loss_factory=sibnet_loss_factory if real else t.PlainLoss)
     result = trainer.fit()
     rank = int(os.environ.get("RANK", "0"))
     torch.save({"model": trainer.run.model.state_dict(), "best_val_auroc": result["best_val_auroc"],
@@ -37,8 +41,9 @@ def child(out: str, batch: int, bn: bool) -> None:
                Path(out) / f"rank{rank}.pt")
 
 
-def torchrun(out: Path, batch: int, bn: bool, nproc: int = 2) -> None:
-    cmd = [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", __file__, str(out), str(batch), str(int(bn))]
+def torchrun(out: Path, batch: int, bn: bool, saliency: str = "stand-in", nproc: int = 2) -> None:
+    cmd = [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", __file__, str(out), str(batch), str(int(bn)),
+           saliency]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
 
@@ -49,11 +54,17 @@ def load(path):
 
 @pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not found")
 def test_two_ranks_identical_weights_and_gathered_metrics(tmp_path):
+    """The real SIBNetLoss (DeepTaylor maps through the DDP forward) when installed."""
     sys.path.insert(0, str(HERE))
     import test_train_loop as t
 
+    try:
+        import sibnet.losses.sibnet_loss  # noqa: F401
+        saliency = "deep_taylor"
+    except ImportError:
+        saliency = "stand-in"
     out = tmp_path / "ddp"
-    torchrun(out, batch=2, bn=True)
+    torchrun(out, batch=2, bn=True, saliency=saliency)
     r0, r1 = load(out / "rank0.pt"), load(out / "rank1.pt")
     assert r0["world"] == r1["world"] == 2
     t.assert_same_weights(r0["model"], r1["model"])
@@ -80,13 +91,18 @@ def test_two_ranks_identical_weights_and_gathered_metrics(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not found")
-def test_two_ranks_equal_one_process_with_double_batch(tmp_path):
+@pytest.mark.parametrize("saliency", ["stand-in", "deep_taylor", "gradcam"])
+def test_two_ranks_equal_one_process_with_double_batch(tmp_path, saliency):
+    """With SIBNetLoss the saliency maps come from second-order graphs through the DDP forward;
+    the gradients must still be averaged over the ranks exactly once per step."""
     sys.path.insert(0, str(HERE))
     import test_train_loop as t
 
-    torchrun(tmp_path / "ddp", batch=2, bn=False)
+    if saliency != "stand-in":
+        pytest.importorskip("sibnet.losses.sibnet_loss")
+    torchrun(tmp_path / "ddp", batch=2, bn=False, saliency=saliency)
     single = tmp_path / "single"
-    res = subprocess.run([sys.executable, __file__, str(single), "4", "0"], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, __file__, str(single), "4", "0", saliency], capture_output=True, text=True,
                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
     ddp, one = load(tmp_path / "ddp" / "rank0.pt"), load(single / "rank0.pt")
@@ -94,4 +110,4 @@ def test_two_ranks_equal_one_process_with_double_batch(tmp_path):
 
 
 if __name__ == "__main__":
-    child(sys.argv[1], int(sys.argv[2]), bool(int(sys.argv[3])))
+    child(sys.argv[1], int(sys.argv[2]), bool(int(sys.argv[3])), sys.argv[4])

@@ -41,17 +41,20 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    saliency: Optional[str] = "deep_taylor"  # deep_taylor | gradcam | lrp_epsilon | ... | null (baseline)
+    saliency: Optional[str] = "deep_taylor"  # deep_taylor | gradcam | lrp_epsilon | lrp_alpha_beta | null
     lambda_cd: Optional[float] = None
     lambda_sc: Optional[float] = None
     use_cd: bool = True
     use_sc: bool = True
-    embed: Literal["maps", "images"] = "maps"
+    embed: Literal["maps", "image"] = "maps"
     embed_grad: Literal["all", "maps"] = "all"
     normalise: bool = True
     radius: int = 4
     threshold: Union[str, float] = "otsu"
+    background_cluster: bool = False
     embed_size: Optional[int] = None
+    sc_resolution: Literal["input", "features"] = "input"
+    saliency_options: dict = field(default_factory=dict)
     class_weight: bool = True  # positive / class weights from the training labels
 
 

@@ -70,7 +70,8 @@ def sibnet_loss_factory(net: nn.Module, cfg: Config, task: str, class_weight) ->
     return SIBNetLoss(net, saliency=c.saliency, lambda_cd=c.lambda_cd, lambda_sc=c.lambda_sc, task=task,
                       class_weight=class_weight, use_cd=c.use_cd, use_sc=c.use_sc, embed=c.embed,
                       embed_grad=c.embed_grad, normalise=c.normalise, radius=c.radius,
-                      threshold=c.threshold, embed_size=c.embed_size)
+                      threshold=c.threshold, background_cluster=c.background_cluster, embed_size=c.embed_size,
+                      sc_resolution=c.sc_resolution, saliency_options=dict(c.saliency_options) or None)
 
 
 def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
