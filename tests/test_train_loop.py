@@ -239,3 +239,35 @@ def test_unlabeled_pool_needs_saliency_terms(tmp_path):
     cfg = tiny_config(tmp_path / "u", "unlabeled.enabled=true", "loss.saliency=null")
     with pytest.raises(ConfigError, match="needs the saliency terms"):
         tiny_trainer(cfg, unlabeled=True).fit()
+
+
+def test_without_validation_no_early_stopping(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path / "nv", "train.patience=1", "data.val_split=null"),
+                      datasets=(TinySet(24, 0), None, None), model=TinyNet(), loss_factory=PlainLoss)
+    res = trainer.fit()
+    assert res["epochs"] == 3 and res["best_epoch"] == 3 and res["stop_reason"] == "finished"
+    assert math.isnan(float(list(csv.DictReader(open(tmp_path / "nv" / "metrics.csv")))[0]["val_auroc"] or "nan"))
+
+
+def test_autocast_choice():
+    from sibnet.training.build import amp_dtype
+
+    cpu = torch.device("cpu")
+    assert amp_dtype("auto", cpu, "gradcam") is None and amp_dtype("fp32", cpu, "deep_taylor") is None
+    assert amp_dtype("bf16", cpu, "gradcam") == torch.bfloat16 and amp_dtype("bf16", cpu, None) == torch.bfloat16
+    with pytest.raises(ConfigError, match="relevance rules run in fp32"):
+        amp_dtype("bf16", cpu, "deep_taylor")
+    if torch.cuda.is_available():
+        cuda = torch.device("cuda")
+        assert amp_dtype("auto", cuda, "deep_taylor") is None
+        assert amp_dtype("auto", cuda, None) in (torch.bfloat16, torch.float16)
+
+
+def test_bf16_autocast_path_on_cpu_and_fp16_refused(tmp_path):
+    res = tiny_trainer(tiny_config(tmp_path / "bf16", "train.precision=bf16", "train.epochs=1",
+                                   "loss.saliency=null")).fit()
+    assert res["steps"] == 6
+    ckpt = load_checkpoint(tmp_path / "bf16" / "last.pt")
+    assert all(v.dtype != torch.bfloat16 and torch.isfinite(v.float()).all() for v in ckpt["model"].values())
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        tiny_trainer(tiny_config(tmp_path / "fp16", "train.precision=fp16", "loss.saliency=null")).fit()

@@ -11,7 +11,8 @@ Conventions
 * ``loss.saliency: null`` (or ``none``) trains the plain baseline (weighted BCE/CE only).
   ``loss.lambda_cd``/``lambda_sc`` left ``null`` take the saliency method's default from the loss.
 * ``train.device: auto`` picks CUDA when available; ``train.precision: auto`` means bf16 autocast
-  on a CUDA device that supports it (else fp16 with a gradient scaler) and fp32 on the CPU.
+  on a CUDA device that supports it (else fp16 with a gradient scaler) for the baseline and
+  GradCAM, and fp32 for the relevance methods (DeepTaylor, LRP) and on the CPU.
 * ``configs/default.yaml`` documents every key.
 """
 

@@ -74,12 +74,25 @@ def sibnet_loss_factory(net: nn.Module, cfg: Config, task: str, class_weight) ->
                       sc_resolution=c.sc_resolution, saliency_options=dict(c.saliency_options) or None)
 
 
-def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``train.precision`` (None: fp32, no autocast)."""
+# saliency methods whose maps are computed correctly under autocast (the relevance rules of
+# DeepTaylor/LRP run custom backward functions that need fp32 inputs and weights)
+AUTOCAST_SALIENCY = (None, "gradcam")
+
+
+def amp_dtype(precision: str, device: torch.device, saliency: str | None = None) -> torch.dtype | None:
+    """The autocast dtype for ``train.precision`` (None: fp32, no autocast).
+
+    ``auto``: bf16 (fp16 where bf16 is unsupported) on CUDA for the baseline and GradCAM, fp32 for
+    the relevance methods and on the CPU; an explicit bf16/fp16 with a relevance method is an error.
+    """
+    amp_ok = saliency in AUTOCAST_SALIENCY
     if precision == "auto":
-        if device.type != "cuda":
+        if device.type != "cuda" or not amp_ok:
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision != "fp32" and not amp_ok:
+        raise ConfigError(f"train.precision: {precision} autocast is not supported with loss.saliency={saliency} "
+                          "(its relevance rules run in fp32); use fp32 or auto")
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision: fp16 needs a CUDA device (use bf16 or fp32 on the CPU)")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -131,7 +144,7 @@ def build_run(cfg: Config, env: DistEnv, *, datasets: tuple | None = None, model
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
     elif o.scheduler == "step":
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=o.step_size, gamma=o.gamma)
-    dtype = amp_dtype(cfg.train.precision, env.device)
+    dtype = amp_dtype(cfg.train.precision, env.device, cfg.loss.saliency)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     meta = model_meta(model_name=model_name, info=info, image_size=cfg.data.image_size,
                       normalisation=_plain(getattr(train, "normalize", None)), dataset=cfg.data.name,

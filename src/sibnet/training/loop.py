@@ -19,7 +19,8 @@ Conventions
 * Early stopping: stop after ``train.patience`` epochs without improvement of the mean validation
   AUROC (:func:`sibnet.evaluation.classification.mean_auroc`, gathered over all ranks so every
   rank takes the same decision). An epoch whose AUROC is nan never counts as an improvement,
-  except that the first epoch always gives a ``best.pt``.
+  except that the first epoch always gives a ``best.pt``. Without a validation split
+  (``data.val_split: null``) there is no early stopping and ``best.pt`` is the latest epoch.
 """
 
 from __future__ import annotations
@@ -355,7 +356,10 @@ def _end_epoch(run: Run, state: TrainState, logger: RunLogger, seconds: float) -
     auroc = validate(run)
     state.epoch += 1
     state.batch_in_epoch = 0
-    improved = update_early_stopping(state, auroc, cfg.train.min_delta)
+    if run.val_set is None:  # no validation: best.pt follows the latest epoch, no early stopping
+        improved, state.best_epoch = True, state.epoch
+    else:
+        improved = update_early_stopping(state, auroc, cfg.train.min_delta)
     if cfg.train.patience is not None and state.bad_epochs >= cfg.train.patience:
         state.stop_reason = f"early stopping: no better validation AUROC for {state.bad_epochs} epochs"
     row = {"epoch": state.epoch, "step": state.step, "lr": run.optimizer.param_groups[0]["lr"],
