@@ -29,9 +29,25 @@ from sibnet.training.sampling import EpochSampler, StreamBatchSampler, shard, st
 SIZE = 16
 
 
+class Jitter:
+    """Follows the protocol of ``sibnet.data.transforms.LightAugment`` (a NumPy generator ``rng``,
+    ``set_random_state(seed)``) that the loop reseeds per epoch and stores in checkpoints."""
+
+    def __init__(self, seed: int):
+        self.set_random_state(seed)
+
+    def set_random_state(self, seed):
+        self.rng = np.random.default_rng(seed)
+        return self
+
+    def __call__(self, item: dict) -> dict:
+        shift = [int(v) for v in self.rng.integers(-1, 2, size=2)]
+        return {**item, "image": torch.roll(item["image"], shift, dims=(1, 2)) * float(self.rng.uniform(0.9, 1.1))}
+
+
 class TinySet(Dataset):
     """Two findings: a bright block on the left (a) / right (b); per-item noise from torch's global
-    RNG (so exact resume needs the RNG state restored)."""
+    RNG and a seeded augmentation (so exact resume needs both random states restored)."""
 
     def __init__(self, n: int, seed: int, noise: bool = True, unlabeled: bool = False):
         g = torch.Generator().manual_seed(seed)
@@ -42,6 +58,7 @@ class TinySet(Dataset):
         x[:, 0, 4:12, 9:14] += 0.6 * y[:, 1, None, None]
         self.x, self.y = x, (torch.full_like(y, math.nan) if unlabeled else y)
         self.noise = noise
+        self.augment = Jitter(seed) if noise else None
         self.info = DatasetInfo("tiny", ("a", "b"), task="multilabel", in_channels=1)
         self.patients = [f"p{i}" for i in range(n)]
 
@@ -54,7 +71,8 @@ class TinySet(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         img = self.x[i] + (0.05 * torch.randn(1, SIZE, SIZE) if self.noise else 0.0)
-        return {"image": img, "label": self.y[i], "id": str(i), "patient": self.patients[i]}
+        item = {"image": img, "label": self.y[i], "id": str(i), "patient": self.patients[i]}
+        return self.augment(item) if self.augment is not None else item
 
 
 class TinyNet(nn.Module):
