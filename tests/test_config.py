@@ -140,3 +140,12 @@ def test_cli_print_config(tmp_path):
     data = yaml.safe_load(res.stdout)
     assert data["loss"]["saliency"] is None and data["train"]["epochs"] == 3 and data["loss"]["radius"] == 2
     assert data["unlabeled"]["enabled"] is True
+
+
+def test_cli_resume_flag_does_not_swallow_an_override():
+    from sibnet.cli import build_parser
+    from sibnet.commands.train import resolve
+
+    args = build_parser().parse_args(["train", "--resume", "train.epochs=3"])
+    cfg = resolve(args)
+    assert cfg.train.epochs == 3 and args.resume == ""

@@ -65,7 +65,14 @@ def register(subparsers) -> None:
 
 
 def resolve(args) -> "Config":  # noqa: F821
+    from pathlib import Path
+
     from ..config import load_config
+
+    if args.resume and "=" in args.resume and not Path(args.resume).exists():
+        # `--resume key=value`: argparse took the first override for the optional CKPT
+        args.overrides = [args.resume, *args.overrides]
+        args.resume = ""
 
     settings = {k[5:]: v for k, v in vars(args).items() if k.startswith("flag:") and v is not None}
     if settings.get("loss.saliency", "").lower() in ("none", "null"):

@@ -16,6 +16,7 @@ Conventions
   augmenters' states and the :class:`TrainState`, so a resumed run continues exactly. Resuming
   from a mid-epoch checkpoint is exact with ``data.num_workers: 0`` (with workers, augmentation
   draws depend on which worker loads a batch); resuming from an epoch end is exact either way.
+  Resuming with another number of processes continues the run, but not bit for bit.
 * Early stopping: stop after ``train.patience`` epochs without improvement of the mean validation
   AUROC (:func:`sibnet.evaluation.classification.mean_auroc`, gathered over all ranks so every
   rank takes the same decision). An epoch whose AUROC is nan never counts as an improvement,
