@@ -184,7 +184,13 @@ def test_fit_writes_checkpoints_logs_and_true_validation_auroc(tmp_path):
     assert result["epochs"] == 3 and result["steps"] == 18 and result["stop_reason"] == "finished"
     for name in ("last.pt", "best.pt", "metrics.csv", "config.yaml"):
         assert (out / name).is_file(), name
-    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    logged = events.Scalars("epoch/val_auroc")
+    assert [e.step for e in logged] == [6, 12, 18]
+    assert [e.step for e in events.Scalars("train_step/wce")] == list(range(2, 19, 2))  # log_every=2
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and [int(r["step"]) for r in rows] == [6, 12, 18]
     assert all(float(r["train_wce"]) > 0 for r in rows)
@@ -199,6 +205,7 @@ def test_fit_writes_checkpoints_logs_and_true_validation_auroc(tmp_path):
         p = torch.sigmoid(net(val.x)).numpy()
     expect = np.mean([roc_auc_score(val.y[:, j].numpy(), p[:, j]) for j in range(2)])
     assert float(rows[-1]["val_auroc"]) == pytest.approx(expect, abs=1e-5)
+    assert [e.value for e in logged] == pytest.approx([float(r["val_auroc"]) for r in rows], abs=1e-5)
     best = max(range(3), key=lambda i: float(rows[i]["val_auroc"]))
     assert load_checkpoint(out / "best.pt")["state"]["epoch"] == best + 1
 
