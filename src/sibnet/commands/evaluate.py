@@ -1,0 +1,172 @@
+"""``sibnet evaluate --checkpoint CKPT``: AUROC/AUPRC with bootstrap intervals and saliency agreement.
+
+The dataset, its root, options, image size and seed default to the checkpoint's training
+configuration (augmentation switched off); ``--dataset``/``--root``/``--split`` override them.
+Writes ``OUT/metrics.json`` (everything), ``OUT/metrics.csv`` (one row per label, then ``mean``),
+``OUT/predictions.csv`` (id, probability and label of every class) and, where the dataset has
+masks and ``--method`` is not ``none``, ``OUT/agreement.csv``; prints readable tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+from ..errors import SibnetError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="AUROC/AUPRC with bootstrap intervals and saliency agreement of a checkpoint",
+        description="Evaluate a trained checkpoint on a dataset split: AUROC and AUPRC per label and their "
+        "mean with bootstrap 95%% intervals, and, where the dataset has expert masks, the agreement of the "
+        "saliency maps with them (Dice, HD95 in pixels, SSIM after convex-hull binarisation of each map at "
+        "its Otsu threshold). Dataset settings default to those the checkpoint was trained with. Writes "
+        "OUT/metrics.json, OUT/metrics.csv, OUT/predictions.csv and OUT/agreement.csv.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  sibnet evaluate --checkpoint runs/sibnet/best.pt\n"
+        "  sibnet evaluate --checkpoint runs/nih/best.pt --root ../shared/data/nih-cxr14 --split test --method none")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint written by sibnet train")
+    p.add_argument("--dataset", default=None, help="dataset name (default: the checkpoint's)")
+    p.add_argument("--root", default=None, help="dataset folder (default: the checkpoint's)")
+    p.add_argument("--split", default="test", help="split to evaluate (default test)")
+    p.add_argument("--method", default="deep_taylor",
+                   help="saliency method for the agreement (default deep_taylor; 'none' skips the agreement)")
+    p.add_argument("--max-maps", type=int, default=None, metavar="N",
+                   help="compute saliency maps for the first N images only (default all)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    p.add_argument("--out", default=None, help="output folder (default: CKPT's folder/eval-SPLIT)")
+    p.set_defaults(func=run)
+
+
+def dataset_for_checkpoint(meta: dict, config: dict, *, name=None, root=None, split="test"):
+    """Build the evaluation dataset from the checkpoint's training settings and the overrides."""
+    from ..data.registry import build_dataset
+
+    data = dict(config.get("data") or {})
+    same = name is None or name == data.get("name", meta.get("dataset"))
+    name = name or data.get("name") or meta.get("dataset")
+    if not name:
+        raise SibnetError("the checkpoint does not name its dataset: pass --dataset (and --root)")
+    options = dict(data.get("options") or {}) if same else {}
+    options.pop("augment", None)
+    root = root if root is not None else (data.get("root") if same else None)
+    seed = int((config.get("train") or {}).get("seed", 0))
+    ds = build_dataset(name, root=root, split=split, image_size=int(meta["image_size"]), seed=seed, **options)
+    info = getattr(ds, "info", None)
+    if info is not None and list(info.class_names) != list(meta["class_names"]):
+        raise SibnetError(f"dataset {name!r} has classes {list(info.class_names)} but the checkpoint was trained "
+                          f"on {list(meta['class_names'])}")
+    return ds, name
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: "" if v is None else v for k, v in r.items()})
+
+
+def _num(v, digits=3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.{digits}f}"
+
+
+def classification_table(cls: dict) -> str:
+    from ..evaluation.classification import to_rows
+
+    lines = [f"{'label':<22} {'AUROC':>7} {'95% CI':>15} {'AUPRC':>7} {'95% CI':>15} {'n':>6} {'pos':>5}"]
+    for r in to_rows(cls):
+        lines.append(f"{r['label'][:22]:<22} {_num(r['auroc']):>7} {_num(r['auroc_lo']) + '-' + _num(r['auroc_hi']):>15} "
+                     f"{_num(r['auprc']):>7} {_num(r['auprc_lo']) + '-' + _num(r['auprc_hi']):>15} {r['n']:>6} "
+                     f"{r['n_pos']:>5}")
+    return "\n".join(lines)
+
+
+def agreement_table(agreement: dict) -> str:
+    from ..evaluation.run import agreement_rows
+
+    lines = [f"{'class':<22} {'Dice':>6} {'HD95 px':>8} {'SSIM':>6} {'pairs':>6} {'empty':>6}"]
+    for r in agreement_rows(agreement):
+        lines.append(f"{r['class'][:22]:<22} {_num(r['dice']):>6} {_num(r['hd95'], 1):>8} {_num(r['ssim']):>6} "
+                     f"{r['n_pairs']:>6} {r['n_empty_maps']:>6}")
+    return "\n".join(lines)
+
+
+def write_outputs(out: Path, result: dict, header: dict) -> dict:
+    """metrics.json, metrics.csv, predictions.csv, agreement.csv; returns the JSON dict."""
+    from ..evaluation.classification import to_rows
+    from ..evaluation.run import agreement_rows
+
+    out.mkdir(parents=True, exist_ok=True)
+    pred = result["predictions"]
+    names = list(result["classification"]["per_label"])
+    agreement = result["agreement"]
+    if agreement is not None:
+        agreement = {k: v for k, v in agreement.items() if k != "records"}
+        agreement["records"] = [{**r, "hd95": r["hd95"] if math.isfinite(r["hd95"]) else None}
+                                for r in result["agreement"]["records"]]
+    doc = {**header, "classification": result["classification"], "agreement": agreement,
+           "n_uncertain_labels_masked": result["n_uncertain_masked"]}
+    (out / "metrics.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
+    _write_csv(out / "metrics.csv", to_rows(result["classification"]))
+    rows = []
+    for i, id_ in enumerate(pred.ids):
+        row = {"id": id_}
+        row.update({f"prob:{n}": float(pred.probs[i, j]) for j, n in enumerate(names)})
+        row.update({f"label:{n}": float(pred.labels[i, j]) for j, n in enumerate(names)})
+        rows.append(row)
+    _write_csv(out / "predictions.csv", rows)
+    if result["agreement"] is not None:
+        _write_csv(out / "agreement.csv", agreement_rows(result["agreement"]))
+    return doc
+
+
+def run(args) -> int:
+    from ..evaluation.run import evaluate
+    from ..training.checkpoint import load_checkpoint, load_model_from_checkpoint
+
+    if args.n_boot < 0:
+        raise SibnetError(f"--n-boot must be >= 0, got {args.n_boot}")
+    if args.batch_size < 1:
+        raise SibnetError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_maps is not None and args.max_maps < 0:
+        raise SibnetError(f"--max-maps must be >= 0, got {args.max_maps}")
+    method = None if args.method.lower() in ("none", "null", "") else args.method
+    if method is not None:
+        from ..saliency import get
+
+        get(method)  # unknown names fail before any work
+    ckpt_path = Path(args.checkpoint)
+    model, meta = load_model_from_checkpoint(ckpt_path, map_location=args.device)
+    config = load_checkpoint(ckpt_path).get("config") or {}
+    dataset, name = dataset_for_checkpoint(meta, config, name=args.dataset, root=args.root, split=args.split)
+    result = evaluate(model, dataset, task=meta["task"], class_names=meta["class_names"], method=method,
+                      n_boot=args.n_boot, seed=args.seed, max_maps=args.max_maps, batch_size=args.batch_size,
+                      device=args.device)
+    out = Path(args.out) if args.out else ckpt_path.parent / f"eval-{args.split}"
+    header = {"checkpoint": str(ckpt_path), "dataset": name, "split": args.split, "n_images": len(dataset),
+              "image_size": int(meta["image_size"]), "model": meta["model_name"], "method": method}
+    write_outputs(out, result, header)
+    print(f"{name}/{args.split}: {len(dataset)} images, {meta['model_name']} from {ckpt_path}")
+    print(classification_table(result["classification"]))
+    if result["n_uncertain_masked"]:
+        print(f"({result['n_uncertain_masked']} uncertain labels left out of AUROC/AUPRC)")
+    if result["agreement"] is not None:
+        print(f"\nsaliency agreement ({method}, convex hull at Otsu threshold; mean over pairs with label 1 "
+              "and a nonempty mask):")
+        print(agreement_table(result["agreement"]))
+    elif method is not None:
+        print("\n(no expert masks in this dataset: no saliency agreement)")
+    print(f"\nwritten: {out}/metrics.json, metrics.csv, predictions.csv"
+          + (", agreement.csv" if result["agreement"] is not None else ""))
+    return 0
