@@ -82,7 +82,8 @@ def reference(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("kill_step, checkpoint_every, resumed_from", [
     (9, 0, 6),  # killed in epoch 2 (steps 7..12); last.pt from the end of epoch 1
-    (10, 4, 8),  # mid-epoch checkpoints every 4 steps: resumes inside epoch 2
+    # mid-epoch checkpoints every 4 steps: resumes inside epoch 2 (augmenter state from the checkpoint)
+    pytest.param(10, 4, 8, marks=pytest.mark.slow),
 ])
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, reference, kill_step, checkpoint_every,
                                                               resumed_from):
