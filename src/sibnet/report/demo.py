@@ -27,12 +27,12 @@ from .html import Figure, Section, Table, figure_png, write_report
 
 @dataclass(frozen=True)
 class DemoPlan:
-    image_size: int = 64
-    n_train: int = 192
-    n_val: int = 64
-    n_test: int = 96
+    image_size: int = 32
+    n_train: int = 48
+    n_val: int = 32
+    n_test: int = 48
     batch_size: int = 16
-    epochs: int = 3
+    epochs: int = 2
     method: str = "deep_taylor"
     n_boot: int = 1000
     cases: int = 4
@@ -40,7 +40,7 @@ class DemoPlan:
     difficulty: float = 0.5
 
 
-QUICK = DemoPlan(image_size=32, n_train=24, n_val=16, n_test=16, batch_size=8, epochs=1, n_boot=200, cases=2)
+QUICK = DemoPlan(image_size=32, n_train=8, n_val=8, n_test=8, batch_size=8, epochs=1, n_boot=100, cases=2)
 
 
 def _datasets(plan: DemoPlan):

@@ -171,7 +171,7 @@ def case_figure(image, mask, label, models: Mapping[str, tuple], class_names: Se
     checked = {n: _check(image, m, class_names)[1] for n, (m, _) in models.items()}
     scale = _scale(np.stack(list(checked.values())))
     rows = len(models)
-    fig, axes = plt.subplots(rows, k + 1, figsize=(2.3 * (k + 1), 2.55 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, k + 1, figsize=(2.3 * (k + 1), 2.8 * rows), squeeze=False)
     for r, (name, (_, probs)) in enumerate(models.items()):
         ax = axes[r][0]
         _show_image(ax, image)
