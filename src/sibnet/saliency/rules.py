@@ -103,6 +103,10 @@ class LinearOp:
 
 
 def _linear_relevance(rule: Rule, op: LinearOp, x, weight, bias, y, r_out, nonneg: bool):
+    # under autocast the layer ran in a lower precision: apply the rule in the dtype it ran in
+    dtype = y.dtype
+    x, weight, r_out = x.to(dtype), weight.to(dtype), r_out.to(dtype)
+    bias = None if bias is None else bias.to(dtype)
     if rule.kind == "epsilon":
         s = r_out / stabilize(y, rule.eps)
         r_in = x * op.input_grad(s, weight, x.shape)
