@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 
-CLASSIFIERS = ("densenet121", "resnet18", "resnet50", "resnet101")
+CLASSIFIERS = ("densenet121", "resnet18", "resnet50", "resnet101", "densenet121-se", "densenet121-cbam")
 
 
 def build_classifier(name: str = "densenet121", in_channels: int = 1, num_classes: int = 5, *,
@@ -22,6 +22,10 @@ def build_classifier(name: str = "densenet121", in_channels: int = 1, num_classe
     if name == "densenet121":
         return nets.DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels,
                                 out_channels=num_classes, dropout_prob=dropout)
+    if name in ("densenet121-se", "densenet121-cbam"):  # attention after each dense block
+        from .attention import densenet121_attention
+
+        return densenet121_attention(name.split("-")[1], in_channels, num_classes, dropout=dropout)
     if name in ("resnet18", "resnet50", "resnet101"):
         factory = getattr(nets, name)
         return factory(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes,
