@@ -279,8 +279,7 @@ def test_autocast_choice():
     cpu = torch.device("cpu")
     assert amp_dtype("auto", cpu, "gradcam") is None and amp_dtype("fp32", cpu, "deep_taylor") is None
     assert amp_dtype("bf16", cpu, "gradcam") == torch.bfloat16 and amp_dtype("bf16", cpu, None) == torch.bfloat16
-    with pytest.raises(ConfigError, match="relevance rules run in fp32"):
-        amp_dtype("bf16", cpu, "deep_taylor")
+    assert amp_dtype("bf16", cpu, "deep_taylor") == torch.bfloat16  # explicit choice honoured
     if torch.cuda.is_available():
         cuda = torch.device("cuda")
         assert amp_dtype("auto", cuda, "deep_taylor") is None

@@ -83,16 +83,14 @@ def amp_dtype(precision: str, device: torch.device, saliency: str | None = None)
     """The autocast dtype for ``train.precision`` (None: fp32, no autocast).
 
     ``auto``: bf16 (fp16 where bf16 is unsupported) on CUDA for the baseline and GradCAM, fp32 for
-    the relevance methods and on the CPU; an explicit bf16/fp16 with a relevance method is an error.
+    the relevance methods (their rule denominators are safer in fp32) and on the CPU. An explicit
+    bf16/fp16 is honoured for every method (relevance rules run in the dtype each layer ran in).
     """
     amp_ok = saliency in AUTOCAST_SALIENCY
     if precision == "auto":
         if device.type != "cuda" or not amp_ok:
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision != "fp32" and not amp_ok:
-        raise ConfigError(f"train.precision: {precision} autocast is not supported with loss.saliency={saliency} "
-                          "(its relevance rules run in fp32); use fp32 or auto")
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision: fp16 needs a CUDA device (use bf16 or fp32 on the CPU)")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
