@@ -15,7 +15,7 @@ def register(subparsers) -> None:
         "demo", help="baseline vs SIBNet on synthetic chest radiographs, one self-contained report.html",
         description="Train a baseline DenseNet-121 (weighted BCE) and a SIBNet DenseNet-121 (weighted BCE + "
         "class distinctiveness + spatial coherence of its saliency maps) on the same synthetic chest "
-        "radiographs with the same seed, evaluate both on the test split (AUROC/AUPRC with bootstrap 95%% "
+        "radiographs with the same seed, evaluate both on the test split (AUROC/AUPRC with bootstrap 95% "
         "intervals, agreement of the saliency maps with the expert masks) and write OUT/report.html with "
         f"the tables, training curves and saliency overlays beside the masks. Default: {d.image_size} px, "
         f"{d.n_train}/{d.n_val}/{d.n_test} train/val/test images, {d.epochs} epochs, {d.method} (a few minutes "

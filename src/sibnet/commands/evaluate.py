@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate", help="AUROC/AUPRC with bootstrap intervals and saliency agreement of a checkpoint",
         description="Evaluate a trained checkpoint on a dataset split: AUROC and AUPRC per label and their "
-        "mean with bootstrap 95%% intervals, and, where the dataset has expert masks, the agreement of the "
+        "mean with bootstrap 95% intervals, and, where the dataset has expert masks, the agreement of the "
         "saliency maps with them (Dice, HD95 in pixels, SSIM after convex-hull binarisation of each map at "
         "its Otsu threshold). Dataset settings default to those the checkpoint was trained with. Writes "
         "OUT/metrics.json, OUT/metrics.csv, OUT/predictions.csv and OUT/agreement.csv.",

@@ -28,7 +28,7 @@ from .html import Figure, Section, Table, figure_png, write_report
 @dataclass(frozen=True)
 class DemoPlan:
     image_size: int = 32
-    n_train: int = 48
+    n_train: int = 32
     n_val: int = 32
     n_test: int = 48
     batch_size: int = 16
