@@ -119,3 +119,21 @@ def test_checkpoint_encoder_weights_transferred(tmp_path, backbone):
     n_enc = len(net.encoder.state_dict())
     n_clf = len([k for k in sd if not k.startswith(("class_layers", "fc."))])
     assert n_enc == n_clf
+
+
+def test_same_seed_same_decoder_for_checkpoint_and_scratch(tmp_path):
+    """The comparison's U-Nets differ only in the encoder: with one seed, identical decoder init."""
+    from sibnet.data.base import DatasetInfo
+
+    clf = build_classifier("resnet18", 3, 2)
+    info = DatasetInfo("glas", ("benign", "malignant"), task="multiclass", in_channels=3)
+    path = save_checkpoint(tmp_path / "c.pt", {"format": FORMAT, "version": VERSION, "model": clf.state_dict(),
+                                               "meta": model_meta(model_name="resnet18", info=info, image_size=64)})
+    torch.manual_seed(5)
+    a, _ = unet_from_checkpoint(path, decoder_channels=SMALL)
+    torch.manual_seed(5)
+    b = build_unet("resnet18", 3, freeze_encoder=False, decoder_channels=SMALL)
+    da = {k: v for k, v in a.state_dict().items() if not k.startswith("encoder.")}
+    db = {k: v for k, v in b.state_dict().items() if not k.startswith("encoder.")}
+    assert da.keys() == db.keys()
+    assert all(torch.equal(da[k], db[k]) for k in da)

@@ -142,7 +142,7 @@ def run_train(args) -> int:
         raise ConfigError("segment train: give exactly one of --encoder-checkpoint CKPT and --scratch")
     size, dec = _size(s["size"]), _channels(s["decoder_channels"])
     _threads(s["threads"])
-    torch.manual_seed(int(s["seed"]))
+    torch.manual_seed(int(s["seed"]))  # both branches build a classifier first, then the same decoder
     if s["scratch"]:
         net = build_unet(str(s["backbone"]), 3, freeze_encoder=False, decoder_channels=dec)
         normalize, source = None, "scratch"
@@ -150,7 +150,6 @@ def run_train(args) -> int:
         net, cmeta = unet_from_checkpoint(s["encoder_checkpoint"], freeze_encoder=not s["unfreeze"],
                                           decoder_channels=dec)
         normalize, source = cmeta.get("normalisation"), str(s["encoder_checkpoint"])
-        torch.manual_seed(int(s["seed"]))
     samples = load_samples(s["dataset"], s["root"], s["split"], limit=s["limit"], seed=int(s["seed"]))
     x, y = prepare(samples, size, normalize)
     w = class_weights(y)
@@ -178,7 +177,6 @@ def run_train(args) -> int:
 
 
 def _load(args):
-    from ..segmentation.data import load_samples
     from ..segmentation.train import load_segmenter
 
     _threads(args.threads)
