@@ -152,3 +152,18 @@ def test_glas_four_images_end_to_end(tmp_path, capsys):
     for s in load_samples("glas", root, "testA", limit=2):
         pred = np.asarray(Image.open(ev / f"{s.id}_pred.png"))
         assert pred.shape == s.instances.shape == (522, 775)
+
+
+def test_loss_is_weighted_ce_plus_weighted_dice():
+    from sibnet.segmentation.train import segmentation_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 2, 5, 6, generator=g)
+    y = (torch.rand(2, 5, 6, generator=g) > 0.6).long()
+    w = torch.tensor([0.7, 1.8])
+    p = torch.softmax(logits, 1)
+    onehot = torch.stack([y == 0, y == 1], 1).float()
+    inter = (p * onehot).sum((2, 3))
+    dice = 1 - (2 * inter + 1e-5) / (p.sum((2, 3)) + onehot.sum((2, 3)) + 1e-5)  # (B, K)
+    expected = (dice * w).mean() + torch.nn.functional.cross_entropy(logits, y, weight=w)
+    torch.testing.assert_close(segmentation_loss(w)(logits, y[:, None]), expected)
