@@ -118,6 +118,19 @@ def test_stdout_table(tmp_path, capsys):
     assert all(math.isfinite(v) for v in doc["classification"]["mean"]["auroc_ci"] if v is not None)
 
 
+def test_fold_of_the_checkpoint_gives_its_validation_split(tmp_path):
+    from sibnet.data.registry import build_dataset
+
+    ckpt = tiny_checkpoint(tmp_path / "t.pt", n=20, fold=1, folds=4)
+    rc = main(["evaluate", "--checkpoint", str(ckpt), "--split", "val", "--method", "none", "--n-boot", "0",
+               "--out", str(tmp_path / "o")])
+    assert rc == 0
+    val = build_dataset("synthetic", split="val", image_size=32, seed=0, n=20, fold=1, folds=4)
+    preds = _read_csv(tmp_path / "o" / "predictions.csv")
+    assert [r["id"] for r in preds] == [val[i]["id"] for i in range(len(val))]
+    assert len(preds) == 5 and all(r["id"].startswith("synthetic-train-") for r in preds)
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--checkpoint", "{tmp}/missing.pt"], "missing.pt"),
     (["--checkpoint", "{tmp}/garbage.pt"], "garbage.pt"),

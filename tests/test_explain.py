@@ -13,14 +13,14 @@ from sibnet.models.classifier import build_classifier
 from sibnet.training.checkpoint import FORMAT, VERSION, model_meta, save_checkpoint
 
 
-def tiny_checkpoint(path, *, image_size=32, model_name="resnet18", n=16, seed=0, normalisation=None):
+def tiny_checkpoint(path, *, image_size=32, model_name="resnet18", n=16, seed=0, normalisation=None, **data):
     """A sibnet checkpoint of an untrained (seeded) classifier for the synthetic chest data."""
     torch.manual_seed(seed)
     info = SyntheticChestXray(split="test", size=image_size, n=0, cache=False).info
     model = build_classifier(model_name, info.in_channels, info.num_classes)
     meta = model_meta(model_name=model_name, info=info, image_size=image_size, normalisation=normalisation,
                       dataset="synthetic")
-    config = {"data": {"name": "synthetic", "root": None, "options": {"n": n, "augment": True}},
+    config = {"data": {"name": "synthetic", "root": None, "options": {"n": n, "augment": True}, **data},
               "train": {"seed": seed}}
     save_checkpoint(path, {"format": FORMAT, "version": VERSION, "model": model.state_dict(), "meta": meta,
                            "config": config})

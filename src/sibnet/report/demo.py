@@ -222,9 +222,10 @@ def run_demo(out: str | Path = "sibnet-demo", plan: DemoPlan = DemoPlan(), progr
         f"Run on {platform.machine()} CPU with {torch_threads} torch threads: baseline training "
         f"{summaries['baseline']['seconds']:.0f} s, SIBNet training {summaries['SIBNet']['seconds']:.0f} s, "
         f"whole demo {total:.0f} s.",
-        "These are the numbers the runs gave, not tuned for either model. A few epochs on a few hundred small "
-        "images is a demonstration of the pipeline, not a replication of the paper: intervals are wide and "
-        "the ranking of the two models can change with the seed, the data size and the number of epochs."])
+        f"These are the numbers the runs gave, not tuned for either model. {plan.epochs} epoch(s) on "
+        f"{plan.n_train} images of {plan.image_size} px is a demonstration of the pipeline, not a replication of "
+        "the paper (320 px, thousands of images, many epochs): intervals are wide and the ranking of the two "
+        "models can change with the seed, the data size and the number of epochs."] + _loss_balance(out, lam))
     curves_section = Section("Training curves", [
         Figure(curves_png, caption="Per epoch, from each run's metrics.csv: mean training loss (total and its "
                                    "weighted BCE part) and validation mean AUROC."),
@@ -251,6 +252,19 @@ def run_demo(out: str | Path = "sibnet-demo", plan: DemoPlan = DemoPlan(), progr
     }
     (out / "results.json").write_text(json.dumps(_finite(summary), indent=2))
     return summary
+
+
+def _loss_balance(out: Path, lam: dict) -> list[str]:
+    """A sentence on the size of the SIBNet terms against the weighted BCE in the first epoch."""
+    from .figures import read_metrics_csv
+
+    m = read_metrics_csv(out / "sibnet" / "metrics.csv")
+    wce, cd, sc = (float(m[c][0]) if c in m else math.nan for c in ("train_wce", "train_cd", "train_sc"))
+    if not all(math.isfinite(v) for v in (wce, cd, sc)) or wce <= 0:
+        return []
+    return [f"Loss balance in SIBNet's first epoch (mean over its batches): weighted BCE {wce:.3f}, "
+            f"lambda_cd x L_CD = {lam['lambda_cd'] * cd:.3f}, lambda_sc x L_SC = {lam['lambda_sc'] * sc:.3f} "
+            f"({lam['lambda_sc'] * sc / wce:.0f} times the weighted BCE)."]
 
 
 def _finite(obj):
