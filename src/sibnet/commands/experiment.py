@@ -1,0 +1,163 @@
+"""``sibnet experiment``: the paper's tables as resumable, reproducible jobs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+TABLES = ("table1", "table3", "table4", "table5", "status")
+DEFAULT_METHODS = "baseline,se,cbam,sibnet,sibnet-gradcam,sibnet-lrp,no-cd,no-sc,image-embed"
+
+
+def register(subparsers) -> None:
+    from ..experiments.methods import METHODS
+
+    method_list = "; ".join(f"{m.name}: {m.description}" + ("" if m.implemented else " [not implemented]")
+                            for m in METHODS.values())
+    p = subparsers.add_parser(
+        "experiment", help="run the paper's tables (cross-validated methods, ablations, noise, probes, agreement)",
+        description="Each method x fold x seed is one training job with its own folder under --runs (config, "
+        "checkpoints, metrics); finished jobs (done.json) are never re-run and an interrupted job continues "
+        "from its last epoch. table1 trains the missing jobs and writes AUROC/AUPRC per method with paired "
+        "differences against the baseline; table3 (saliency agreement with expert masks), table4 (Gaussian "
+        "noise) and table5 (probes on frozen features) evaluate the finished table1 jobs of the same study "
+        "and never train. 'status' lists the jobs. Tables are written to --out as Markdown and CSV beside "
+        "their figures, with a header stating the command, data, budget and code version.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="methods: " + method_list + "\n\nexamples:\n"
+        "  sibnet experiment table1 --dataset synthetic --methods baseline,sibnet --folds 2 --budget epochs=2\n"
+        "  sibnet experiment table1 --dataset nih --root ../shared/data/nih-cxr14 --folds 5 --seeds 1 "
+        "--budget epochs=5 --jobs 2\n"
+        "  sibnet experiment table4 --dataset nih --root ../shared/data/nih-cxr14 --folds 5 --budget epochs=5\n"
+        "  sibnet experiment status --dataset nih --root ../shared/data/nih-cxr14 --budget epochs=5")
+    p.add_argument("table", choices=TABLES, help="what to run or write")
+    p.add_argument("--dataset", default="synthetic", help="dataset name (as sibnet train; default synthetic)")
+    p.add_argument("--root", default=None, help="dataset folder (every dataset but the synthetic ones)")
+    p.add_argument("--image-size", type=int, default=128, help="square input size (default 128)")
+    p.add_argument("--folds", type=int, default=5, help="patient-wise cross-validation folds (default 5)")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds per fold: 0..N-1 (default 1)")
+    p.add_argument("--budget", default="epochs=3", help="training budget per job: epochs=N and/or steps=N "
+                                                        "(default epochs=3)")
+    p.add_argument("--methods", default=None, help=f"comma-separated methods (default {DEFAULT_METHODS})")
+    p.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
+    p.add_argument("--jobs", type=int, default=1, help="independent jobs run in parallel processes (default 1)")
+    p.add_argument("--runs", default=None, help="folder of the jobs (default runs/experiments/DATASET-SIZEpx)")
+    p.add_argument("--out", default=None, help="folder of the tables and figures (default RUNS/tables)")
+    p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="dataset option (YAML value), e.g. shortcut=Cardiomegaly or n=200; repeatable")
+    p.add_argument("--eval-split", choices=("auto", "test", "val"), default="auto",
+                   help="auto (default): the official test split when nonempty, else the fold's held-out part")
+    p.add_argument("--keep-epochs", action="store_true", help="keep a model checkpoint of every epoch (table3 "
+                                                              "Dice per epoch)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--report-only", action="store_true", help="table1: write the table from the finished jobs, "
+                                                              "train nothing")
+    p.add_argument("--sigmas", default=None, help="table4: comma-separated noise sds on [0, 1] images "
+                                                  "(default 0,0.005,0.01,0.05,0.1)")
+    p.add_argument("--probes", default=None, help="table5: comma-separated probes (default linear_svm,rbf_svm,"
+                                                  "random_forest)")
+    p.add_argument("--saliency", default="deep_taylor", help="table3: saliency method applied to every model "
+                                                             "(default deep_taylor)")
+    p.add_argument("--max-maps", type=int, default=100, help="table3: images per job whose maps are scored "
+                                                             "(default 100)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="training configuration overrides applied to every job (e.g. optim.lr=1e-4)")
+    p.set_defaults(func=run)
+
+
+def build_study(args):
+    from pathlib import Path
+
+    import yaml
+
+    from ..config import parse_override
+    from ..errors import ConfigError
+    from ..experiments.jobs import Study, parse_budget
+
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds: must be >= 1, got {args.seeds}")
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
+    if args.image_size < 32:
+        raise ConfigError(f"--image-size: DenseNet-121 needs at least 32 px, got {args.image_size}")
+    options = {}
+    for text in args.data_option:
+        if "=" not in text:
+            raise ConfigError(f"--data-option {text!r}: expected KEY=VALUE")
+        key, raw = text.split("=", 1)
+        try:
+            options[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--data-option {text!r}: value is not valid YAML") from None
+    for text in args.overrides:
+        parse_override(text)
+    budget = parse_budget(args.budget)
+    runs = Path(args.runs or f"runs/experiments/{args.dataset}-{args.image_size}px")
+    return Study(dataset=args.dataset, runs=runs, budget=budget, root=args.root, image_size=args.image_size,
+                 folds=args.folds, seeds=tuple(range(args.seeds)), batch_size=args.batch_size, options=options,
+                 overrides=tuple(args.overrides), eval_split=args.eval_split, keep_epochs=args.keep_epochs,
+                 device=args.device)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..experiments.jobs import job_config, job_status, run_jobs, study_jobs
+    from ..experiments.methods import parse_methods
+    from ..experiments.tables import command_line
+
+    study = build_study(args)
+    methods = parse_methods(args.methods or DEFAULT_METHODS)
+    jobs = study_jobs(study, methods)
+    for job in jobs[:len(methods)]:
+        job_config(study, job)  # settings checked before anything runs
+    out = Path(args.out) if args.out else study.runs / "tables"
+    command = command_line()
+    if args.table == "status":
+        for job in jobs:
+            print(f"{job_status(study, job):8s} {job.key}")
+        return 0
+    if args.table == "table1":
+        failed = []
+        if not args.report_only:
+            results = run_jobs(study, jobs, args.jobs, log=lambda m: print(m, file=sys.stderr, flush=True))
+            failed = [r for r in results if r["status"] == "failed"]
+        from ..experiments.table1 import write_table1
+
+        paths = write_table1(study, methods, jobs, out, command)
+        print(paths["markdown"])
+        print(paths["csv"])
+        for f in failed:
+            print(f"failed: {f['job']}: {f['error']}", file=sys.stderr)
+        return 1 if failed else 0
+    if args.table == "table4":
+        from ..evaluation.robustness import DEFAULT_SIGMAS
+        from ..experiments.noise import write_table4
+
+        sigmas = DEFAULT_SIGMAS if args.sigmas is None else _floats(args.sigmas, "--sigmas")
+        paths = write_table4(study, methods, jobs, out, command, sigmas)
+    elif args.table == "table5":
+        from ..evaluation.probes import PROBES
+        from ..experiments.probes import write_table5
+
+        probes = PROBES if args.probes is None else tuple(p.strip() for p in args.probes.split(",") if p.strip())
+        paths = write_table5(study, methods, jobs, out, command, probes)
+    else:
+        from ..experiments.agreement import write_table3
+
+        paths = write_table3(study, methods, jobs, out, command, args.saliency, args.max_maps)
+    print(paths["markdown"])
+    print(paths["csv"])
+    return 0
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    from ..errors import ConfigError
+
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise ConfigError(f"{flag}: expected numbers >= 0, got {text!r}")
+    return values

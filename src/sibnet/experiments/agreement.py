@@ -1,0 +1,119 @@
+"""Table 3: agreement of each trained model's saliency maps with expert masks (SSIM, Dice, HD95).
+
+* Models: the finished table-1 jobs' ``last.pt`` (never retrained). Maps: one saliency method for
+  every model (``--saliency``, default DeepTaylor, so the methods are compared on the same
+  explanation), all classes, eval mode, for the first ``max_maps`` images of the evaluation split
+  (:func:`sibnet.evaluation.run.compute_maps`).
+* Scores: :func:`sibnet.evaluation.agreement.saliency_agreement` (convex hull of the Otsu
+  foreground; pairs where the class is present and its mask nonempty); per run the mean over
+  classes; mean (sd) over runs; paired difference method − baseline of the Dice.
+* Fig. 9: mean Dice per epoch, when the jobs kept ``epoch<E>.pt`` (``--keep-epochs``).
+* Per job the result is cached in ``agreement.json`` (reused when method and image count match).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SibnetError
+from ..evaluation.statistics import mean_sd
+from .jobs import Job, Study, collect, eval_dataset, job_config
+from .methods import BASELINE, Method
+from .table1 import _mean, _sd, paired_vs_baseline
+from .tables import fmt_diff, study_header, write_outputs
+
+SCORES = ("dice", "hd95", "ssim")
+
+
+def checkpoint_agreement(path: Path, dataset, method: str, max_maps: int) -> dict:
+    from ..evaluation.agreement import saliency_agreement
+    from ..evaluation.run import compute_maps
+    from ..training.checkpoint import load_model_from_checkpoint
+
+    model, meta = load_model_from_checkpoint(path)
+    n = min(int(max_maps), len(dataset))
+    maps = compute_maps(model, dataset, method, range(n))
+    if maps["masks"] is None:
+        raise SibnetError(f"table3: dataset {meta.get('dataset')!r} has no expert masks")
+    agr = saliency_agreement(maps["maps"], maps["masks"], maps["labels"], class_names=meta["class_names"])
+    return {k: agr["mean"][k] for k in SCORES} | {"n_images": n,
+                                                  "per_class": {c: {k: v[k]["mean"] for k in SCORES}
+                                                                for c, v in agr["per_class"].items()}}
+
+
+def job_agreement(study: Study, job: Job, method: str, max_maps: int) -> dict:
+    folder = job.folder(study)
+    cache = folder / "agreement.json"
+    key = {"saliency": method, "max_maps": int(max_maps), "budget": str(study.budget)}
+    if cache.is_file():
+        old = json.loads(cache.read_text())
+        if old.get("key") == key:
+            return old
+    cfg = job_config(study, job)
+    dataset, split = eval_dataset(study, cfg)
+    if not getattr(dataset.info, "has_masks", False):
+        raise SibnetError(f"table3: dataset {study.dataset!r} has no expert masks (use a synthetic dataset)")
+    result = {"key": key, "split": split, "last": checkpoint_agreement(folder / "last.pt", dataset, method, max_maps),
+              "epochs": {}}
+    for ep in sorted(folder.glob("epoch*.pt"), key=lambda p: int(p.stem[5:])):
+        result["epochs"][ep.stem[5:]] = checkpoint_agreement(ep, dataset, method, max_maps)["dice"]
+    tmp = folder / f".agreement.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, cache)
+    return result
+
+
+def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path, command: str, method: str,
+                 max_maps: int) -> dict:
+    done = collect(study, jobs)
+    res = {job: job_agreement(study, job, method, max_maps) for job in done}
+    has_base = any(m.name == BASELINE for m in methods)
+    rows, csv_rows, per_epoch = [], [], {}
+    for m in methods:
+        mine = [j for j in res if j.method == m.name]
+        row = [m.name, f"{len(mine)}/{sum(1 for j in jobs if j.method == m.name)}"]
+        c = {"method": m.name, "runs": len(mine)}
+        for k in SCORES:
+            v = [np.nan if res[j]["last"][k] is None else res[j]["last"][k] for j in mine]
+            row.append(mean_sd(v) if v else "n/a")
+            c[k], c[f"{k}_sd"] = _mean(v), _sd(v)
+        if has_base and m.name != BASELINE:
+            d = paired_vs_baseline({j: {"v": r["last"]["dice"]} for j, r in res.items()}, m.name, "v")
+            row += list(fmt_diff(d))
+            c["diff_dice"], c["diff_dice_lo"], c["diff_dice_hi"], c["p_dice"] = d["mean_diff"], *d["ci"], \
+                d["p_wilcoxon"]
+        elif has_base:
+            row += ["(reference)", ""]
+        rows.append(row)
+        csv_rows.append(c)
+        curves = [([int(e) for e in res[j]["epochs"]], list(res[j]["epochs"].values())) for j in mine
+                  if res[j]["epochs"]]
+        if curves:
+            per_epoch[m.name] = curves
+    header = study_header(command, study, methods, [
+        f"models: the finished table-1 jobs of this study ({len(done)} of {len(jobs)}), last.pt, not retrained",
+        f"maps: {method} for every model, all classes, eval mode, first {max_maps} images of the evaluation split",
+        "agreement: convex hull of the Otsu foreground of each map vs the expert mask, pairs with the class "
+        "present and a nonempty mask; Dice, HD95 (pixels; empty maps left out of HD95), SSIM; per run the mean "
+        "over classes, mean (sd) over runs"])
+    cols = ["method", "runs", "Dice", "HD95 (px)", "SSIM"] + (["ΔDice vs baseline [95% CI]", "p"] if has_base else [])
+    figs = []
+    if per_epoch:
+        from .figures import curves as draw, save_figure
+
+        fig = draw(per_epoch, "epoch", f"mean Dice ({method} maps)", f"Fig. 9: Dice per epoch ({study.dataset})")
+        figs.append(str(save_figure(fig, Path(out) / "fig9_dice_per_epoch.png")))
+    csv_cols = ["method", "runs", "dice", "dice_sd", "hd95", "hd95_sd", "ssim", "ssim_sd"]
+    csv_cols += ["diff_dice", "diff_dice_lo", "diff_dice_hi", "p_dice"] if has_base else []
+    paths = write_outputs(out, "table3", f"Table 3: saliency agreement with expert masks, {study.dataset}", header,
+                          [("Agreement with expert masks", cols, rows)], csv_cols, csv_rows, figs)
+    paths["figures"] = figs
+    paths["agreement"] = res
+    return paths
+
+
+__all__ = ["checkpoint_agreement", "job_agreement", "write_table3"]

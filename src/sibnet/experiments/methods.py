@@ -1,0 +1,80 @@
+"""The methods compared in the paper's tables: name -> model and loss settings.
+
+Every method is a DenseNet-121 (plain, or with SE/CBAM attention after each dense block) trained
+by :class:`sibnet.training.Trainer`; a method only sets configuration keys (``overrides``, dotted
+keys as in ``sibnet train``) and the classifier name. Nothing else differs between methods of one
+study: data, folds, seeds, optimiser and budget are the study's.
+
+``pham`` (Pham et al. 2020: conditional training on the parent-child label hierarchy, then
+fine-tuning on all data, U-LSR for uncertain labels) is listed but NOT implemented; choosing it
+is an error, and tables list it as not implemented.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    model: str = "densenet121"  # a name of sibnet.models.build_classifier
+    overrides: dict = field(default_factory=dict)
+    unlabeled: bool = False  # SIBNet+: needs the dataset's unlabeled pool
+    implemented: bool = True
+
+
+BASELINE = "baseline"
+
+METHODS: dict[str, Method] = {m.name: m for m in [
+    Method(BASELINE, "DenseNet-121, weighted BCE", overrides={"loss.saliency": None}),
+    Method("se", "DenseNet-121 + squeeze-and-excitation after each dense block, weighted BCE",
+           model="densenet121-se", overrides={"loss.saliency": None}),
+    Method("cbam", "DenseNet-121 + CBAM after each dense block, weighted BCE",
+           model="densenet121-cbam", overrides={"loss.saliency": None}),
+    Method("sibnet", "SIBNet: weighted BCE + L_CD + L_SC on DeepTaylor maps",
+           overrides={"loss.saliency": "deep_taylor"}),
+    Method("sibnet-gradcam", "SIBNet with GradCAM maps", overrides={"loss.saliency": "gradcam"}),
+    Method("sibnet-lrp", "SIBNet with LRP-epsilon maps", overrides={"loss.saliency": "lrp_epsilon"}),
+    Method("no-cd", "SIBNet (DeepTaylor) without L_CD",
+           overrides={"loss.saliency": "deep_taylor", "loss.use_cd": False}),
+    Method("no-sc", "SIBNet (DeepTaylor) without L_SC",
+           overrides={"loss.saliency": "deep_taylor", "loss.use_sc": False}),
+    Method("image-embed", "SIBNet (DeepTaylor), L_CD on embeddings of image x map instead of maps",
+           overrides={"loss.saliency": "deep_taylor", "loss.embed": "image"}),
+    Method("sibnet-plus", "SIBNet+ (DeepTaylor) with the dataset's unlabeled pool",
+           overrides={"loss.saliency": "deep_taylor"}, unlabeled=True),
+    Method("pham", "Pham et al. 2020: hierarchy-conditional training, fine-tuning, U-LSR",
+           implemented=False),
+]}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ConfigError(f"--methods: unknown method {name!r}; choose from {', '.join(METHODS)}")
+    m = METHODS[name]
+    if not m.implemented:
+        raise ConfigError(f"--methods: {name!r} ({m.description}) is not implemented in this version")
+    return m
+
+
+def parse_methods(text: str | list[str]) -> list[Method]:
+    """Comma-separated method names (order kept, duplicates dropped); each checked."""
+    names = text.split(",") if isinstance(text, str) else list(text)
+    out: list[Method] = []
+    for name in (n.strip() for n in names):
+        if not name:
+            continue
+        m = get_method(name)
+        if m not in out:
+            out.append(m)
+    if not out:
+        raise ConfigError("--methods: no method given")
+    return out
+
+
+def not_implemented() -> list[Method]:
+    return [m for m in METHODS.values() if not m.implemented]
