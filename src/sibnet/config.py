@@ -53,7 +53,7 @@ class LossConfig:
     radius: int = 4
     threshold: Union[str, float] = "otsu"
     background_cluster: bool = False
-    embed_size: Optional[int] = None
+    embed_size: Optional[int] = 32
     sc_resolution: Literal["input", "features"] = "input"
     saliency_options: dict = field(default_factory=dict)
     class_weight: bool = True  # positive / class weights from the training labels

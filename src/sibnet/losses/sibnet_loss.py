@@ -51,7 +51,9 @@ class SIBNetLoss(nn.Module):
         embed_grad: "all" (gradients reach the maps and the encoder used to embed them) or "maps".
         normalise: ReLU + divide by the per-map maximum before both terms.
         radius, threshold, background_cluster: the L_SC neighbourhood and clustering.
-        embed_size: resolution (pixels) at which maps are embedded; ``None`` keeps the input size.
+        embed_size: resolution (pixels) at which maps are embedded when the input is larger (default 32:
+            the embedding pass of the B·K maps dominates the step's cost; see docs/benchmarks.md);
+            ``None`` embeds at the input size.
         sc_resolution: "input" or "features" (Grad-CAM only: L_SC on the feature-map-sized maps).
         saliency_options: extra keyword options for the saliency method.
 
@@ -63,7 +65,7 @@ class SIBNetLoss(nn.Module):
                  lambda_sc: float | None = None, *, task: str = "multilabel", class_weight=None,
                  use_cd: bool = True, use_sc: bool = True, embed: str = "maps", embed_grad: str = "all",
                  normalise: bool = True, radius: int = 4, threshold="otsu", background_cluster: bool = False,
-                 embed_size: int | None = None, sc_resolution: str = "input", saliency_options: dict | None = None):
+                 embed_size: int | None = 32, sc_resolution: str = "input", saliency_options: dict | None = None):
         super().__init__()
         if task not in ("multilabel", "multiclass"):
             raise ConfigError(f"task: expected 'multilabel' or 'multiclass', got {task!r}")
@@ -123,7 +125,7 @@ class SIBNetLoss(nn.Module):
                 inputs = x.repeat_interleave(k, dim=0) * stack.unsqueeze(1)
             else:
                 inputs = stack.unsqueeze(1).expand(-1, channels, *stack.shape[1:])
-            if self.embed_size is not None and tuple(inputs.shape[2:]) != (self.embed_size,) * (inputs.dim() - 2):
+            if self.embed_size is not None and max(inputs.shape[2:]) > self.embed_size:
                 mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[inputs.dim() - 2]
                 inputs = F.interpolate(inputs, size=(self.embed_size,) * (inputs.dim() - 2), mode=mode,
                                        align_corners=False)
