@@ -23,7 +23,7 @@ def register(subparsers) -> None:
         f"{QUICK.epochs} epoch (a smoke test of the whole path, under a minute).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  sibnet demo\n  sibnet demo --out demo --epochs 5\n  sibnet demo --quick --out /tmp/demo")
-    p.add_argument("--out", default="sibnet-demo", help="output folder (default ./sibnet-demo)")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--epochs", type=int, default=None, help=f"epochs per model (default {d.epochs})")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the whole path in under a minute")
     p.add_argument("--image-size", type=int, default=None, help=f"square image size (default {d.image_size})")

@@ -158,7 +158,7 @@ def agreement_section(results: dict, method: str) -> Section:
         Table(cols, rows, caption="Same maps method for both models.")])
 
 
-def run_demo(out: str | Path = "sibnet-demo", plan: DemoPlan = DemoPlan(), progress: bool = True,
+def run_demo(out: str | Path = "runs/demo", plan: DemoPlan = DemoPlan(), progress: bool = True,
              log=print) -> dict:
     """Train both models, evaluate them and write ``out/report.html``; returns the results summary."""
     from ..evaluation.run import agreement_rows, compute_maps, evaluate
