@@ -144,7 +144,7 @@ def explain_figure(image, maps, class_names: Sequence[str], probs: Sequence[floa
     plt = _pyplot()
     image, maps = _check(image, maps, class_names)
     k = maps.shape[0]
-    fig, axes = plt.subplots(1, k + 1, figsize=(2.5 * (k + 1), 2.9), squeeze=False)
+    fig, axes = plt.subplots(1, k + 1, figsize=(2.5 * (k + 1), 3.2), squeeze=False)
     _show_image(axes[0][0], image)
     axes[0][0].set_title("image", fontsize=9)
     scale = _scale(maps)
@@ -153,7 +153,7 @@ def explain_figure(image, maps, class_names: Sequence[str], probs: Sequence[floa
         axes[0][j + 1].set_title(f"{class_names[j]}\np = {float(probs[j]):.3f}", fontsize=9)
     head = title + (f" — {method}" if method else "")
     fig.suptitle(f"{head} (maps share one colour scale)".strip(), fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     return fig
 
 
