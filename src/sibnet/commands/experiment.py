@@ -112,7 +112,7 @@ def run(args) -> int:
     for job in jobs[:len(methods)]:
         job_config(study, job)  # settings checked before anything runs
     out = Path(args.out) if args.out else study.runs / "tables"
-    command = command_line()
+    command = command_line(canonical_argv(args))
     if args.table == "status":
         for job in jobs:
             print(f"{job_status(study, job):8s} {job.key}")
@@ -149,6 +149,33 @@ def run(args) -> int:
     print(paths["markdown"])
     print(paths["csv"])
     return 0
+
+
+def canonical_argv(args) -> list[str]:
+    """The invocation with every setting that shapes the results spelled out (defaults included), so
+    the command in a table header reproduces it whatever was typed."""
+    out = ["experiment", args.table, "--dataset", args.dataset]
+    if args.root:
+        out += ["--root", args.root]
+    out += ["--image-size", str(args.image_size), "--folds", str(args.folds), "--seeds", str(args.seeds),
+            "--budget", args.budget, "--methods", args.methods or DEFAULT_METHODS,
+            "--batch-size", str(args.batch_size)]
+    if args.runs:
+        out += ["--runs", args.runs]
+    if args.out:
+        out += ["--out", args.out]
+    for opt in args.data_option:
+        out += ["--data-option", opt]
+    out += ["--eval-split", args.eval_split]
+    if args.keep_epochs:
+        out.append("--keep-epochs")
+    if args.table == "table4" and args.sigmas is not None:
+        out += ["--sigmas", args.sigmas]
+    if args.table == "table5" and args.probes is not None:
+        out += ["--probes", args.probes]
+    if args.table == "table3":
+        out += ["--saliency", args.saliency, "--max-maps", str(args.max_maps)]
+    return out + list(args.overrides)
 
 
 def _floats(text: str, flag: str) -> tuple[float, ...]:

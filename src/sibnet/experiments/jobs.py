@@ -383,13 +383,13 @@ def run_job(study: Study, job: Job, log=print) -> dict:
     from ..training.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
 
     folder = job.folder(study)
-    done = read_done(folder)
-    if done is not None and done.get("budget") == str(study.budget):
-        return {**done, "status": "skipped"}
     method = get_method(job.method)
     cfg = job_config(study, job)
     identity = job_identity(study, job, cfg)
     _check_identity(folder, identity)
+    done = read_done(folder)
+    if done is not None and done.get("budget") == str(study.budget):
+        return {**done, "status": "skipped"}
     if not acquire_lock(folder):
         return {"status": "busy", "job": job.key}
     try:
@@ -513,6 +513,7 @@ def collect(study: Study, jobs: list[Job]) -> dict[Job, dict]:
     for job in jobs:
         rec = read_done(job.folder(study))
         if rec is not None and rec.get("budget") == str(study.budget):
+            _check_identity(job.folder(study), job_identity(study, job, job_config(study, job)))
             out[job] = rec
     return out
 

@@ -1,0 +1,239 @@
+"""sibnet experiment: a tiny end-to-end table1 on synthetic data (2 methods x 2 folds x 1 seed).
+
+Checks the files, that a second invocation re-runs nothing, the numbers against
+scikit-learn and ``sibnet.evaluation.statistics``, the header, and the evaluation tables that
+reuse the trained jobs (table4/table5) without training again.
+"""
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from sibnet.cli import main
+from sibnet.evaluation.statistics import mean_sd, paired_difference
+from sibnet.experiments.tables import read_csv_table
+
+torch.set_num_threads(1)
+
+METHODS = ("baseline", "sibnet-gradcam")
+
+
+def argv(runs: Path, out: Path, table="table1", budget="steps=1", extra=()):
+    return [ "experiment", table, "--dataset", "synthetic", "--image-size", "32", "--folds", "2", "--seeds", "1",
+             "--budget", budget, "--batch-size", "8", "--data-option", "n=16", "--methods", ",".join(METHODS),
+             "--runs", str(runs), "--out", str(out), *extra]
+
+
+def job_files(runs: Path):
+    return sorted(runs.glob("*/fold*-seed*"))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    base = tmp_path_factory.mktemp("exp")
+    runs, out = base / "runs", base / "tables"
+    assert main(argv(runs, out)) == 0
+    stamps = {str(p): (p / "last.pt").stat().st_mtime_ns for p in job_files(runs)}
+    return {"runs": runs, "out": out, "stamps": stamps}
+
+
+def test_files(study):
+    runs, out = study["runs"], study["out"]
+    folders = job_files(runs)
+    assert [f"{p.parent.name}/{p.name}" for p in folders] == sorted(
+        f"{m}/fold{f}-seed0" for m in METHODS for f in (0, 1))
+    for p in folders:
+        for name in ("job.yaml", "config.yaml", "last.pt", "metrics.csv", "val_loss.csv", "done.json",
+                     "predictions.npz"):
+            assert (p / name).is_file(), (p, name)
+        assert not (p / "running.lock").exists()
+        done = json.loads((p / "done.json").read_text())
+        assert done["state"] == {"epochs": 1, "steps": 1}
+        assert done["method"] == p.parent.name and done["eval_split"] == "test" and done["n_eval"] == 16
+    for name in ("table1.md", "table1.csv", "fig3_auroc_box.png", "fig4_curves.png", "fig5_per_label_auroc.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0
+
+
+def test_second_invocation_runs_nothing(study, capsys):
+    assert main(argv(study["runs"], study["out"])) == 0
+    err = capsys.readouterr().err
+    assert err.count(": skipped") == 4 and "epoch 1" not in err
+    assert {str(p): (p / "last.pt").stat().st_mtime_ns for p in job_files(study["runs"])} == study["stamps"]
+    assert main(argv(study["runs"], study["out"], table="status")) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and all(ln.startswith("done") for ln in lines)
+
+
+def test_metrics_against_sklearn(study):
+    for p in job_files(study["runs"]):
+        done = json.loads((p / "done.json").read_text())
+        pred = np.load(p / "predictions.npz")
+        aurocs, aps = [], []
+        for j, name in enumerate(done["class_names"]):
+            y = pred["labels"][:, j]
+            if y.min() == y.max():
+                assert done["per_label"][name]["auroc"] is None
+                continue
+            a, ap = roc_auc_score(y, pred["probs"][:, j]), average_precision_score(y, pred["probs"][:, j])
+            assert done["per_label"][name]["auroc"] == pytest.approx(a)
+            assert done["per_label"][name]["auprc"] == pytest.approx(ap)
+            aurocs.append(a)
+            aps.append(ap)
+        assert done["mean_auroc"] == pytest.approx(np.mean(aurocs))
+        assert done["mean_auprc"] == pytest.approx(np.mean(aps))
+
+
+def _per_run(runs: Path, method: str, key: str) -> list[float]:
+    return [json.loads((runs / method / f"fold{f}-seed0" / "done.json").read_text())[key] for f in (0, 1)]
+
+
+def test_statistics_against_evaluation_module(study):
+    header, rows = read_csv_table(study["out"] / "table1.csv")
+    by = {r["method"]: r for r in rows}
+    assert set(by) == set(METHODS)
+    for m in METHODS:
+        for key, col in (("mean_auroc", "auroc"), ("mean_auprc", "auprc")):
+            v = _per_run(study["runs"], m, key)
+            assert float(by[m][f"{col}_mean"]) == pytest.approx(np.mean(v))
+            assert float(by[m][f"{col}_sd"]) == pytest.approx(np.std(v, ddof=1))
+    for key, col in (("mean_auroc", "auroc"), ("mean_auprc", "auprc")):
+        d = paired_difference(_per_run(study["runs"], "sibnet-gradcam", key), _per_run(study["runs"], "baseline", key))
+        r = by["sibnet-gradcam"]
+        assert float(r[f"diff_{col}"]) == pytest.approx(d["mean_diff"])
+        assert float(r[f"diff_{col}_lo"]) == pytest.approx(d["ci"][0])
+        assert float(r[f"diff_{col}_hi"]) == pytest.approx(d["ci"][1])
+        assert r[f"p_{col}"] == "" and int(r[f"pairs_{col}"]) == 2  # 2 pairs: no Wilcoxon p
+    md = (study["out"] / "table1.md").read_text()
+    assert f"| baseline | 2/2 | {mean_sd(_per_run(study['runs'], 'baseline', 'mean_auroc'))} |" in md
+
+
+def test_header(study):
+    header, _ = read_csv_table(study["out"] / "table1.csv")
+    text = "\n".join(header)
+    md = (study["out"] / "table1.md").read_text()
+    version = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True).stdout.strip()
+    for needle in ("command: `sibnet experiment table1 --dataset synthetic --image-size 32 --folds 2 --seeds 1",
+                   "--budget steps=1", "dataset: synthetic", "image size: 32 px", "budget: steps=1 per job",
+                   "2 patient-wise folds x seeds [0]", "pham", "not implemented", "finished jobs: 4 of 4",
+                   "evaluation split: test (16 images per run)"):
+        assert needle in text and needle in md, needle
+    if version:
+        assert f"code version: git {version[:7]}" in text
+
+
+@pytest.mark.slow
+def test_noise_and_probe_tables_reuse_the_jobs(study):
+    stamps = study["stamps"]
+    extra = ("--sigmas", "0,0.1")
+    assert main(argv(study["runs"], study["out"], table="table4", extra=extra)) == 0
+    assert main(argv(study["runs"], study["out"], table="table5", extra=("--probes", "linear_svm"))) == 0
+    assert {str(p): (p / "last.pt").stat().st_mtime_ns for p in job_files(study["runs"])} == stamps
+    _, rows4 = read_csv_table(study["out"] / "table4.csv")
+    for r in rows4:  # sigma = 0 is the clean evaluation of table 1
+        assert float(r["auroc_sigma_0.0"]) == pytest.approx(np.mean(_per_run(study["runs"], r["method"], "mean_auroc")))
+    _, rows5 = read_csv_table(study["out"] / "table5.csv")
+    assert {r["method"] for r in rows5} == set(METHODS) and all(r["auroc_linear_svm"] for r in rows5)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--budget", "epochs=0"], "--budget"),
+    (["--budget", "minutes=3"], "--budget"),
+    (["--methods", "pham"], "not implemented"),
+    (["--methods", "baseline,nope"], "unknown method 'nope'"),
+    (["--seeds", "0"], "--seeds"),
+])
+def test_bad_arguments(tmp_path, capsys, args, message):
+    base = ["experiment", "table1", "--dataset", "synthetic", "--runs", str(tmp_path / "r")]
+    assert main(base + args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def _tiny_study(runs: Path, budget: str, batch_size: int = 8):
+    from sibnet.experiments.jobs import Study, parse_budget
+
+    return Study(dataset="synthetic", runs=runs, budget=parse_budget(budget), image_size=32, folds=2, seeds=(0,),
+                 batch_size=batch_size, options={"n": 16})
+
+
+def test_larger_budget_continues_smaller_is_refused(tmp_path):
+    from sibnet.errors import SibnetError
+    from sibnet.experiments.jobs import Job, job_status, read_val_loss, run_job
+
+    job = Job("baseline", 0, 0)
+    one = _tiny_study(tmp_path, "epochs=1")
+    assert job_status(one, job) == "pending"
+    r1 = run_job(one, job, log=lambda m: None)
+    assert r1["status"] == "trained" and r1["state"] == {"epochs": 1, "steps": 1}
+    first = (job.folder(one) / "metrics.csv").read_text().splitlines()
+    two = _tiny_study(tmp_path, "epochs=2")
+    assert job_status(two, job) == "partial"
+    r2 = run_job(two, job, log=lambda m: None)
+    assert r2["state"] == {"epochs": 2, "steps": 2}
+    rows = (job.folder(two) / "metrics.csv").read_text().splitlines()
+    assert rows[:2] == first and len(rows) == 3  # epoch 1 kept, epoch 2 added
+    assert [r["epoch"] for r in read_val_loss(job.folder(two))] == [1, 2]
+    assert run_job(two, job)["status"] == "skipped"
+    with pytest.raises(SibnetError, match="smaller budget"):
+        run_job(one, job)
+    with pytest.raises(SibnetError, match="other settings.*batch_size"):
+        run_job(_tiny_study(tmp_path, "epochs=2", batch_size=4), job)
+
+
+def test_locks(tmp_path):
+    import os
+
+    from sibnet.experiments.jobs import acquire_lock, release_lock
+
+    (tmp_path / "running.lock").write_text(str(os.getppid()))  # a live process holds it
+    assert not acquire_lock(tmp_path)
+    (tmp_path / "running.lock").write_text("999999999")  # a dead one: taken over
+    assert acquire_lock(tmp_path)
+    assert (tmp_path / "running.lock").read_text() == str(os.getpid())
+    release_lock(tmp_path)
+    assert not (tmp_path / "running.lock").exists()
+
+
+def test_budget_parsing():
+    from sibnet.experiments.jobs import Budget, parse_budget
+
+    assert parse_budget("epochs=3") == Budget(3, None)
+    assert parse_budget("steps=200") == Budget(None, 200)
+    assert parse_budget("epochs=3, steps=200") == Budget(3, 200)
+    assert str(Budget(3, 200)) == "epochs=3,steps=200"
+    assert Budget(4, None).covers(Budget(3, None)) and not Budget(2, None).covers(Budget(3, None))
+    assert not Budget(3, None).covers(Budget(None, 10)) and Budget(None, None).covers(Budget(3, 5))
+
+
+@pytest.mark.slow
+def test_epoch_by_epoch_equals_one_continuous_run(tmp_path):
+    """The job's per-epoch resume gives the same weights as one uninterrupted trainer run."""
+    from sibnet.experiments.jobs import Job, job_config, run_job
+    from sibnet.training import Trainer
+    from sibnet.training.checkpoint import load_checkpoint
+
+    study = _tiny_study(tmp_path / "runs", "epochs=3")
+    job = Job("sibnet-gradcam", 1, 0)
+    run_job(study, job, log=lambda m: None)
+    cfg = job_config(study, job)
+    cfg.out = str(tmp_path / "direct")
+    Trainer(cfg).fit()
+    a = load_checkpoint(job.folder(study) / "last.pt")
+    b = load_checkpoint(tmp_path / "direct" / "last.pt")
+    assert a["state"]["step"] == b["state"]["step"] == 3
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+
+
+@pytest.mark.slow
+def test_parallel_jobs(tmp_path, capsys):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    assert main(argv(runs, out, extra=("--jobs", "2"))) == 0
+    assert len([p for p in job_files(runs) if (p / "done.json").is_file()]) == 4
