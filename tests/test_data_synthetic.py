@@ -332,3 +332,12 @@ def test_separable_fourier_field_equals_the_direct_sum_of_waves():
     np.testing.assert_allclose(frame.u, u, atol=1e-6)
     assert smoothstep(0.0, 2.0, np.array([-1.0, 1.0, 3.0])).tolist() == [0.0, 0.5, 1.0]
     assert bump(np.array([0.0, 0.5, 1.0, 2.0])).tolist() == [1.0, 0.5625, 0.0, 0.0]
+
+
+def test_cache_key_changes_with_the_renderer(monkeypatch):
+    from sibnet.data import synth_cache
+
+    knobs = {"split": "train", "n": 4, "size": 32}
+    before = synth_cache.cache_key("chest", knobs)
+    monkeypatch.setattr(synth_cache, "RENDERER_DIGEST", "0" * 16)
+    assert synth_cache.cache_key("chest", knobs) != before

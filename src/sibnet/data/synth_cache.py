@@ -21,6 +21,22 @@ import numpy as np
 from ..errors import ConfigError
 
 FORMAT_VERSION = 1
+#: the generator's own source files: any change to how images are drawn gives a new cache key,
+#: so a cache built by an older renderer is never served
+_RENDERER_FILES = ("synthetic.py", "synthetic_glands.py", "synth_chest.py", "synth_fields.py", "synth_cache.py")
+
+
+def _renderer_digest() -> str:
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in _RENDERER_FILES:
+        path = here / name
+        if path.exists():
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+RENDERER_DIGEST = _renderer_digest()
 
 
 def default_root() -> Path:
@@ -33,7 +49,8 @@ def default_root() -> Path:
 
 def cache_key(kind: str, knobs: dict) -> str:
     """A readable, unique folder name: ``KIND-SPLIT-N-SIZE-HASH`` of the JSON of all knobs."""
-    blob = json.dumps({"kind": kind, "version": FORMAT_VERSION, **knobs}, sort_keys=True, default=str)
+    blob = json.dumps({"kind": kind, "version": FORMAT_VERSION, "renderer": RENDERER_DIGEST, **knobs},
+                      sort_keys=True, default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
     return f"{kind}-{knobs.get('split')}-n{knobs.get('n')}-s{knobs.get('size')}-{digest}"
 
