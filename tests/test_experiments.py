@@ -237,3 +237,31 @@ def test_parallel_jobs(tmp_path, capsys):
     runs, out = tmp_path / "runs", tmp_path / "out"
     assert main(argv(runs, out, extra=("--jobs", "2"))) == 0
     assert len([p for p in job_files(runs) if (p / "done.json").is_file()]) == 4
+
+
+def test_agreement_table_against_direct_computation(study):
+    from sibnet.data.registry import build_dataset
+    from sibnet.evaluation.agreement import saliency_agreement
+    from sibnet.evaluation.run import compute_maps
+    from sibnet.training.checkpoint import load_model_from_checkpoint
+
+    stamps = study["stamps"]
+    assert main(argv(study["runs"], study["out"], table="table3", extra=("--max-maps", "6"))) == 0
+    assert {str(p): (p / "last.pt").stat().st_mtime_ns for p in job_files(study["runs"])} == stamps
+    header, rows = read_csv_table(study["out"] / "table3.csv")
+    assert any("maps: deep_taylor for every model" in h for h in header)
+    test = build_dataset("synthetic", split="test", image_size=32, fold=1, folds=2, seed=0, n=16)
+    dice = {}
+    for m in METHODS:
+        per_run = []
+        for f in (0, 1):
+            model, meta = load_model_from_checkpoint(study["runs"] / m / f"fold{f}-seed0" / "last.pt")
+            maps = compute_maps(model, test, "deep_taylor", range(6))
+            agr = saliency_agreement(maps["maps"], maps["masks"], maps["labels"], class_names=meta["class_names"])
+            per_run.append(agr["mean"]["dice"])
+        dice[m] = per_run
+    by = {r["method"]: r for r in rows}
+    for m in METHODS:
+        assert float(by[m]["dice"]) == pytest.approx(np.mean(dice[m]))
+    d = paired_difference(dice["sibnet-gradcam"], dice["baseline"])
+    assert float(by["sibnet-gradcam"]["diff_dice"]) == pytest.approx(d["mean_diff"])

@@ -79,6 +79,9 @@ def curves(runs: Mapping[str, Sequence[tuple[Sequence[float], Sequence[float]]]]
         if acc:
             xs = sorted(acc)
             ax.plot(xs, [np.mean(acc[a]) for a in xs], color=colour, lw=2, marker="o", ms=3, label=m)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# NIH ChestX-ray14 sample (546 images, CheXpert-5 findings), 128 px, 5 patient-wise folds x 1 seed,
+# 5 epochs per job. Two invocations share one study folder (disjoint methods: the light ones and
+# the DeepTaylor ones, which need ~9 GB each at batch 16); rerun to continue, finished jobs are skipped.
+set -u
+cd "$(dirname "$0")/../.."
+COMMON="--dataset nih --root ../shared/data/nih-cxr14 --image-size 128 --folds 5 --seeds 1 --budget epochs=5"
+RUNS=runs/experiments/nih-128px
+sibnet experiment table1 $COMMON --methods baseline,sibnet-gradcam --runs $RUNS --out $RUNS/tables-light &
+sibnet experiment table1 $COMMON --methods sibnet,no-cd,no-sc --runs $RUNS --out $RUNS/tables-heavy &
+wait
+# tables from the finished jobs (no training)
+METHODS=baseline,sibnet,sibnet-gradcam,no-cd,no-sc
+sibnet experiment table1 $COMMON --methods $METHODS --runs $RUNS --out docs/results/nih --report-only
+sibnet experiment table4 $COMMON --methods $METHODS --runs $RUNS --out docs/results/nih
+sibnet experiment table5 $COMMON --methods $METHODS --runs $RUNS --out docs/results/nih
