@@ -265,3 +265,27 @@ def test_agreement_table_against_direct_computation(study):
         assert float(by[m]["dice"]) == pytest.approx(np.mean(dice[m]))
     d = paired_difference(dice["sibnet-gradcam"], dice["baseline"])
     assert float(by["sibnet-gradcam"]["diff_dice"]) == pytest.approx(d["mean_diff"])
+
+
+def test_lambda_grid(tmp_path):
+    from sibnet.experiments.jobs import job_config
+    from sibnet.experiments.methods import get_method
+
+    m = get_method("sibnet-lambda-0.5-2")
+    assert m.overrides == {"loss.saliency": "deep_taylor", "loss.lambda_cd": 0.5, "loss.lambda_sc": 2.0}
+    with pytest.raises(Exception, match="sibnet-lambda-"):
+        get_method("sibnet-lambda-0.50-x")
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    base = ["experiment", "lambda-grid", "--dataset", "synthetic", "--image-size", "32", "--folds", "2",
+            "--budget", "steps=1", "--batch-size", "8", "--data-option", "n=16", "--lambdas", "0,1.5",
+            "--runs", str(runs), "--out", str(out), "--report-only"]
+    assert main(base) == 0  # nothing trained yet: an empty grid
+    from sibnet.experiments.jobs import Job
+    from sibnet.experiments.tables import read_csv_table
+
+    header, rows = read_csv_table(out / "lambda_grid.csv")
+    assert [(float(r["lambda_cd"]), float(r["lambda_sc"])) for r in rows] == [(0, 0), (1.5, 0), (0, 1.5), (1.5, 1.5)]
+    assert all(r["runs"] == "0" for r in rows) and "finished jobs: 0 of 8" in "\n".join(header)
+    cfg = job_config(_tiny_study(runs, "steps=1"), Job("sibnet-lambda-1.5-0", 0, 0))
+    assert (cfg.loss.lambda_cd, cfg.loss.lambda_sc, cfg.loss.saliency) == (1.5, 0.0, "deep_taylor")
+    assert not runs.exists() or not any(runs.iterdir())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-TABLES = ("table1", "table3", "table4", "table5", "status")
+TABLES = ("table1", "table3", "table4", "table5", "lambda-grid", "status")
 DEFAULT_METHODS = "baseline,se,cbam,sibnet,sibnet-gradcam,sibnet-lrp,no-cd,no-sc,image-embed"
 
 
@@ -21,7 +21,8 @@ def register(subparsers) -> None:
         "from its last epoch. table1 trains the missing jobs and writes AUROC/AUPRC per method with paired "
         "differences against the baseline; table3 (saliency agreement with expert masks), table4 (Gaussian "
         "noise) and table5 (probes on frozen features) evaluate the finished table1 jobs of the same study "
-        "and never train. 'status' lists the jobs. Tables are written to --out as Markdown and CSV beside "
+        "and never train. lambda-grid trains SIBNet over a grid of (lambda_cd, lambda_sc) and draws the "
+        "heatmap. 'status' lists the jobs. Tables are written to --out as Markdown and CSV beside "
         "their figures, with a header stating the command, data, budget and code version.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="methods: " + method_list + "\n\nexamples:\n"
@@ -50,7 +51,7 @@ def register(subparsers) -> None:
     p.add_argument("--keep-epochs", action="store_true", help="keep a model checkpoint of every epoch (table3 "
                                                               "Dice per epoch)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--report-only", action="store_true", help="table1: write the table from the finished jobs, "
+    p.add_argument("--report-only", action="store_true", help="table1, lambda-grid: write the table from the finished jobs, "
                                                               "train nothing")
     p.add_argument("--sigmas", default=None, help="table4: comma-separated noise sds on [0, 1] images "
                                                   "(default 0,0.005,0.01,0.05,0.1)")
@@ -60,6 +61,8 @@ def register(subparsers) -> None:
                                                              "(default deep_taylor)")
     p.add_argument("--max-maps", type=int, default=100, help="table3: images per job whose maps are scored "
                                                              "(default 100)")
+    p.add_argument("--lambdas", default=None, help="lambda-grid: comma-separated values of lambda_cd and of "
+                                                   "lambda_sc (default 0,0.5,1,1.5,2)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="training configuration overrides applied to every job (e.g. optim.lr=1e-4)")
     p.set_defaults(func=run)
@@ -107,7 +110,13 @@ def run(args) -> int:
     from ..experiments.tables import command_line
 
     study = build_study(args)
-    methods = parse_methods(args.methods or DEFAULT_METHODS)
+    if args.table == "lambda-grid":
+        from ..experiments.lambda_grid import DEFAULT_GRID, grid_methods
+
+        grid = DEFAULT_GRID if args.lambdas is None else _floats(args.lambdas, "--lambdas")
+        methods = grid_methods(grid, grid)
+    else:
+        methods = parse_methods(args.methods or DEFAULT_METHODS)
     jobs = study_jobs(study, methods)
     for job in jobs[:len(methods)]:
         job_config(study, job)  # settings checked before anything runs
@@ -117,6 +126,19 @@ def run(args) -> int:
         for job in jobs:
             print(f"{job_status(study, job):8s} {job.key}")
         return 0
+    if args.table == "lambda-grid":
+        failed = []
+        if not args.report_only:
+            results = run_jobs(study, jobs, args.jobs, log=lambda m: print(m, file=sys.stderr, flush=True))
+            failed = [r for r in results if r["status"] == "failed"]
+        from ..experiments.lambda_grid import write_lambda_grid
+
+        paths = write_lambda_grid(study, grid, grid, jobs, out, command)
+        print(paths["markdown"])
+        print(paths["csv"])
+        for f in failed:
+            print(f"failed: {f['job']}: {f['error']}", file=sys.stderr)
+        return 1 if failed else 0
     if args.table == "table1":
         failed = []
         if not args.report_only:
@@ -158,8 +180,12 @@ def canonical_argv(args) -> list[str]:
     if args.root:
         out += ["--root", args.root]
     out += ["--image-size", str(args.image_size), "--folds", str(args.folds), "--seeds", str(args.seeds),
-            "--budget", args.budget, "--methods", args.methods or DEFAULT_METHODS,
-            "--batch-size", str(args.batch_size)]
+            "--budget", args.budget]
+    if args.table == "lambda-grid":
+        out += ["--lambdas", args.lambdas or "0,0.5,1,1.5,2"]
+    else:
+        out += ["--methods", args.methods or DEFAULT_METHODS]
+    out += ["--batch-size", str(args.batch_size)]
     if args.runs:
         out += ["--runs", args.runs]
     if args.out:

@@ -52,7 +52,36 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 ]}
 
 
+LAMBDA_PREFIX = "sibnet-lambda-"
+
+
+def lambda_method(lambda_cd: float, lambda_sc: float) -> Method:
+    """SIBNet (DeepTaylor) with the given weights, named ``sibnet-lambda-<l1>-<l2>`` (lambda-grid)."""
+    name = f"{LAMBDA_PREFIX}{float(lambda_cd):g}-{float(lambda_sc):g}"
+    return Method(name, f"SIBNet (DeepTaylor), lambda_cd={float(lambda_cd):g}, lambda_sc={float(lambda_sc):g}",
+                  overrides={"loss.saliency": "deep_taylor", "loss.lambda_cd": float(lambda_cd),
+                             "loss.lambda_sc": float(lambda_sc)})
+
+
+def _parse_lambda_name(name: str) -> Method | None:
+    parts = name[len(LAMBDA_PREFIX):].split("-")
+    try:
+        l1, l2 = (float(p) for p in parts)
+    except ValueError:
+        return None
+    if l1 < 0 or l2 < 0:
+        return None
+    m = lambda_method(l1, l2)
+    return m if m.name == name else None
+
+
 def get_method(name: str) -> Method:
+    if name.startswith(LAMBDA_PREFIX):
+        m = _parse_lambda_name(name)
+        if m is None:
+            raise ConfigError(f"--methods: {name!r} is not {LAMBDA_PREFIX}<lambda_cd>-<lambda_sc> with numbers "
+                              ">= 0 written as Python's %g (e.g. sibnet-lambda-0.5-1)")
+        return m
     if name not in METHODS:
         raise ConfigError(f"--methods: unknown method {name!r}; choose from {', '.join(METHODS)}")
     m = METHODS[name]
