@@ -2,9 +2,10 @@
 
     python docs/results/glas/summarize.py --runs runs/seg --root ../shared/data/glas --out docs/results/glas
 
-Reads RUNS/unet-<model>-s<seed>/eval/scores.json (from ``sibnet segment evaluate``), writes
+Reads RUNS/unet-<model>-s<seed>/<eval>/scores.json (from ``sibnet segment evaluate``; ``eval``:
+raw connected components, ``eval-pp``: objects under ``--min-area`` pixels dropped), writes
 OUT/results.json (every run's dataset-level scores) and OUT/table.md (mean (sd) over seeds; sd
-with ddof=1, blank for one seed), and OUT/contours.png from the seed-0 models on four testA images.
+with ddof=1, none for one seed), and OUT/contours.png from the seed-0 models on four testA images.
 """
 
 from __future__ import annotations
@@ -35,15 +36,28 @@ def main() -> None:
     ap.add_argument("--no-figure", action="store_true")
     a = ap.parse_args()
     runs, out = Path(a.runs), Path(a.out)
-    results = {}
-    for key in MODELS:
-        for d in sorted(runs.glob(f"unet-{key}-s*")):
-            f = d / "eval" / "scores.json"
-            if f.is_file():
-                s = json.loads(f.read_text())
-                results.setdefault(key, {})[d.name.rsplit("-s", 1)[1]] = {
-                    k: _num(s[k]) for k, _, _ in METRICS} | {"tp": s["tp"], "fp": s["fp"], "fn": s["fn"]}
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    everything, tables = {}, []
+    for ev in ("eval", "eval-pp"):
+        results = {}
+        for key in MODELS:
+            for d in sorted(runs.glob(f"unet-{key}-s*")):
+                f = d / ev / "scores.json"
+                if f.is_file():
+                    s = json.loads(f.read_text())
+                    results.setdefault(key, {})[d.name.rsplit("-s", 1)[1]] = {
+                        k: _num(s[k]) for k, _, _ in METRICS} | {"tp": s["tp"], "fp": s["fp"], "fn": s["fn"]}
+        if results:
+            everything[ev] = results
+            tables.append(f"### {ev}\n\n" + _table(results))
+    (out / "results.json").write_text(json.dumps(everything, indent=2, default=str))
+    (out / "table.md").write_text("\n".join(tables))
+    print("\n".join(tables))
+    if a.no_figure:
+        return
+    _figure(runs, a.root, out)
+
+
+def _table(results) -> str:
     header = "| metric (testA, 60 images) | " + " | ".join(
         f"{MODELS[k]} (n={len(results.get(k, {}))})" for k in MODELS) + " |"
     lines = [header, "|" + "---|" * (len(MODELS) + 1)]
@@ -53,22 +67,22 @@ def main() -> None:
             v = np.array([r[m] for r in results.get(k, {}).values()], float) * scale
             if v.size == 0:
                 cells.append("")
-            elif v.size == 1 or not np.isfinite(v).all():
-                cells.append(f"{v.mean():.1f}" + (f" ({v.std(ddof=1):.1f})" if v.size > 1 and np.isfinite(v).all() else ""))
-            else:
+            elif v.size > 1 and np.isfinite(v).all():
                 cells.append(f"{v.mean():.1f} ({v.std(ddof=1):.1f})")
+            else:
+                cells.append(f"{v.mean():.1f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    if a.no_figure:
-        return
+    return "\n".join(lines) + "\n"
+
+
+def _figure(runs: Path, root, out: Path) -> None:
     from sibnet.evaluation.glas import glas_scores
     from sibnet.segmentation.data import load_samples
     from sibnet.segmentation.figure import contour_figure
     from sibnet.segmentation.predict import predict_samples
     from sibnet.segmentation.train import load_segmenter
 
-    samples = load_samples("glas", a.root, "testA", ids=FIGURE_IDS)
+    samples = load_samples("glas", root, "testA", ids=FIGURE_IDS)
     preds, scores = {}, {}
     for k, name in MODELS.items():
         ck = runs / f"unet-{k}-s0" / "model.pt"
