@@ -12,7 +12,7 @@ DEFAULT_METHODS = "baseline,se,cbam,sibnet,sibnet-gradcam,sibnet-lrp,no-cd,no-sc
 def register(subparsers) -> None:
     from ..experiments.methods import METHODS
 
-    method_list = "; ".join(f"{m.name}: {m.description}" + ("" if m.implemented else " [not implemented]")
+    method_list = "".join("\n  " + f"{m.name}: {m.description}" + ("" if m.implemented else " [not implemented]")
                             for m in METHODS.values())
     p = subparsers.add_parser(
         "experiment", help="run the paper's tables (cross-validated methods, ablations, noise, probes, agreement)",
@@ -25,7 +25,7 @@ def register(subparsers) -> None:
         "heatmap. 'status' lists the jobs. Tables are written to --out as Markdown and CSV beside "
         "their figures, with a header stating the command, data, budget and code version.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="methods: " + method_list + "\n\nexamples:\n"
+        epilog="methods:" + method_list + "\n\nexamples:\n"
         "  sibnet experiment table1 --dataset synthetic --methods baseline,sibnet --folds 2 --budget epochs=2\n"
         "  sibnet experiment table1 --dataset nih --root ../shared/data/nih-cxr14 --folds 5 --seeds 1 "
         "--budget epochs=5 --jobs 2\n"
