@@ -22,7 +22,10 @@ Conventions
 * Evaluation split: ``auto`` = the dataset's official ``test`` split when it is nonempty, else the
   fold's held-out 20% (``val``; e.g. the NIH sample, whose images all lie in the official
   train_val list). Uncertain labels (-1) are masked out of AUROC/AUPRC.
-* A folder whose ``job.yaml`` differs from the requested job in anything but the budget is an
+* A job writes a mid-epoch checkpoint every ``CHECKPOINT_EVERY`` optimizer steps, so a killed
+  job (e.g. out of memory) loses at most those steps.
+* A folder whose ``job.yaml`` differs from the requested job in anything but the budget (and the
+  settings that do not change results: checkpoint frequency, logging, device, loader workers) is an
   error (choose another ``--runs``); a larger budget continues a finished job, a smaller one is
   refused.
 """
@@ -47,6 +50,10 @@ from .methods import Method, get_method
 
 DATASET_DEFAULT_OPTIONS = {"nih": {"label_set": "chexpert5"}}
 BUDGET_KEYS = ("train.epochs", "train.max_steps")
+# settings that do not change a job's results (the trainer lets them change on resume)
+FREE_KEYS = BUDGET_KEYS + ("train.checkpoint_every", "train.progress", "train.log_every", "train.device",
+                           "data.num_workers")
+CHECKPOINT_EVERY = 5  # optimizer steps between mid-epoch checkpoints: a killed job loses at most these
 
 
 # ------------------------------------------------------------------ budget
@@ -156,6 +163,7 @@ def job_config(study: Study, job: Job) -> Config:
         "data.options": study.data_options(), "data.val_split": "val",
         "train.seed": job.seed, "train.epochs": b.epochs or 1_000_000, "train.max_steps": b.steps,
         "train.patience": None, "train.progress": False, "train.device": study.device,
+        "train.checkpoint_every": CHECKPOINT_EVERY,
         "out": str(job.folder(study)),
     }
     settings.update(method.overrides)
@@ -261,7 +269,7 @@ def _check_identity(folder: Path, identity: dict) -> None:
     old = yaml.safe_load(path.read_text()) or {}
     changed = [k for k in diff_configs({k: v for k, v in old.items() if k != "budget"},
                                        {k: v for k, v in identity.items() if k != "budget"})
-               if not any(k == f"config.{b}" for b in BUDGET_KEYS)]
+               if not any(k == f"config.{b}" for b in FREE_KEYS)]
     if changed:
         raise SibnetError(f"{path}: this job folder was started with other settings ({', '.join(changed[:6])}); "
                           "use another --runs folder or the same settings")
