@@ -195,7 +195,9 @@ def run_config(config: str, args) -> dict:
         cmd += ["--threads", str(args.threads)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     if done.returncode != 0:
-        raise SystemExit(f"configuration {config} failed:\n{done.stderr.strip()}")
+        how = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit status {done.returncode}"
+        last = done.stderr.strip().splitlines()[-1:] or ["no error output (out of memory?)"]
+        return {"config": config, "failed": f"{how}: {last[0]}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -226,7 +228,13 @@ def main() -> None:
     t0 = time.perf_counter()
     results = {}
     for config in configs:
-        results[config] = r = run_config(config, args)
+        r = run_config(config, args)
+        if "failed" in r:
+            print(f"#   {config:<18} FAILED ({r['failed']}; load {load_average()})", flush=True)
+            if config == "baseline":
+                raise SystemExit("the baseline failed; no ratios")
+            continue
+        results[config] = r
         print(f"#   {config:<18} {r['median_ms']:9.1f} ms  (steps: {', '.join(f'{t:.0f}' for t in r['times_ms'])}; "
               f"load {load_average()})", flush=True)
     base = results["baseline"]
