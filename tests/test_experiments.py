@@ -289,3 +289,26 @@ def test_lambda_grid(tmp_path):
     cfg = job_config(_tiny_study(runs, "steps=1"), Job("sibnet-lambda-1.5-0", 0, 0))
     assert (cfg.loss.lambda_cd, cfg.loss.lambda_sc, cfg.loss.saliency) == (1.5, 0.0, "deep_taylor")
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_identity_ignores_unused_loss_settings_of_the_baseline(tmp_path):
+    import yaml
+
+    from sibnet.errors import SibnetError
+    from sibnet.experiments.jobs import Job, _check_identity, job_config, job_identity
+
+    study = _tiny_study(tmp_path, "epochs=1")
+    for method, should_fail in (("baseline", False), ("sibnet", True)):
+        job = Job(method, 0, 0)
+        ident = job_identity(study, job, job_config(study, job))
+        old = yaml.safe_load(yaml.safe_dump(ident))
+        old["config"]["loss"]["embed_size"] = 999  # a setting the baseline never uses
+        old["config"]["train"]["checkpoint_every"] = 0  # never part of a job's identity
+        folder = job.folder(study)
+        folder.mkdir(parents=True)
+        (folder / "job.yaml").write_text(yaml.safe_dump(old))
+        if should_fail:
+            with pytest.raises(SibnetError, match="config.loss.embed_size"):
+                _check_identity(folder, ident)
+        else:
+            _check_identity(folder, ident)

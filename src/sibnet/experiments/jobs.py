@@ -270,6 +270,9 @@ def _check_identity(folder: Path, identity: dict) -> None:
     changed = [k for k in diff_configs({k: v for k, v in old.items() if k != "budget"},
                                        {k: v for k, v in identity.items() if k != "budget"})
                if not any(k == f"config.{b}" for b in FREE_KEYS)]
+    if old.get("config", {}).get("loss", {}).get("saliency") is None and identity["config"]["loss"]["saliency"] is None:
+        # without saliency terms only the class weighting of the loss matters
+        changed = [k for k in changed if not k.startswith("config.loss.") or k == "config.loss.class_weight"]
     if changed:
         raise SibnetError(f"{path}: this job folder was started with other settings ({', '.join(changed[:6])}); "
                           "use another --runs folder or the same settings")
