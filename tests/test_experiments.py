@@ -66,7 +66,7 @@ def test_second_invocation_runs_nothing(study, capsys):
     assert {str(p): (p / "last.pt").stat().st_mtime_ns for p in job_files(study["runs"])} == study["stamps"]
     assert main(argv(study["runs"], study["out"], table="status")) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4 and all(ln.startswith("done") for ln in lines)
+    assert len(lines) == 4 and all(ln.startswith("done") and "(1 epoch(s) finished)" in ln for ln in lines)
 
 
 def test_metrics_against_sklearn(study):

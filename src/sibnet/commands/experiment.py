@@ -124,7 +124,9 @@ def run(args) -> int:
     command = command_line(canonical_argv(args))
     if args.table == "status":
         for job in jobs:
-            print(f"{job_status(study, job):8s} {job.key}")
+            metrics = job.folder(study) / "metrics.csv"
+            epochs = max(0, len(metrics.read_text().splitlines()) - 1) if metrics.is_file() else 0
+            print(f"{job_status(study, job):8s} {job.key}  ({epochs} epoch(s) finished)")
         return 0
     if args.table == "lambda-grid":
         failed = []
