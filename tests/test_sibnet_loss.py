@@ -176,3 +176,9 @@ def test_readme_bring_your_own_training_loop_example_runs():
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 (the README's own example)
     assert "loss_fn" in namespace and namespace["terms"]["sc"] >= 0
+
+
+def test_embed_size_too_small_for_the_model_is_a_config_error(densenet):
+    x, y = _batch(b=2, size=64)
+    with pytest.raises(ConfigError, match="embed_size=16"):
+        SIBNetLoss(densenet, saliency="gradcam", embed_size=16)(x, y)

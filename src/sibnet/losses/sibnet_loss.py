@@ -129,11 +129,18 @@ class SIBNetLoss(nn.Module):
                 mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[inputs.dim() - 2]
                 inputs = F.interpolate(inputs, size=(self.embed_size,) * (inputs.dim() - 2), mode=mode,
                                        align_corners=False)
-            with eval_norm(encoder):
-                if self.embed_grad == "maps":
-                    with frozen_parameters(encoder):
-                        return penultimate(encoder, inputs)
-                return penultimate(encoder, inputs)
+            try:
+                with eval_norm(encoder):
+                    if self.embed_grad == "maps":
+                        with frozen_parameters(encoder):
+                            return penultimate(encoder, inputs)
+                    return penultimate(encoder, inputs)
+            except RuntimeError as exc:
+                if "too small" in str(exc) or "Kernel size can't be greater" in str(exc):
+                    raise ConfigError(f"embed_size={self.embed_size}: maps of {tuple(inputs.shape[2:])} pixels are "
+                                      f"too small for {type(encoder).__name__} (DenseNet-121 and the ResNets "
+                                      "need at least 32)") from None
+                raise
 
         return embed
 
