@@ -18,8 +18,8 @@ def register(subparsers) -> None:
         "radiographs with the same seed, evaluate both on the test split (AUROC/AUPRC with bootstrap 95% "
         "intervals, agreement of the saliency maps with the expert masks) and write OUT/report.html with "
         f"the tables, training curves and saliency overlays beside the masks. Default: {d.image_size} px, "
-        f"{d.n_train}/{d.n_val}/{d.n_test} train/val/test images, {d.epochs} epochs, {d.method} (about 5 to 8 minutes "
-        f"on a 2-core CPU shared with other work). --quick: {QUICK.image_size} px, {QUICK.n_train}/{QUICK.n_val}/{QUICK.n_test} images, "
+        f"{d.n_train}/{d.n_val}/{d.n_test} train/val/test images, {d.epochs} epochs, {d.method} (about 2 minutes "
+        f"on an idle 2-core CPU). --quick: {QUICK.image_size} px, {QUICK.n_train}/{QUICK.n_val}/{QUICK.n_test} images, "
         f"{QUICK.epochs} epoch (a smoke test of the whole path, under a minute).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  sibnet demo\n  sibnet demo --out demo --epochs 5\n  sibnet demo --quick --out /tmp/demo")

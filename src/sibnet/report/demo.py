@@ -27,12 +27,12 @@ from .html import Figure, Section, Table, figure_png, write_report
 
 @dataclass(frozen=True)
 class DemoPlan:
-    image_size: int = 32
-    n_train: int = 32
-    n_val: int = 32
-    n_test: int = 48
+    image_size: int = 64
+    n_train: int = 160
+    n_val: int = 64
+    n_test: int = 96
     batch_size: int = 16
-    epochs: int = 2
+    epochs: int = 3
     method: str = "deep_taylor"
     n_boot: int = 1000
     cases: int = 4
