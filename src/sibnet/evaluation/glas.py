@@ -138,6 +138,16 @@ def glas_scores(pred_instances, gt_instances, spacing=None) -> dict:
     gt_rows = _side(g, g_ids, g_area, s, s_ids, overlap.T, spacing)
     pred_rows = _side(s, s_ids, s_area, g, g_ids, overlap, spacing)
     return {
+        **_detection_and_object_scores(tp, fp, fn, gt_rows, pred_rows),
+        "pixel_dice": dice(s > 0, g > 0),
+        "pixel_hd95": hd95(s > 0, g > 0, spacing=spacing),
+        "objects": {"gt": gt_rows, "pred": pred_rows},
+    }
+
+
+def _detection_and_object_scores(tp: int, fp: int, fn: int, gt_rows, pred_rows) -> dict:
+    """Counts, precision/recall/F1 and the area-weighted object Dice and Hausdorff."""
+    return {
         "tp": tp,
         "fp": fp,
         "fn": fn,
@@ -146,9 +156,6 @@ def glas_scores(pred_instances, gt_instances, spacing=None) -> dict:
         "f1": _f1(tp, fp, fn),
         "object_dice": _object_score(gt_rows, pred_rows, 1, 1.0, 0.0),
         "object_hausdorff": _object_score(gt_rows, pred_rows, 2, 0.0, math.inf),
-        "pixel_dice": dice(s > 0, g > 0),
-        "pixel_hd95": hd95(s > 0, g > 0, spacing=spacing),
-        "objects": {"gt": gt_rows, "pred": pred_rows},
     }
 
 
@@ -175,14 +182,7 @@ def glas_dataset_scores(pairs: Iterable[tuple], spacing=None) -> dict:
 
     return {
         "n_images": len(per),
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "precision": tp / (tp + fp) if tp + fp else math.nan,
-        "recall": tp / (tp + fn) if tp + fn else math.nan,
-        "f1": _f1(tp, fp, fn),
-        "object_dice": _object_score(gt_rows, pred_rows, 1, 1.0, 0.0),
-        "object_hausdorff": _object_score(gt_rows, pred_rows, 2, 0.0, math.inf),
+        **_detection_and_object_scores(tp, fp, fn, gt_rows, pred_rows),
         "pixel_dice": mean("pixel_dice"),
         "pixel_hd95": mean("pixel_hd95"),
         "mean_image_f1": mean("f1"),
