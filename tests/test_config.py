@@ -86,6 +86,7 @@ def test_bad_file_values(tmp_path, text, message):
     ("train.epochs=[1", "value is not valid YAML"),
     ("optim.lr=-1", "optim.lr: must be > 0"),
     ("train.device=tpu", "train.device: expected auto, cpu, cuda or cuda:N"),
+    ("loss.sc_scale=mean", "loss.sc_scale: 'mean' is not one of 'sum', 'pair_mean'"),
 ])
 def test_bad_overrides(override, message):
     with pytest.raises(ConfigError, match=None) as err:

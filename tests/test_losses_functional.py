@@ -128,9 +128,9 @@ def reference_labels(m: np.ndarray, threshold, background_cluster: bool) -> np.n
     return lab
 
 
-def brute_sc(m: np.ndarray, lab: np.ndarray, r: int) -> float:
+def brute_sc(m: np.ndarray, lab: np.ndarray, r: int, pair_mean: bool = False) -> float:
     h, w = m.shape
-    total = 0.0
+    total, pairs = 0.0, 0
     for y in range(h):
         for x in range(w):
             if lab[y, x] == 0:
@@ -139,7 +139,8 @@ def brute_sc(m: np.ndarray, lab: np.ndarray, r: int) -> float:
                 for qx in range(max(0, x - r), min(w, x + r + 1)):
                     if (qy, qx) != (y, x) and lab[qy, qx] == lab[y, x]:
                         total += (float(m[y, x]) - float(m[qy, qx])) ** 2
-    return total
+                        pairs += 1
+    return total / max(pairs, 1) if pair_mean else total
 
 
 def cluster_maps(dtype=np.float64) -> np.ndarray:
@@ -185,6 +186,22 @@ def test_coherence_equals_brute_force(radius, background_cluster, threshold):
     mean = spatial_coherence(torch.from_numpy(maps), radius=radius, threshold=threshold,
                              background_cluster=background_cluster)
     assert mean.item() == pytest.approx(ref.mean(), rel=1e-12)
+
+
+@pytest.mark.parametrize("radius", [1, 4])
+@pytest.mark.parametrize("background_cluster", [False, True])
+def test_coherence_pair_mean_equals_brute_force(radius, background_cluster):
+    maps = cluster_maps()
+    got = spatial_coherence(torch.from_numpy(maps), radius=radius, background_cluster=background_cluster,
+                            reduction="none", scale="pair_mean")
+    ref = np.array([[brute_sc(maps[b, k], reference_labels(maps[b, k], "otsu", background_cluster), radius,
+                              pair_mean=True) for k in range(3)] for b in range(2)])
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-12, atol=1e-12)
+    assert (got >= 0).all() and (got <= 1).all()  # maps in [0, 1]: a mean squared difference
+    if not background_cluster:
+        assert got[0, 2].item() == 0.0  # no cluster, no pair: 0, not NaN
+    with pytest.raises(ConfigError, match="scale"):
+        spatial_coherence(torch.from_numpy(maps), scale="mean")
 
 
 def test_coherence_float32_and_fixed_threshold():

@@ -103,6 +103,12 @@ def test_switches_and_lambdas():
     assert terms["sc"] == 0 and terms["cd"] != 0
     _, terms = SIBNetLoss(model, saliency="gradcam", sc_resolution="features")(x, y)
     assert terms["sc"] > 0
+    torch.manual_seed(1)
+    _, summed = SIBNetLoss(model, saliency="gradcam", use_cd=False)(x, y)
+    _, per_pair = SIBNetLoss(model, saliency="gradcam", use_cd=False, sc_scale="pair_mean")(x, y)
+    assert 0 < per_pair["sc"] <= 1 < summed["sc"]  # a mean squared difference of [0, 1] maps vs their sum
+    with pytest.raises(ConfigError, match="sc_scale"):
+        SIBNetLoss(model, sc_scale="mean")
     with pytest.raises(ConfigError, match="embed"):
         SIBNetLoss(model, embed="pixels")
     with pytest.raises(ConfigError, match="radius"):

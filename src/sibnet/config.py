@@ -55,6 +55,7 @@ class LossConfig:
     background_cluster: bool = False
     embed_size: Optional[int] = 32
     sc_resolution: Literal["input", "features"] = "input"
+    sc_scale: Literal["sum", "pair_mean"] = "sum"  # pair_mean: an option outside the paper
     saliency_options: dict = field(default_factory=dict)
     class_weight: bool = True  # positive / class weights from the training labels
 

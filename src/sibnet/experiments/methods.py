@@ -45,6 +45,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            overrides={"loss.saliency": "deep_taylor", "loss.use_sc": False}),
     Method("image-embed", "SIBNet (DeepTaylor), L_CD on embeddings of image x map instead of maps",
            overrides={"loss.saliency": "deep_taylor", "loss.embed": "image"}),
+    Method("sibnet-pair-mean", "SIBNet (DeepTaylor) with L_SC as the mean per same-cluster pair "
+           "(an option outside the paper; the paper's sum per map dominates the loss)",
+           overrides={"loss.saliency": "deep_taylor", "loss.sc_scale": "pair_mean"}),
     Method("sibnet-plus", "SIBNet+ (DeepTaylor) with the dataset's unlabeled pool",
            overrides={"loss.saliency": "deep_taylor"}, unlabeled=True),
     Method("pham", "Pham et al. 2020: hierarchy-conditional training, fine-tuning, U-LSR",

@@ -10,6 +10,12 @@ threshold) belong to no cluster and contribute nothing, unless ``background_clus
 background of each map one more cluster. The value is the sum per map, then the mean over the B*K
 maps (``reduction="mean"``), their sum ("sum") or the (B, K) per-map sums ("none").
 
+``scale="pair_mean"`` (not the paper's definition, an option) divides each map's sum by the number
+of ordered same-cluster pairs it counted (1 where there are none), i.e. the mean squared difference
+per neighbouring pair, a value in [0, 1] for normalised maps whatever the image size. The paper's
+sum grows with the clusters' area and the window (10-300x the weighted BCE at 32-128 px, see
+docs/design.md), so with the paper's lambdas it dominates the objective.
+
 The labels are computed on the detached maps (no gradient through the thresholding); the value is
 differentiable with respect to the maps. The sum runs as a loop over the (2r+1)^2 // 2 half-offsets
 (dy, dx) with shifted slices, each giving the pair once, times 2.
@@ -33,10 +39,19 @@ def half_offsets(radius: int) -> list[tuple[int, int]]:
             if dy > 0 or dx > 0]
 
 
-def coherence_from_labels(maps: torch.Tensor, labels: torch.Tensor, radius: int = 4) -> torch.Tensor:
-    """The (B, K) per-map sums of eq. (2) for given cluster labels (0 = no cluster)."""
+SCALES = ("sum", "pair_mean")
+
+
+def coherence_from_labels(maps: torch.Tensor, labels: torch.Tensor, radius: int = 4,
+                          scale: str = "sum") -> torch.Tensor:
+    """The (B, K) per-map values of eq. (2) for given cluster labels (0 = no cluster).
+
+    ``scale="sum"``: the sums of eq. (2); ``"pair_mean"``: each divided by its number of ordered
+    same-cluster pairs (at least 1).
+    """
     h, w = maps.shape[-2:]
     total = maps.new_zeros(maps.shape[:2])
+    pairs = maps.new_zeros(maps.shape[:2])
     # every unclustered pixel gets its own negative label, so "same label" alone means "same cluster"
     labels = labels.to(torch.long)
     own = -torch.arange(1, h * w + 1, device=labels.device).reshape(h, w)
@@ -52,12 +67,16 @@ def coherence_from_labels(maps: torch.Tensor, labels: torch.Tensor, radius: int 
         same = lp == lq
         diff = maps[..., ys_p, xs_p] - maps[..., ys_q, xs_q]
         total = total + (diff * diff * same).sum(dim=(-2, -1))
+        if scale == "pair_mean":
+            pairs = pairs + same.sum(dim=(-2, -1))
+    if scale == "pair_mean":
+        return total / pairs.clamp(min=1)  # the factor 2 of ordered pairs cancels
     return 2.0 * total
 
 
 def spatial_coherence(maps: torch.Tensor, radius: int = 4, threshold="otsu",
                       background_cluster: bool = False, labels: torch.Tensor | None = None,
-                      reduction: str = "mean") -> torch.Tensor:
+                      reduction: str = "mean", scale: str = "sum") -> torch.Tensor:
     """L_SC of a (B, K, H, W) batch of (normalised) saliency maps.
 
     ``radius`` r in 1..7 gives the (2r+1) x (2r+1) window (3x3 .. 15x15; the paper's 9x9 is r=4).
@@ -67,6 +86,8 @@ def spatial_coherence(maps: torch.Tensor, radius: int = 4, threshold="otsu",
     """
     check_maps(maps)
     check_reduction(reduction)
+    if scale not in SCALES:
+        raise ConfigError(f"scale: expected one of {', '.join(SCALES)}, got {scale!r}")
     if isinstance(radius, bool) or not isinstance(radius, int) or not MIN_RADIUS <= radius <= MAX_RADIUS:
         raise ConfigError(f"radius: expected an integer from {MIN_RADIUS} to {MAX_RADIUS} "
                           f"(windows 3x3 to 15x15), got {radius!r}")
@@ -79,4 +100,4 @@ def spatial_coherence(maps: torch.Tensor, radius: int = 4, threshold="otsu",
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise ConfigError(f"labels: expected an integer tensor, got {labels.dtype}")
         labels = labels.to(maps.device)
-    return reduce(coherence_from_labels(maps, labels, radius), reduction)
+    return reduce(coherence_from_labels(maps, labels, radius, scale), reduction)

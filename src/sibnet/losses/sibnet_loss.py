@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..models.embedding import frozen_parameters, penultimate
 from ..saliency.state import eval_norm
 from .classification import weighted_bce, weighted_ce
-from .coherence import spatial_coherence
+from .coherence import SCALES, spatial_coherence
 from .distinctiveness import class_distinctiveness
 from .normalise import normalise_maps
 
@@ -55,6 +55,9 @@ class SIBNetLoss(nn.Module):
             the embedding pass of the B·K maps dominates the step's cost; see docs/benchmarks.md);
             ``None`` embeds at the input size.
         sc_resolution: "input" or "features" (Grad-CAM only: L_SC on the feature-map-sized maps).
+        sc_scale: "sum" (eq. 2: the sum per map, DESIGN decision 4) or "pair_mean" (that sum divided
+            by the map's number of same-cluster pairs; an option outside the paper, see
+            :func:`sibnet.losses.spatial_coherence`).
         saliency_options: extra keyword options for the saliency method.
 
     ``loss_fn(x, y) -> (total, terms)`` with ``terms`` holding detached scalars "wce", "cd", "sc",
@@ -65,7 +68,8 @@ class SIBNetLoss(nn.Module):
                  lambda_sc: float | None = None, *, task: str = "multilabel", class_weight=None,
                  use_cd: bool = True, use_sc: bool = True, embed: str = "maps", embed_grad: str = "all",
                  normalise: bool = True, radius: int = 4, threshold="otsu", background_cluster: bool = False,
-                 embed_size: int | None = 32, sc_resolution: str = "input", saliency_options: dict | None = None):
+                 embed_size: int | None = 32, sc_resolution: str = "input", sc_scale: str = "sum",
+                 saliency_options: dict | None = None):
         super().__init__()
         if task not in ("multilabel", "multiclass"):
             raise ConfigError(f"task: expected 'multilabel' or 'multiclass', got {task!r}")
@@ -75,6 +79,8 @@ class SIBNetLoss(nn.Module):
             raise ConfigError(f"embed_grad: expected 'all' or 'maps', got {embed_grad!r}")
         if sc_resolution not in ("input", "features"):
             raise ConfigError(f"sc_resolution: expected 'input' or 'features', got {sc_resolution!r}")
+        if sc_scale not in SCALES:
+            raise ConfigError(f"sc_scale: expected one of {', '.join(SCALES)}, got {sc_scale!r}")
         if embed_size is not None and (not isinstance(embed_size, int) or embed_size < 8):
             raise ConfigError(f"embed_size: expected None or an integer >= 8, got {embed_size!r}")
         # not registered as a submodule: the loss holds no parameters of its own, and its
@@ -90,6 +96,7 @@ class SIBNetLoss(nn.Module):
         self.embed, self.embed_grad, self.normalise = embed, embed_grad, normalise
         self.radius, self.threshold, self.background_cluster = radius, threshold, background_cluster
         self.embed_size = embed_size
+        self.sc_scale = sc_scale
         self.saliency_options = dict(saliency_options or {})
         self.sc_features = sc_resolution == "features"
         if self.sc_features:
@@ -163,7 +170,7 @@ class SIBNetLoss(nn.Module):
         cd = sc = zero
         if self.use_sc:
             sc = spatial_coherence(maps, radius=self.radius, threshold=self.threshold,
-                                   background_cluster=self.background_cluster)
+                                   background_cluster=self.background_cluster, scale=self.sc_scale)
         if self.use_cd:
             cd_maps = maps
             if self.sc_features:
@@ -184,4 +191,4 @@ class SIBNetLoss(nn.Module):
         name = getattr(self.method, "__name__", repr(self.method))
         return (f"saliency={name}, lambda_cd={self.lambda_cd}, lambda_sc={self.lambda_sc}, use_cd={self.use_cd}, "
                 f"use_sc={self.use_sc}, embed={self.embed}, embed_grad={self.embed_grad}, radius={self.radius}, "
-                f"threshold={self.threshold}, embed_size={self.embed_size}")
+                f"threshold={self.threshold}, embed_size={self.embed_size}, sc_scale={self.sc_scale}")
