@@ -117,7 +117,7 @@ def reference_coherence(maps, labelled, radius=4):
     flat = maps.reshape(b * k, h, w)
     masked = []
     for i, (lab, n) in enumerate(labelled):
-        lab = torch.from_numpy(lab)
+        lab = torch.from_numpy(lab).to(flat.device)
         for c in range(1, n):  # their script skips the last component
             masked.append(flat[i] * (lab == c))
     if not masked:
@@ -161,10 +161,11 @@ def worker(config: str, args) -> dict:
     """Build the model and batch, time ``config``'s step, report times and memory."""
     torch.manual_seed(0)
     k = args.classes
-    model = build_classifier("densenet121", in_channels=1, num_classes=k).train()
-    x = torch.randn(args.batch, 1, args.size, args.size)
-    y = (torch.rand(args.batch, k) < 0.3).float()
-    pos_weight = torch.full((k,), 3.0)
+    device = torch.device(args.device)
+    model = build_classifier("densenet121", in_channels=1, num_classes=k).train().to(device)
+    x = torch.randn(args.batch, 1, args.size, args.size).to(device)
+    y = (torch.rand(args.batch, k) < 0.3).float().to(device)
+    pos_weight = torch.full((k,), 3.0, device=device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.93, 0.999))
     if config == "baseline":
         step = sibnet_step(model, opt, x, y, pos_weight, None, None)
@@ -178,6 +179,18 @@ def worker(config: str, args) -> dict:
             raise SystemExit(f"unknown configuration {config!r}; expected baseline, floor, reference or "
                              f"METHOD@full|PIXELS with METHOD in {', '.join(METHODS)}")
         step = sibnet_step(model, opt, x, y, pos_weight, method, None if embed == "full" else int(embed))
+    if device.type == "cuda":  # time whole steps: wait for the queued kernels; memory = CUDA allocations
+        run = step
+
+        def step():
+            run()
+            torch.cuda.synchronize(device)
+
+        before = torch.cuda.memory_allocated(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+        times = time_calls(step, warmup=args.warmup, repeats=args.repeats)
+        return {"config": config, "median_ms": median(times), "times_ms": times, "rss_before_mb": before,
+                "peak_rss_mb": torch.cuda.max_memory_allocated(device) / 2**20}
     rss_before = current_rss_mb()
     times = time_calls(step, warmup=args.warmup, repeats=args.repeats)
     return {"config": config, "median_ms": median(times), "times_ms": times, "rss_before_mb": rss_before,
@@ -190,7 +203,8 @@ def worker(config: str, args) -> dict:
 
 def run_config(config: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", config, "--size", str(args.size), "--batch", str(args.batch),
-           "--classes", str(args.classes), "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+           "--classes", str(args.classes), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+           "--device", args.device]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
@@ -209,6 +223,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]; on CUDA each step ends with a "
+                   "synchronize and memory is the peak of CUDA allocations (torch.cuda.max_memory_allocated)")
     p.add_argument("--configs", nargs="+", default=None,
                    help="subset to run (default: baseline floor METHOD@full|64|32 ... reference)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -223,6 +239,9 @@ def main() -> None:
     if "baseline" not in configs:
         configs = ["baseline"] + configs
     print(machine_header("training step: forward + loss + backward + Adam step"))
+    if args.device.startswith("cuda"):
+        print(f"# device: {torch.cuda.get_device_name(torch.device(args.device))}; memory columns are peak CUDA "
+              f"allocations (MiB), not RSS; cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}")
     print(f"# MONAI DenseNet121, 1 channel, K={args.classes}, batch {args.batch}, {args.size}x{args.size}, "
           f"train mode; median of {args.repeats} steps after {args.warmup} warm-up steps; one subprocess each")
     t0 = time.perf_counter()

@@ -212,6 +212,23 @@ def test_budget_parsing():
     assert not Budget(3, None).covers(Budget(None, 10)) and Budget(None, None).covers(Budget(3, 5))
 
 
+def test_checkpoint_frequency_is_the_callers_where_given(tmp_path):
+    import dataclasses
+
+    from sibnet.config import diff_configs
+    from sibnet.experiments.jobs import CHECKPOINT_EVERY, FREE_KEYS, Job, job_config, job_identity
+
+    study = _tiny_study(tmp_path / "runs", "epochs=1")
+    job = Job("sibnet-pair-mean", 0, 0)
+    assert job_config(study, job).train.checkpoint_every == CHECKPOINT_EVERY
+    assert job_config(study, job).loss.sc_scale == "pair_mean"
+    rare = dataclasses.replace(study, overrides=("train.checkpoint_every=200",))
+    assert job_config(rare, job).train.checkpoint_every == 200
+    # a setting that does not change results: the job stays the same job
+    changed = diff_configs(job_identity(rare, job, job_config(rare, job)), job_identity(study, job, job_config(study, job)))
+    assert changed == ["config.train.checkpoint_every"] and "train.checkpoint_every" in FREE_KEYS
+
+
 @pytest.mark.slow
 def test_epoch_by_epoch_equals_one_continuous_run(tmp_path):
     """The job's per-epoch resume gives the same weights as one uninterrupted trainer run."""

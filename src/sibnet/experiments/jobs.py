@@ -167,6 +167,8 @@ def job_config(study: Study, job: Job) -> Config:
         "out": str(job.folder(study)),
     }
     settings.update(method.overrides)
+    if any(o.split("=", 1)[0].strip() == "train.checkpoint_every" for o in study.overrides):
+        del settings["train.checkpoint_every"]  # the caller's (e.g. fewer writes where steps are fast)
     if method.unlabeled:
         settings.update({"unlabeled.enabled": True, "unlabeled.name": study.dataset, "unlabeled.root": study.root,
                          "unlabeled.split": "unlabeled", "unlabeled.options": study.data_options()})
