@@ -80,7 +80,7 @@ def sibnet_step(model, opt, x, y, pos_weight, method, embed_size):
 
 
 def floor_step(model, opt, x, y, pos_weight, k):
-    stack = torch.rand(x.shape[0] * k, *x.shape[1:], generator=torch.Generator().manual_seed(1))
+    stack = torch.rand(x.shape[0] * k, *x.shape[1:], generator=torch.Generator().manual_seed(1)).to(x.device)
 
     def step():
         opt.zero_grad(set_to_none=True)

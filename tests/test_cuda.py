@@ -53,16 +53,21 @@ def _state(model):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_maps_on_cuda_equal_the_cpu_maps_and_leave_the_model_as_it_was(method, no_tf32):
-    cpu_model = _net().eval()
+    # float64: LRP-epsilon through DenseNet-121 is ill-conditioned in float32 (its float32 and
+    # float64 maps differ by about 5% of the map maximum on the CPU alone), so a float32 comparison
+    # would measure rounding, not the CUDA path
+    cpu_model = _net().eval().double()
     gpu_model = copy.deepcopy(cpu_model).to(CUDA)
     x, _ = _batch()
+    x = x.double()
     ref = saliency.get(method)(cpu_model, x)
     before = _state(gpu_model)
     got = saliency.get(method)(gpu_model, x.to(CUDA))
     assert got.device.type == "cuda" and got.shape == ref.shape == (2, 5, 48, 48)
     assert torch.isfinite(got).all()
     scale = ref.abs().amax(dim=(-2, -1), keepdim=True).clamp(min=1e-12)
-    assert ((got.cpu() - ref).abs() / scale).max().item() < 1e-3
+    assert ((got.cpu() - ref).abs() / scale).max().item() < 1e-6
+    assert torch.isfinite(saliency.get(method)(copy.deepcopy(gpu_model).float(), x.float().to(CUDA))).all()
     after = _state(gpu_model)
     assert before[1] == after[1]
     for k, v in before[0].items():
@@ -90,7 +95,7 @@ def test_sibnet_step_on_cuda_matches_cpu_and_keeps_batchnorm_statistics(method, 
         assert gpu_terms[k] == pytest.approx(cpu_terms[k], rel=2e-3, abs=1e-5), k
     # L_SC also depends on which pixels pass the Otsu threshold: a rounding difference can move a
     # pixel in or out of a cluster, so it and the gradients are compared more loosely
-    assert gpu_terms["sc"] == pytest.approx(cpu_terms["sc"], rel=5e-2), "sc"
+    assert gpu_terms["sc"] == pytest.approx(cpu_terms["sc"], rel=5e-2, abs=1e-6), "sc"
     torch.testing.assert_close(gpu_grad, cpu_grad, rtol=5e-2, atol=1e-3 * cpu_grad.abs().max().item())
 
 
