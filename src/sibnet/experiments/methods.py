@@ -78,7 +78,14 @@ def _parse_lambda_name(name: str) -> Method | None:
     return m if m.name == name else None
 
 
+CAPACITY_PREFIX = "capacity-"
+
+
 def get_method(name: str) -> Method:
+    if name.startswith(CAPACITY_PREFIX):
+        from .capacity import capacity_method_from_name  # the capacity study's methods (Fig. 12)
+
+        return capacity_method_from_name(name)
     if name.startswith(LAMBDA_PREFIX):
         m = _parse_lambda_name(name)
         if m is None:
