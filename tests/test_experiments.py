@@ -187,6 +187,28 @@ def test_larger_budget_continues_smaller_is_refused(tmp_path):
         run_job(_tiny_study(tmp_path, "epochs=2", batch_size=4), job)
 
 
+def test_job_saved_before_a_setting_existed_continues(tmp_path):
+    import yaml
+
+    from sibnet.errors import SibnetError
+    from sibnet.experiments.jobs import Job, run_job
+
+    job = Job("sibnet-gradcam", 0, 0)
+    one = _tiny_study(tmp_path, "steps=1")
+    run_job(one, job, log=lambda m: None)
+    # the job's record as an older version wrote it: without loss.sc_scale
+    path = job.folder(one) / "job.yaml"
+    record = yaml.safe_load(path.read_text())
+    del record["config"]["loss"]["sc_scale"]
+    path.write_text(yaml.safe_dump(record))
+    assert run_job(_tiny_study(tmp_path, "steps=2"), job, log=lambda m: None)["status"] == "trained"
+    # a setting that really differs is still refused
+    record["config"]["loss"]["sc_scale"] = "pair_mean"
+    path.write_text(yaml.safe_dump(record))
+    with pytest.raises(SibnetError, match="other settings.*sc_scale"):
+        run_job(_tiny_study(tmp_path, "steps=3"), job, log=lambda m: None)
+
+
 def test_locks(tmp_path):
     import os
 

@@ -109,3 +109,17 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, reference
 
 if __name__ == "__main__":
     child(sys.argv[1:])
+
+
+def test_checkpoint_saved_before_a_setting_existed_is_resumable(tmp_path):
+    from sibnet.config import Config
+    from sibnet.errors import ConfigError
+    from sibnet.training.trainer import check_resumable
+
+    cfg = Config()
+    saved = cfg.to_dict()
+    del saved["loss"]["sc_scale"]  # as written by a version without this setting
+    check_resumable(saved, cfg, tmp_path / "last.pt")
+    saved["loss"]["sc_scale"] = "pair_mean"
+    with pytest.raises(ConfigError, match="loss.sc_scale"):
+        check_resumable(saved, cfg, tmp_path / "last.pt")

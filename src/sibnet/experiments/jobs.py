@@ -269,6 +269,10 @@ def _check_identity(folder: Path, identity: dict) -> None:
     if not path.is_file():
         return
     old = yaml.safe_load(path.read_text()) or {}
+    if isinstance(old.get("config"), dict):  # settings added since the job started: their defaults then
+        from ..training.trainer import with_config_defaults
+
+        old["config"] = with_config_defaults(old["config"])
     changed = [k for k in diff_configs({k: v for k, v in old.items() if k != "budget"},
                                        {k: v for k, v in identity.items() if k != "budget"})
                if not any(k == f"config.{b}" for b in FREE_KEYS)]

@@ -21,9 +21,27 @@ from .loop import TrainState, fit, restore_run
 from .rng import configure_determinism, mix_seed, seed_everything
 
 
+def with_config_defaults(saved: dict) -> dict:
+    """A configuration dict saved by an earlier version, with the keys added since at their defaults.
+
+    A key that did not exist when a run or job was saved had, in effect, its default value then;
+    comparing against it keeps old runs resumable after new settings appear.
+    """
+    def fill(record: dict, defaults: dict) -> dict:
+        out = dict(record)
+        for key, value in defaults.items():
+            if key not in out:
+                out[key] = value
+            elif isinstance(value, dict) and isinstance(out[key], dict):
+                out[key] = fill(out[key], value)
+        return out
+
+    return fill(saved, Config().to_dict())
+
+
 def check_resumable(saved: dict, cfg: Config, path: Path) -> None:
     """Refuse to resume when a setting that shapes the run differs from the checkpoint's."""
-    changed = [k for k in diff_configs(saved, cfg.to_dict())
+    changed = [k for k in diff_configs(with_config_defaults(saved), cfg.to_dict())
                if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_CHANGES)]
     if changed:
         raise ConfigError(f"--resume {path}: the configuration differs from the checkpoint's in "
