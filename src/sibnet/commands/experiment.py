@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-TABLES = ("table1", "table3", "table4", "table5", "lambda-grid", "status")
+TABLES = ("table1", "table3", "table4", "table5", "lambda-grid", "capacity", "status")
 DEFAULT_METHODS = "baseline,se,cbam,sibnet,sibnet-gradcam,sibnet-lrp,no-cd,no-sc,image-embed"
+CAPACITY_METHODS = "baseline,sibnet"
 
 
 def register(subparsers) -> None:
@@ -22,7 +23,9 @@ def register(subparsers) -> None:
         "differences against the baseline; table3 (saliency agreement with expert masks), table4 (Gaussian "
         "noise) and table5 (probes on frozen features) evaluate the finished table1 jobs of the same study "
         "and never train. lambda-grid trains SIBNet over a grid of (lambda_cd, lambda_sc) and draws the "
-        "heatmap. 'status' lists the jobs. Tables are written to --out as Markdown and CSV beside "
+        "heatmap. capacity trains the --methods (default baseline,sibnet) on DenseNet-121s of about m x the standard "
+        "parameter count for each --capacities m and plots validation/evaluation loss and AUROC against m "
+        "(Fig. 12). 'status' lists the jobs. Tables are written to --out as Markdown and CSV beside "
         "their figures, with a header stating the command, data, budget and code version.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="methods:" + method_list + "\n\nexamples:\n"
@@ -30,6 +33,8 @@ def register(subparsers) -> None:
         "  sibnet experiment table1 --dataset nih --root ../shared/data/nih-cxr14 --folds 5 --seeds 1 "
         "--budget epochs=5 --jobs 2\n"
         "  sibnet experiment table4 --dataset nih --root ../shared/data/nih-cxr14 --folds 5 --budget epochs=5\n"
+        "  sibnet experiment capacity --dataset synthetic --image-size 64 --folds 2 --budget epochs=3 "
+        "--methods baseline,sibnet-gradcam --capacities 0.2,0.5,1,2\n"
         "  sibnet experiment status --dataset nih --root ../shared/data/nih-cxr14 --budget epochs=5")
     p.add_argument("table", choices=TABLES, help="what to run or write")
     p.add_argument("--dataset", default="synthetic", help="dataset name (as sibnet train; default synthetic)")
@@ -39,7 +44,8 @@ def register(subparsers) -> None:
     p.add_argument("--seeds", type=int, default=1, help="number of seeds per fold: 0..N-1 (default 1)")
     p.add_argument("--budget", default="epochs=3", help="training budget per job: epochs=N and/or steps=N "
                                                         "(default epochs=3)")
-    p.add_argument("--methods", default=None, help=f"comma-separated methods (default {DEFAULT_METHODS})")
+    p.add_argument("--methods", default=None, help=f"comma-separated methods (default {DEFAULT_METHODS}; "
+                   f"capacity: the base methods, default {CAPACITY_METHODS})")
     p.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
     p.add_argument("--jobs", type=int, default=1, help="independent jobs run in parallel processes (default 1)")
     p.add_argument("--runs", default=None, help="folder of the jobs (default runs/experiments/DATASET-SIZEpx)")
@@ -51,8 +57,8 @@ def register(subparsers) -> None:
     p.add_argument("--keep-epochs", action="store_true", help="keep a model checkpoint of every epoch (table3 "
                                                               "Dice per epoch)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--report-only", action="store_true", help="table1, lambda-grid: write the table from the finished jobs, "
-                                                              "train nothing")
+    p.add_argument("--report-only", action="store_true", help="table1, lambda-grid, capacity: write the table from the "
+                                                              "finished jobs, train nothing")
     p.add_argument("--sigmas", default=None, help="table4: comma-separated noise sds on [0, 1] images "
                                                   "(default 0,0.005,0.01,0.05,0.1)")
     p.add_argument("--probes", default=None, help="table5: comma-separated probes (default linear_svm,rbf_svm,"
@@ -63,6 +69,8 @@ def register(subparsers) -> None:
                                                              "(default 100)")
     p.add_argument("--lambdas", default=None, help="lambda-grid: comma-separated values of lambda_cd and of "
                                                    "lambda_sc (default 0,0.5,1,1.5,2)")
+    p.add_argument("--capacities", default=None, help="capacity: comma-separated parameter multipliers m of the "
+                                                      "standard DenseNet-121 (default 0.2,0.5,1,1.5,2)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="training configuration overrides applied to every job (e.g. optim.lr=1e-4)")
     p.set_defaults(func=run)
@@ -115,6 +123,12 @@ def run(args) -> int:
 
         grid = DEFAULT_GRID if args.lambdas is None else _floats(args.lambdas, "--lambdas")
         methods = grid_methods(grid, grid)
+    elif args.table == "capacity":
+        from ..experiments.capacity import capacity_methods, parse_capacities
+
+        bases = parse_methods(args.methods or CAPACITY_METHODS)
+        capacities = parse_capacities(args.capacities)
+        methods = capacity_methods(bases, capacities)
     else:
         methods = parse_methods(args.methods or DEFAULT_METHODS)
     jobs = study_jobs(study, methods)
@@ -128,14 +142,19 @@ def run(args) -> int:
             epochs = max(0, len(metrics.read_text().splitlines()) - 1) if metrics.is_file() else 0
             print(f"{job_status(study, job):8s} {job.key}  ({epochs} epoch(s) finished)")
         return 0
-    if args.table == "lambda-grid":
+    if args.table in ("lambda-grid", "capacity"):
         failed = []
         if not args.report_only:
             results = run_jobs(study, jobs, args.jobs, log=lambda m: print(m, file=sys.stderr, flush=True))
             failed = [r for r in results if r["status"] == "failed"]
-        from ..experiments.lambda_grid import write_lambda_grid
+        if args.table == "capacity":
+            from ..experiments.capacity import write_capacity
 
-        paths = write_lambda_grid(study, grid, grid, jobs, out, command)
+            paths = write_capacity(study, bases, capacities, jobs, out, command)
+        else:
+            from ..experiments.lambda_grid import write_lambda_grid
+
+            paths = write_lambda_grid(study, grid, grid, jobs, out, command)
         print(paths["markdown"])
         print(paths["csv"])
         for f in failed:
@@ -185,6 +204,8 @@ def canonical_argv(args) -> list[str]:
             "--budget", args.budget]
     if args.table == "lambda-grid":
         out += ["--lambdas", args.lambdas or "0,0.5,1,1.5,2"]
+    elif args.table == "capacity":
+        out += ["--methods", args.methods or CAPACITY_METHODS, "--capacities", args.capacities or "0.2,0.5,1,1.5,2"]
     else:
         out += ["--methods", args.methods or DEFAULT_METHODS]
     out += ["--batch-size", str(args.batch_size)]

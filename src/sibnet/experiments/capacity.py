@@ -1,0 +1,286 @@
+"""``capacity``: methods retrained with fewer or more parameters (the paper's section 3.5.6, Fig. 12).
+
+Every (base method, multiplier m) is a method ``capacity-<base>-<m>`` (m written as Python's
+``%g``): the base method's loss settings on a width-scaled DenseNet-121 with about ``m x P``
+parameters, P being the standard DenseNet-121's count for the dataset's channels and classes
+(``densenet121-x<m>``, rule in :mod:`sibnet.models.classifier`). Its jobs are ordinary resumable
+study jobs (fold x seed, :mod:`sibnet.experiments.jobs`).
+
+Per (base, m) the table gives, as mean (sd) over the finished runs (folds x seeds, sd ddof = 1):
+
+* validation loss: the last epoch's entry of the job's ``val_loss.csv`` (weighted BCE / CE of the
+  fold's validation split, as Fig. 4 of table1 reads it);
+* evaluation loss: the same weighted loss on the evaluation split, computed from the job's
+  ``predictions.npz`` (probabilities of ``last.pt``) with the class weights of the validation loss
+  (``class_weights_from_labels`` of the fold's training labels); see :func:`weighted_loss_from_probs`;
+* evaluation AUROC: ``mean_auroc`` of the job's ``done.json``.
+
+``fig12_capacity.png`` draws the three against the parameter count in multiples of P.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..evaluation.statistics import mean_sd
+from .jobs import Job, Study, collect, job_config, read_val_loss, train_split
+from .methods import CAPACITY_PREFIX, Method, get_method
+from .table1 import _mean, _sd
+from .tables import study_header, write_outputs
+
+DEFAULT_CAPACITIES = (0.2, 0.5, 1.0, 1.5, 2.0)
+DEFAULT_BASES = "baseline,sibnet"
+# float32 probabilities equal to 0 or 1 (|logit| beyond about 17 / 88): their loss term is clipped
+P_LOW, P_HIGH = float(np.finfo(np.float32).tiny), 1.0 - 2.0 ** -24
+
+
+def _name_error(name: str, why: str) -> ConfigError:
+    from ..models.classifier import MAX_MULTIPLIER, MIN_MULTIPLIER
+
+    return ConfigError(f"--methods: {name!r}: {why}; expected {CAPACITY_PREFIX}<method>-<m> with m a number in "
+                       f"[{MIN_MULTIPLIER:g}, {MAX_MULTIPLIER:g}] written as Python's %g (e.g. capacity-sibnet-0.5)")
+
+
+def capacity_method(base: Method | str, multiplier: float) -> Method:
+    """``base`` (a method on the plain DenseNet-121) with a DenseNet-121 of about m x P parameters."""
+    from ..models.classifier import MAX_MULTIPLIER, MIN_MULTIPLIER, width_name
+
+    base = get_method(base) if isinstance(base, str) else base
+    m = float(multiplier)
+    name = f"{CAPACITY_PREFIX}{base.name}-{m:g}"
+    if not (math.isfinite(m) and MIN_MULTIPLIER <= m <= MAX_MULTIPLIER):
+        raise _name_error(name, f"m = {m:g} is outside [{MIN_MULTIPLIER:g}, {MAX_MULTIPLIER:g}]")
+    if base.name.startswith(CAPACITY_PREFIX) or base.model != "densenet121":
+        raise _name_error(name, f"the base method {base.name!r} does not train the plain DenseNet-121 "
+                                f"(model {base.model}); only those can be width-scaled")
+    return Method(name, f"{base.description}; DenseNet-121 width-scaled to about {m:g} x its parameters",
+                  model=width_name(m), overrides=dict(base.overrides), unlabeled=base.unlabeled)
+
+
+def capacity_method_from_name(name: str) -> Method:
+    """The method of ``capacity-<base>-<m>`` (ConfigError for an unknown base, a bad or non-%g m)."""
+    if not name.startswith(CAPACITY_PREFIX):
+        raise _name_error(name, f"it does not start with {CAPACITY_PREFIX!r}")
+    base, _, text = name[len(CAPACITY_PREFIX):].rpartition("-")
+    if base.endswith("-"):  # a negative number: capacity-baseline--1
+        base, text = base[:-1], "-" + text
+    if not base or not text:
+        raise _name_error(name, "no base method or no multiplier")
+    try:
+        m = float(text)
+    except ValueError:
+        raise _name_error(name, f"{text!r} is not a number") from None
+    if not math.isfinite(m) or f"{m:g}" != text:
+        raise _name_error(name, f"{text!r} is not a number written as %g (that would be {m:g})")
+    try:
+        base_method = get_method(base)
+    except ConfigError as exc:
+        raise _name_error(name, f"unknown base method {base!r} ({exc})") from None
+    return capacity_method(base_method, m)
+
+
+def capacity_methods(bases: list[Method], capacities) -> list[Method]:
+    """One method per (base, m), base-major in the given orders."""
+    return [capacity_method(b, m) for b in bases for m in capacities]
+
+
+def parse_capacities(text: str | None) -> tuple[float, ...]:
+    """``--capacities``: comma-separated multipliers (default :data:`DEFAULT_CAPACITIES`)."""
+    from ..models.classifier import MAX_MULTIPLIER, MIN_MULTIPLIER
+
+    if text is None:
+        return DEFAULT_CAPACITIES
+    out: list[float] = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        try:
+            v = float(part)
+        except ValueError:
+            raise ConfigError(f"--capacities: {part!r} is not a number") from None
+        if not (math.isfinite(v) and MIN_MULTIPLIER <= v <= MAX_MULTIPLIER):
+            raise ConfigError(f"--capacities: {part} is outside [{MIN_MULTIPLIER:g}, {MAX_MULTIPLIER:g}] "
+                              "(multiples of the standard DenseNet-121's parameter count)")
+        if v not in out:
+            out.append(v)
+    if not out:
+        raise ConfigError(f"--capacities: no multiplier given in {text!r}")
+    return tuple(out)
+
+
+# ------------------------------------------------------------------ evaluation loss
+
+def weighted_loss_from_probs(probs, labels, class_weight, task: str = "multilabel") -> tuple[float, int]:
+    """(loss, number of clipped terms) of stored probabilities, as the jobs' validation loss.
+
+    Multi-label: the positively weighted BCE ``-(w_k y log p + (1 - y) log(1 - p))`` summed over the
+    observed entries (label -1 (uncertain) or nan: left out) and divided by their number (as
+    ``weighted_bce(logits, y, w)`` of the logits with ``p = sigmoid(logit)``). Single-label
+    (``multiclass``, labels one-hot rows or indices): ``sum_i w_{y_i} (-log p_{i, y_i})`` divided
+    by the number of rows. Probabilities stored as exactly 0 or 1 (float32 saturation) are clipped
+    to [:data:`P_LOW`, :data:`P_HIGH`]; the terms this changes (counted) are lower bounds of the
+    logits' loss.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    w = np.asarray(class_weight, dtype=np.float64).reshape(-1)
+    if p.ndim != 2 or w.shape != (p.shape[1],):
+        raise ConfigError(f"probabilities {p.shape} and class weights {w.shape} do not match (N, K) and (K,)")
+    pc = np.clip(p, P_LOW, P_HIGH)
+    if task == "multiclass":
+        index = y.astype(int) if y.ndim == 1 else np.nan_to_num(y).argmax(axis=1)
+        keep = np.ones(len(p), bool) if y.ndim == 1 else ~np.isnan(y).any(axis=1)
+        rows = np.flatnonzero(keep)
+        terms = -w[index[rows]] * np.log(pc[rows, index[rows]])
+        return float(terms.sum() / max(len(p), 1)), int((p[rows, index[rows]] < P_LOW).sum())
+    if y.shape != p.shape:
+        raise ConfigError(f"labels {y.shape} do not match the probabilities {p.shape}")
+    observed = ~np.isnan(y) & (y != -1)
+    yo = np.where(observed, y, 0.0)
+    terms = -(w * yo * np.log(pc) + (1.0 - yo) * np.log1p(-pc))
+    clipped = observed & (((p < P_LOW) & (yo > 0)) | ((p > P_HIGH) & (yo < 1)))  # terms the clipping changes
+    return float(terms[observed].sum() / max(int(observed.sum()), 1)), int(clipped.sum())
+
+
+def _class_weights(cfg):
+    """(class weights, dataset info) of a job: as ``run_job`` computes them for its validation loss."""
+    from ..losses.classification import class_weights_from_labels
+    from ..training.build import dataset_labels
+
+    train = train_split(cfg)
+    info = train.info
+    with warnings.catch_warnings():  # a class without positives: the job itself warned when it trained
+        warnings.simplefilter("ignore", UserWarning)
+        w = class_weights_from_labels(dataset_labels(train), info.task, class_names=info.class_names)
+    return np.asarray(w, dtype=np.float64), info
+
+
+# ------------------------------------------------------------------ table and figure
+
+def summarise_capacity(study: Study, bases: list[Method], capacities, jobs: list[Job]) -> dict:
+    """Per (base, m): the per-run values (no files written). See the module doc."""
+    from ..models.classifier import densenet121_width
+
+    records = collect(study, jobs)
+    weights: dict[tuple[int, int], tuple] = {}
+    info = None
+    rows, clipped_total = [], 0
+    for b in bases:
+        for m in capacities:
+            meth = capacity_method(b, m)
+            runs = sorted(((j, r) for j, r in records.items() if j.method == meth.name),
+                          key=lambda t: (t[0].seed, t[0].fold))
+            entry = {"base": b.name, "method": meth.name, "multiplier": float(m), "runs": len(runs),
+                     "jobs": sum(1 for j in jobs if j.method == meth.name), "val_loss": [], "eval_loss": [],
+                     "auroc": [], "eval_splits": sorted({r["eval_split"] for _, r in runs})}
+            for job, rec in runs:
+                folder = job.folder(study)
+                vl = read_val_loss(folder)
+                entry["val_loss"].append(vl[-1]["val_loss"] if vl else math.nan)
+                key = (job.fold, job.seed)
+                if key not in weights:
+                    weights[key] = _class_weights(job_config(study, job))
+                w, info = weights[key]
+                pred = np.load(folder / "predictions.npz")
+                loss, n_clipped = weighted_loss_from_probs(pred["probs"], pred["labels"], w, info.task)
+                entry["eval_loss"].append(loss)
+                clipped_total += n_clipped
+                entry["auroc"].append(math.nan if rec["mean_auroc"] is None else float(rec["mean_auroc"]))
+            rows.append(entry)
+    if info is not None:
+        for e in rows:
+            e["width"] = densenet121_width(e["multiplier"], info.in_channels, info.num_classes)
+    return {"rows": rows, "records": records, "clipped": clipped_total, "info": info}
+
+
+def write_capacity(study: Study, bases: list[Method], capacities, jobs: list[Job], out: Path, command: str) -> dict:
+    s = summarise_capacity(study, bases, capacities, jobs)
+    methods = capacity_methods(bases, capacities)
+    splits = sorted({sp for e in s["rows"] for sp in e["eval_splits"]})
+    extra = [f"capacities: m in {[float(f'{m:g}') for m in capacities]} x P, P = parameters of the standard "
+             "DenseNet-121 for the dataset's channels and classes; width rule: sibnet.models.classifier "
+             "(growth rate and initial features scaled by one width factor, depth unchanged)",
+             f"base methods: {', '.join(b.name for b in bases)}",
+             f"finished jobs: {len(s['records'])} of {len(jobs)}",
+             "validation loss: weighted BCE of the fold's validation split after the last epoch (val_loss.csv); "
+             "evaluation loss: the same weighted BCE on the evaluation split from predictions.npz (class weights "
+             "from the fold's training labels); AUROC: mean over labels on the evaluation split; "
+             "each shown as mean (sd) over the finished runs (runs: finished/total)"]
+    if splits:
+        extra.append(f"evaluation split: {', '.join(splits)}")
+    if s["clipped"]:
+        extra.append(f"{s['clipped']} stored probabilities were exactly 0 or 1 (float32); their loss terms are "
+                     "clipped (lower bounds)")
+    if s["info"] is not None:
+        e0 = s["rows"][0]["width"]
+        extra.append(f"P = {e0['reference']:,} parameters ({s['info'].in_channels} input channel(s), "
+                     f"{s['info'].num_classes} classes)")
+    header = study_header(command, study, methods, extra)
+    cols = ["method", "m", "growth / init features", "parameters (x P)", "runs", "validation loss",
+            "evaluation loss", "evaluation AUROC"]
+    md_rows, csv_rows = [], []
+    for e in s["rows"]:
+        wd = e.get("width")
+        md_rows.append([e["base"], f"{e['multiplier']:g}",
+                        f"{wd['growth_rate']} / {wd['init_features']}" if wd else "n/a",
+                        f"{wd['parameters']:,} ({wd['ratio']:.3f})" if wd else "n/a", f"{e['runs']}/{e['jobs']}"]
+                       + [mean_sd(e[k], 4 if k != "auroc" else 3) if e["runs"] else "n/a"
+                          for k in ("val_loss", "eval_loss", "auroc")])
+        csv_rows.append({"method": e["method"], "base_method": e["base"], "multiplier": e["multiplier"],
+                         "growth_rate": wd["growth_rate"] if wd else None,
+                         "init_features": wd["init_features"] if wd else None,
+                         "parameters": wd["parameters"] if wd else None, "parameter_ratio": wd["ratio"] if wd else None,
+                         "runs": e["runs"], "jobs": e["jobs"],
+                         **{f"{k}_{stat}": (f(e[k]) if e["runs"] else None)
+                            for k in ("val_loss", "eval_loss", "auroc") for stat, f in (("mean", _mean), ("sd", _sd))}})
+    figs = []
+    if any(e["runs"] for e in s["rows"]):
+        figs.append(str(_figure(study, s, Path(out) / "fig12_capacity.png")))
+    csv_cols = ["method", "base_method", "multiplier", "growth_rate", "init_features", "parameters",
+                "parameter_ratio", "runs", "jobs", "val_loss_mean", "val_loss_sd", "eval_loss_mean", "eval_loss_sd",
+                "auroc_mean", "auroc_sd"]
+    paths = write_outputs(out, "capacity", f"Capacity: methods with fewer or more parameters on {study.dataset}",
+                          header, [("Loss and AUROC against the parameter count", cols, md_rows)],
+                          csv_cols, csv_rows, figs)
+    paths["figures"] = figs
+    paths["summary"] = s
+    return paths
+
+
+def _figure(study: Study, s: dict, path: Path) -> Path:
+    from ..report.figures import _pyplot, save_figure
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    panels = (("val_loss", "validation loss (weighted BCE)"), ("eval_loss", "evaluation loss (weighted BCE)"),
+              ("auroc", "evaluation AUROC (mean over labels)"))
+    bases = list(dict.fromkeys(e["base"] for e in s["rows"]))
+    for ax, (key, label) in zip(axes, panels):
+        for i, b in enumerate(bases):
+            pts = [e for e in s["rows"] if e["base"] == b and e["runs"]]
+            x = [e["width"]["ratio"] if e.get("width") else e["multiplier"] for e in pts]
+            mean = [_mean(e[key]) for e in pts]
+            sd = [_sd(e[key]) or 0.0 for e in pts]
+            colour = f"C{i % 10}"
+            ax.errorbar(x, [np.nan if v is None else v for v in mean], yerr=sd, marker="o", ms=4, capsize=3,
+                        color=colour, label=b)
+            for xi, e in zip(x, pts):
+                ax.plot(np.full(len(e[key]), xi), e[key], ".", color=colour, alpha=0.35, ms=4)
+        ax.set_xlabel("parameters (multiples of P)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Fig. 12: capacity ({study.dataset}, {study.image_size} px, budget {study.budget}, "
+                 f"{study.folds} folds x {len(study.seeds)} seed(s); mean and sd over runs, dots single runs)",
+                 fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+__all__ = ["DEFAULT_BASES", "DEFAULT_CAPACITIES", "capacity_method", "capacity_method_from_name",
+           "capacity_methods", "parse_capacities", "summarise_capacity", "weighted_loss_from_probs",
+           "write_capacity"]
