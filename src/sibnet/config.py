@@ -13,6 +13,9 @@ Conventions
 * ``train.device: auto`` picks CUDA when available; ``train.precision: auto`` means bf16 autocast
   on a CUDA device that supports it (else fp16 with a gradient scaler) for the baseline and
   GradCAM, and fp32 for the relevance methods (DeepTaylor, LRP) and on the CPU.
+* ``train.recipe`` (null: plain training; ``pham``: :mod:`sibnet.training.recipes`) changes what
+  the training steps see; its options are completed when the configuration is read (e.g. the
+  stage split of ``pham`` from the budget), so ``config.yaml`` records the split used.
 * ``configs/default.yaml`` documents every key.
 """
 
@@ -110,6 +113,8 @@ class TrainConfig:
     checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints; 0: epoch ends only
     log_every: int = 10
     progress: bool = True
+    recipe: Optional[Literal["pham"]] = None  # null: plain training; see sibnet.training.recipes
+    recipe_options: dict = field(default_factory=dict)  # pham: stage1, lsr_range, hierarchy, ...
 
 
 @dataclass
@@ -344,6 +349,9 @@ def validate(cfg: Config) -> None:
         _check_root("unlabeled", cfg.unlabeled.name, cfg.unlabeled.root)
     if cfg.model.pretrained is not None and not Path(cfg.model.pretrained).is_file():
         raise ConfigError(f"model.pretrained: file not found: {cfg.model.pretrained}")
+    from .training.recipes import check_config
+
+    check_config(cfg)  # train.recipe_options checked and completed (the stage split is fixed here)
 
 
 def _check_root(section: str, name: str, root: str | None) -> None:

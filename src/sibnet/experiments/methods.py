@@ -5,9 +5,15 @@ by :class:`sibnet.training.Trainer`; a method only sets configuration keys (``ov
 keys as in ``sibnet train``) and the classifier name. Nothing else differs between methods of one
 study: data, folds, seeds, optimiser and budget are the study's.
 
-``pham`` (Pham et al. 2020: conditional training on the parent-child label hierarchy, then
-fine-tuning on all data, U-LSR for uncertain labels) is listed but NOT implemented; choosing it
-is an error, and tables list it as not implemented.
+``pham`` (Pham et al. 2020) is the DenseNet-121 with weighted BCE, no saliency terms, trained by
+the recipe ``train.recipe: pham`` (:mod:`sibnet.training.recipes`): conditional training on the
+parent-child label hierarchy for the first half of the study's budget, then all images and the
+plain weighted BCE (the whole network) for the second, with U-LSR soft targets in [0.55, 0.85] for
+uncertain (-1) training labels. On the five CheXpert competition findings no parent label is
+present (the default CheXpert tree's parents, Lung Opacity and Enlarged Cardiomediastinum, are not
+among them), so there it is U-LSR plus the two-stage schedule; on NIH (no uncertain labels) it
+trains like the baseline. Its stage split is fixed by the study's budget, so a larger budget
+cannot continue a finished ``pham`` job (its configuration differs): use another ``--runs``.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("sibnet-plus", "SIBNet+ (DeepTaylor) with the dataset's unlabeled pool",
            overrides={"loss.saliency": "deep_taylor"}, unlabeled=True),
     Method("pham", "Pham et al. 2020: hierarchy-conditional training, fine-tuning, U-LSR",
-           implemented=False),
+           overrides={"loss.saliency": None, "train.recipe": "pham"}),
 ]}
 
 

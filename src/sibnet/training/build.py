@@ -3,7 +3,8 @@
 Each part can be injected instead (datasets, model, loss factory), which is how tests and users
 with their own data or network reuse the loop. The real path uses
 ``sibnet.data.registry.build_dataset``, ``sibnet.models.build_classifier`` (plus
-``--pretrained`` weights) and ``sibnet.losses.SIBNetLoss``.
+``--pretrained`` weights) and ``sibnet.losses.SIBNetLoss``. A recipe (``train.recipe``) may set dataset options of the
+labeled splits and relabel the training and validation sets (:mod:`sibnet.training.recipes`).
 """
 
 from __future__ import annotations
@@ -36,11 +37,16 @@ def _plain(value: Any) -> Any:
 def build_datasets(cfg: Config) -> tuple[Any, Any, Any]:
     """(train, val, unlabeled) datasets of the config; ``val``/``unlabeled`` may be None."""
     from ..data.registry import build_dataset
+    from .recipes import build_recipe
 
     d = cfg.data
+    recipe = build_recipe(cfg)
+    options = recipe.data_options(d.name, dict(d.options)) if recipe is not None else d.options
     common = dict(root=d.root, image_size=d.image_size, fold=d.fold, folds=d.folds, seed=cfg.train.seed)
-    train = build_dataset(d.name, split=d.train_split, **common, **d.options)
-    val = build_dataset(d.name, split=d.val_split, **common, **d.options) if d.val_split else None
+    train = build_dataset(d.name, split=d.train_split, **common, **options)
+    val = build_dataset(d.name, split=d.val_split, **common, **options) if d.val_split else None
+    if recipe is not None:
+        train, val = recipe.prepare(train, val)
     unlabeled = None
     u = cfg.unlabeled
     if u.enabled:
@@ -55,8 +61,11 @@ def build_datasets(cfg: Config) -> tuple[Any, Any, Any]:
 
 
 def dataset_labels(dataset) -> np.ndarray:
-    """(N, K) label matrix: the dataset's ``.labels`` when it has one, else read item by item."""
-    labels = getattr(dataset, "labels", None)
+    """(N, K) label matrix for the class weights: the dataset's ``.class_weight_labels`` (e.g. the
+    hard labels of soft targets) or ``.labels`` when it has one, else read item by item."""
+    labels = getattr(dataset, "class_weight_labels", None)
+    if labels is None:
+        labels = getattr(dataset, "labels", None)
     if labels is not None:
         return np.asarray(labels, dtype=np.float32)
     return np.stack([np.asarray(dataset[i]["label"], dtype=np.float32) for i in range(len(dataset))])
@@ -105,6 +114,11 @@ def build_run(cfg: Config, env: DistEnv, *, datasets: tuple | None = None, model
         raise SibnetError("the training dataset has no .info (DatasetInfo); see sibnet.data.base")
     if len(train) == 0:
         raise SibnetError(f"the training split {cfg.data.train_split!r} of {cfg.data.name!r} is empty")
+    from .recipes import build_recipe
+
+    recipe = build_recipe(cfg)
+    if recipe is not None:  # the sets as the recipe's steps see them (no-op where build_datasets did it)
+        train, val = recipe.prepare(train, val)
     if unlabeled is not None and (cfg.loss.saliency is None or not (cfg.loss.use_cd or cfg.loss.use_sc)):
         raise ConfigError("unlabeled.enabled: an unlabeled pool needs the saliency terms "
                           "(loss.saliency set and loss.use_cd or loss.use_sc true)")
@@ -151,4 +165,4 @@ def build_run(cfg: Config, env: DistEnv, *, datasets: tuple | None = None, model
 
     return Run(cfg=cfg, env=env, model=model, net=net, loss_fn=loss_fn, optimizer=optimizer, train_set=train,
                val_set=val, unlabeled_set=unlabeled, task=info.task, meta=meta, scheduler=scheduler,
-               scaler=scaler, amp_dtype=dtype, worker_init_fn=worker_init)
+               scaler=scaler, amp_dtype=dtype, worker_init_fn=worker_init, recipe=recipe)

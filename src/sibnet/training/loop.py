@@ -17,6 +17,9 @@ Conventions
   from a mid-epoch checkpoint is exact with ``data.num_workers: 0`` (with workers, augmentation
   draws depend on which worker loads a batch); resuming from an epoch end is exact either way.
   Resuming with another number of processes continues the run, but not bit for bit.
+* A recipe (``train.recipe``, :mod:`.recipes`) may change each labeled batch before its step
+  (e.g. the targets of a training stage); its hook depends only on the :class:`TrainState`, and
+  the values it logs (e.g. ``stage``) join the loss terms in the step and epoch logs.
 * Early stopping: stop after ``train.patience`` epochs without improvement of the mean validation
   AUROC (:func:`sibnet.evaluation.classification.mean_auroc`, gathered over all ranks so every
   rank takes the same decision). An epoch whose AUROC is nan never counts as an improvement,
@@ -87,6 +90,7 @@ class Run:
     scaler: Any = None
     amp_dtype: torch.dtype | None = None
     worker_init_fn: Callable | None = None
+    recipe: Any = None  # a sibnet.training.recipes.Recipe (hooks at the start and before every step)
 
     @property
     def out(self) -> Path:
@@ -313,6 +317,8 @@ def fit(run: Run, state: TrainState | None = None, logger: RunLogger | None = No
     logger = logger or RunLogger(run.out, enabled=False)
     n_batches = batches_per_epoch(run)
     u_iter = unlabeled_batches(run, state.unlabeled_batches) if run.unlabeled_set is not None else None
+    if run.recipe is not None:
+        run.recipe.start(run, state)
     run.model.train()
     while not _finished(run, state):
         epoch, started = state.epoch, time.perf_counter()
@@ -326,7 +332,10 @@ def fit(run: Run, state: TrainState | None = None, logger: RunLogger | None = No
             if u_iter is not None and state.step % cfg.unlabeled.every == 0:
                 u_batch = next(u_iter)
                 state.unlabeled_batches += 1
-            logs = train_step(run, batch, u_batch)
+            extra = {}
+            if run.recipe is not None:  # a pure function of (state, batch): resumed runs see the same
+                batch, extra = run.recipe.batch(run, state, batch)
+            logs = {**train_step(run, batch, u_batch), **extra}
             state.step += 1
             state.batch_in_epoch += 1
             for k, v in logs.items():
