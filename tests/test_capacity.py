@@ -185,6 +185,8 @@ def test_weighted_loss_from_probs_equals_the_logits_loss():
                                              [1, 1, 2])
     tiny = float(np.finfo(np.float32).tiny)
     assert clipped == 2 and loss == pytest.approx((-math.log(2 ** -24) - 2 * math.log(tiny)) / 3)
+    _, imprecise = weighted_loss_from_probs(np.array([[1 - 1e-5, 1 - 1e-3]]), np.array([[0.0, 0.0]]), [1, 1])
+    assert imprecise == 1  # -log(1 - p) with 1 - p < 1e-4: float32 p is too coarse there
 
 
 def test_weighted_loss_from_probs_multiclass():
@@ -288,6 +290,24 @@ def test_table_equals_the_job_folders(study):
                    "methods: capacity-baseline-0.5, capacity-baseline-1", "evaluation split: test", "code version"):
         assert needle in text, needle
     assert "| baseline | 0.5 | 23 / 45 |" in (study["out"] / "capacity.md").read_text()
+
+
+def test_eval_loss_from_the_model(study):
+    """The fallback for saturated probabilities gives the logits' loss (and the stored probabilities' where
+    those are precise)."""
+    from sibnet.experiments.capacity import _class_weights, eval_loss_from_model, weighted_loss_from_probs
+    from sibnet.experiments.jobs import Job, Study, job_config, parse_budget
+
+    s = Study(dataset="synthetic", runs=study["runs"], budget=parse_budget("steps=1"), image_size=32, folds=2,
+              seeds=(0,), batch_size=8, options={"n": 16})
+    job = Job("capacity-baseline-0.5", 1, 0)
+    cfg = job_config(s, job)
+    w, info = _class_weights(cfg)
+    from_model = eval_loss_from_model(s, job, cfg, w, info.task)
+    assert from_model == pytest.approx(_reference(study["runs"], job.method, 1)["eval_loss"], rel=1e-5)
+    pred = np.load(job.folder(s) / "predictions.npz")
+    from_probs, imprecise = weighted_loss_from_probs(pred["probs"], pred["labels"], w, info.task)
+    assert imprecise == 0 and from_probs == pytest.approx(from_model, rel=1e-5)
 
 
 def test_second_invocation_trains_nothing(study, capsys):

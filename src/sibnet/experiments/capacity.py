@@ -10,9 +10,11 @@ Per (base, m) the table gives, as mean (sd) over the finished runs (folds x seed
 
 * validation loss: the last epoch's entry of the job's ``val_loss.csv`` (weighted BCE / CE of the
   fold's validation split, as Fig. 4 of table1 reads it);
-* evaluation loss: the same weighted loss on the evaluation split, computed from the job's
-  ``predictions.npz`` (probabilities of ``last.pt``) with the class weights of the validation loss
-  (``class_weights_from_labels`` of the fold's training labels); see :func:`weighted_loss_from_probs`;
+* evaluation loss: the same weighted loss on the evaluation split with the class weights of the
+  validation loss (``class_weights_from_labels`` of the fold's training labels), computed from the
+  job's ``predictions.npz`` (float32 probabilities of ``last.pt``, :func:`weighted_loss_from_probs`)
+  unless a term of it is too close to saturation for float32 (then from the logits of ``last.pt``
+  re-run on the evaluation split, exactly as the validation loss);
 * evaluation AUROC: ``mean_auroc`` of the job's ``done.json``.
 
 ``fig12_capacity.png`` draws the three against the parameter count in multiples of P.
@@ -35,8 +37,11 @@ from .tables import study_header, write_outputs
 
 DEFAULT_CAPACITIES = (0.2, 0.5, 1.0, 1.5, 2.0)
 DEFAULT_BASES = "baseline,sibnet"
-# float32 probabilities equal to 0 or 1 (|logit| beyond about 17 / 88): their loss term is clipped
+# float32 probabilities equal to 0 or 1 (|logit| beyond about 88 / 17) are clipped to these
 P_LOW, P_HIGH = float(np.finfo(np.float32).tiny), 1.0 - 2.0 ** -24
+# a term -log(1 - p) with 1 - p below this is imprecise from float32 p (spacing 6e-8 near 1: an
+# error up to 6e-4 at the bound); such a job's loss is recomputed from its model's logits
+PRECISE_TAIL = 1e-4
 
 
 def _name_error(name: str, why: str) -> ConfigError:
@@ -116,15 +121,16 @@ def parse_capacities(text: str | None) -> tuple[float, ...]:
 # ------------------------------------------------------------------ evaluation loss
 
 def weighted_loss_from_probs(probs, labels, class_weight, task: str = "multilabel") -> tuple[float, int]:
-    """(loss, number of clipped terms) of stored probabilities, as the jobs' validation loss.
+    """(loss, number of imprecise terms) of stored probabilities, as the jobs' validation loss.
 
     Multi-label: the positively weighted BCE ``-(w_k y log p + (1 - y) log(1 - p))`` summed over the
     observed entries (label -1 (uncertain) or nan: left out) and divided by their number (as
     ``weighted_bce(logits, y, w)`` of the logits with ``p = sigmoid(logit)``). Single-label
     (``multiclass``, labels one-hot rows or indices): ``sum_i w_{y_i} (-log p_{i, y_i})`` divided
     by the number of rows. Probabilities stored as exactly 0 or 1 (float32 saturation) are clipped
-    to [:data:`P_LOW`, :data:`P_HIGH`]; the terms this changes (counted) are lower bounds of the
-    logits' loss.
+    to [:data:`P_LOW`, :data:`P_HIGH`]. Imprecise terms (counted): those of a clipped probability
+    and ``-log(1 - p)`` terms with ``1 - p <`` :data:`PRECISE_TAIL`; with none, the result equals
+    the logits' loss up to float32 rounding of the probabilities.
     """
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
@@ -143,8 +149,21 @@ def weighted_loss_from_probs(probs, labels, class_weight, task: str = "multilabe
     observed = ~np.isnan(y) & (y != -1)
     yo = np.where(observed, y, 0.0)
     terms = -(w * yo * np.log(pc) + (1.0 - yo) * np.log1p(-pc))
-    clipped = observed & (((p < P_LOW) & (yo > 0)) | ((p > P_HIGH) & (yo < 1)))  # terms the clipping changes
-    return float(terms[observed].sum() / max(int(observed.sum()), 1)), int(clipped.sum())
+    imprecise = observed & (((p < P_LOW) & (yo > 0)) | ((1.0 - p < PRECISE_TAIL) & (yo < 1)))
+    return float(terms[observed].sum() / max(int(observed.sum()), 1)), int(imprecise.sum())
+
+
+def eval_loss_from_model(study: Study, job: Job, cfg, class_weight, task: str) -> float:
+    """The evaluation loss from the logits of the job's ``last.pt`` (as ``run_job``'s validation loss)."""
+    import torch
+
+    from ..training.checkpoint import load_model_from_checkpoint
+    from .jobs import _val_loss, eval_dataset
+
+    dataset, _ = eval_dataset(study, cfg)
+    model, _ = load_model_from_checkpoint(job.folder(study) / "last.pt")
+    return _val_loss(model, dataset, task, torch.as_tensor(class_weight, dtype=torch.float32),
+                     cfg.data.batch_size, "cpu")
 
 
 def _class_weights(cfg):
@@ -169,7 +188,7 @@ def summarise_capacity(study: Study, bases: list[Method], capacities, jobs: list
     records = collect(study, jobs)
     weights: dict[tuple[int, int], tuple] = {}
     info = None
-    rows, clipped_total = [], 0
+    rows, recomputed = [], []
     for b in bases:
         for m in capacities:
             meth = capacity_method(b, m)
@@ -187,15 +206,17 @@ def summarise_capacity(study: Study, bases: list[Method], capacities, jobs: list
                     weights[key] = _class_weights(job_config(study, job))
                 w, info = weights[key]
                 pred = np.load(folder / "predictions.npz")
-                loss, n_clipped = weighted_loss_from_probs(pred["probs"], pred["labels"], w, info.task)
+                loss, imprecise = weighted_loss_from_probs(pred["probs"], pred["labels"], w, info.task)
+                if imprecise:
+                    loss = eval_loss_from_model(study, job, job_config(study, job), w, info.task)
+                    recomputed.append(f"{job.key} ({imprecise} terms)")
                 entry["eval_loss"].append(loss)
-                clipped_total += n_clipped
                 entry["auroc"].append(math.nan if rec["mean_auroc"] is None else float(rec["mean_auroc"]))
             rows.append(entry)
     if info is not None:
         for e in rows:
             e["width"] = densenet121_width(e["multiplier"], info.in_channels, info.num_classes)
-    return {"rows": rows, "records": records, "clipped": clipped_total, "info": info}
+    return {"rows": rows, "records": records, "recomputed": recomputed, "info": info}
 
 
 def write_capacity(study: Study, bases: list[Method], capacities, jobs: list[Job], out: Path, command: str) -> dict:
@@ -208,14 +229,15 @@ def write_capacity(study: Study, bases: list[Method], capacities, jobs: list[Job
              f"base methods: {', '.join(b.name for b in bases)}",
              f"finished jobs: {len(s['records'])} of {len(jobs)}",
              "validation loss: weighted BCE of the fold's validation split after the last epoch (val_loss.csv); "
-             "evaluation loss: the same weighted BCE on the evaluation split from predictions.npz (class weights "
-             "from the fold's training labels); AUROC: mean over labels on the evaluation split; "
+             "evaluation loss: the same weighted BCE on the evaluation split (class weights from the fold's training "
+             "labels) from predictions.npz, or from the model's logits where float32 probabilities are too close "
+             "to 0 or 1; AUROC: mean over labels on the evaluation split; "
              "each shown as mean (sd) over the finished runs (runs: finished/total)"]
     if splits:
         extra.append(f"evaluation split: {', '.join(splits)}")
-    if s["clipped"]:
-        extra.append(f"{s['clipped']} stored probabilities were exactly 0 or 1 (float32); their loss terms are "
-                     "clipped (lower bounds)")
+    if s["recomputed"]:
+        extra.append(f"evaluation loss recomputed from the model's logits for {len(s['recomputed'])} run(s) whose "
+                     f"stored float32 probabilities are too close to 0 or 1: {', '.join(s['recomputed'])}")
     if s["info"] is not None:
         e0 = s["rows"][0]["width"]
         extra.append(f"P = {e0['reference']:,} parameters ({s['info'].in_channels} input channel(s), "
@@ -282,5 +304,5 @@ def _figure(study: Study, s: dict, path: Path) -> Path:
 
 
 __all__ = ["DEFAULT_BASES", "DEFAULT_CAPACITIES", "capacity_method", "capacity_method_from_name",
-           "capacity_methods", "parse_capacities", "summarise_capacity", "weighted_loss_from_probs",
+           "capacity_methods", "eval_loss_from_model", "parse_capacities", "summarise_capacity", "weighted_loss_from_probs",
            "write_capacity"]
