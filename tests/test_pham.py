@@ -219,6 +219,29 @@ def test_options_and_errors():
         resolve_hierarchy({"Lung Opacity": ["Pneumonia"]}, LABELS, strict=True)
 
 
+def test_chexpert_training_pool_read_with_uncertain_labels_kept(tmp_path):
+    """Under pham a CheXpert pool without an ``uncertainty`` option keeps -1, which U-LSR smooths;
+    the class weights count those labels as positive, i.e. on the default U-Ones labels."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_data_chexpert import make_chexpert
+
+    from sibnet.training.build import build_datasets, dataset_labels
+
+    root = make_chexpert(tmp_path)
+    common = ["data.name=chexpert", f"data.root={root}", "data.fold=0", "data.folds=3", "data.image_size=8",
+              "loss.saliency=null"]
+    recipes._WARNED.clear()
+    with pytest.warns(UserWarning, match="no parent label"):
+        train, val, _ = build_datasets(load_config(None, [*common, "train.recipe=pham"]))
+    plain, _, _ = build_datasets(load_config(None, common))
+    raw = train.dataset.labels
+    unc = raw == -1
+    assert unc.any() and not (plain.labels == -1).any()
+    assert ((train.labels[unc] >= 0.55) & (train.labels[unc] <= 0.85)).all()
+    np.testing.assert_array_equal(train.labels[~unc], plain.labels[~unc])
+    np.testing.assert_array_equal(dataset_labels(train), plain.labels)  # U-Ones
+
+
 # ------------------------------------------------------------------ the loop
 
 def test_stages_in_the_loop(tmp_path):

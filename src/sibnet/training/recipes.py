@@ -205,7 +205,8 @@ def check_config(cfg) -> None:
 
 
 def build_recipe(cfg) -> "Recipe | None":
-    return None if cfg.train.recipe is None else PhamRecipe(cfg)
+    """The configured recipe object (None: plain training)."""
+    return None if cfg.train.recipe is None else RECIPES[cfg.train.recipe](cfg)
 
 
 # ------------------------------------------------------------------ datasets with other labels
