@@ -120,7 +120,7 @@ def test_header(study):
                              capture_output=True, text=True).stdout.strip()
     for needle in ("command: `sibnet experiment table1 --dataset synthetic --image-size 32 --folds 2 --seeds 1",
                    "--budget steps=1", "dataset: synthetic", "image size: 32 px", "budget: steps=1 per job",
-                   "2 patient-wise folds x seeds [0]", "pham", "not implemented", "finished jobs: 4 of 4",
+                   "2 patient-wise folds x seeds [0]", "finished jobs: 4 of 4",
                    "evaluation split: test (16 images per run)"):
         assert needle in text and needle in md, needle
     if version:
@@ -144,7 +144,6 @@ def test_noise_and_probe_tables_reuse_the_jobs(study):
 @pytest.mark.parametrize("args,message", [
     (["--budget", "epochs=0"], "--budget"),
     (["--budget", "minutes=3"], "--budget"),
-    (["--methods", "pham"], "not implemented"),
     (["--methods", "baseline,nope"], "unknown method 'nope'"),
     (["--seeds", "0"], "--seeds"),
 ])
