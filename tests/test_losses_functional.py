@@ -350,6 +350,11 @@ def test_class_weights_from_labels_multilabel():
     assert len(record) == 2  # A and C are balanced: no warning
     with pytest.raises(DataError, match="-1"):
         class_weights_from_labels(np.array([[1, -1]]), "multilabel")
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
+        class_weights_from_labels(np.array([[1, 2.0]]), "multilabel")
+    # soft targets (U-LSR, label smoothing): fractional positives, 0.7 + 1 = 1.7 pos, 0.3 + 2 = 2.3 neg
+    soft = class_weights_from_labels(np.array([[0.7], [1.0], [0.0], [0.0]]), "multilabel")
+    np.testing.assert_allclose(soft.numpy(), [2.3 / 1.7], rtol=1e-6)
     with pytest.raises(ConfigError, match="task"):
         class_weights_from_labels(labels, "binary")
 

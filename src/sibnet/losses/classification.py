@@ -105,8 +105,9 @@ def class_weights_from_labels(labels, task: str = "multilabel",
     """Class weights (K,) float32 from the training-set labels (N, K) (or indices (N,) for multiclass).
 
     - "multilabel": ``pos_weight[c] = N_neg[c] / N_pos[c]`` counting the entries equal to 1 and 0
-      (nan entries ignored). A class without a positive or without a negative gets 1.0 and a
-      warning (nothing to balance).
+      (nan entries ignored); a soft target t in (0, 1) (label smoothing such as U-LSR) counts as t
+      of a positive and 1 - t of a negative, so ``N_pos = sum(t)`` and ``N_neg = sum(1 - t)``. A
+      class without a positive or without a negative gets 1.0 and a warning (nothing to balance).
     - "multiclass": inverse frequency ``w[c] = (1 / n[c]) / mean_c'(1 / n[c'])`` over the classes that
       occur (mean 1 over them); rows with nan are ignored; a class that never occurs gets 1.0 and a
       warning.
@@ -131,11 +132,11 @@ def class_weights_from_labels(labels, task: str = "multilabel",
         raise DataError("labels: contain -1 (uncertain label); apply the uncertainty policy first")
     weights = np.ones(k)
     if task == "multilabel":
-        bad = ~(np.isnan(y) | (y == 0) | (y == 1))
+        bad = ~(np.isnan(y) | ((y >= 0) & (y <= 1)))
         if bad.any():
-            raise DataError(f"labels: multi-label entries must be 0, 1 or nan; column {int(np.argwhere(bad)[0, 1])} "
-                            f"holds {y[bad][0]!r}")
-        pos, neg = (y == 1).sum(axis=0), (y == 0).sum(axis=0)
+            raise DataError(f"labels: multi-label entries must lie in [0, 1] or be nan; column "
+                            f"{int(np.argwhere(bad)[0, 1])} holds {y[bad][0]!r}")
+        pos, neg = np.nansum(y, axis=0), np.nansum(1 - y, axis=0)
         for c in range(k):
             if pos[c] == 0 or neg[c] == 0:
                 warnings.warn(f"{names[c]}: no {'positive' if pos[c] == 0 else 'negative'} label in the "
