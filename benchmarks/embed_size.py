@@ -21,7 +21,8 @@ from pathlib import Path
 def run(out: Path, embed: str, seed: int, args) -> dict:
     run_dir = out / f"embed-{embed}-seed{seed}"
     metrics = run_dir / "metrics.csv"
-    if not metrics.exists():
+    finished = metrics.exists() and len(list(csv.DictReader(metrics.open()))) >= args.epochs
+    if not finished:  # not run, or cut off before its last epoch: train it (again) from the start
         cmd = [sys.executable, "-m", "sibnet", "train", "--out", str(run_dir), "--overwrite", "--no-progress",
                "--seed", str(seed), "--device", "cpu", f"model.name={args.model}", f"loss.saliency={args.saliency}",
                f"loss.embed_size={'null' if embed == 'none' else embed}", f"data.image_size={args.image_size}",

@@ -12,8 +12,6 @@ import csv
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +29,8 @@ from sibnet.losses.classification import class_weights_from_labels, weighted_bce
 from sibnet.training import recipes
 from sibnet.training.recipes import (PhamRecipe, Relabeled, conditional_targets, resolve_hierarchy, stage1_steps,
                                      uncertain_soft_targets)
+
+from testnets import kill_child_at
 
 torch.set_num_threads(1)
 LABELS = ("Lung Opacity", "Edema", "Cardiomegaly")  # default tree: Lung Opacity -> Edema; Cardiomegaly a root here
@@ -290,22 +290,6 @@ def child(argv: list[str]) -> None:
     tiny_trainer(cfg, loss_factory=pausing).fit()
 
 
-def kill_child_at(out: Path, step: int, checkpoint_every: int) -> None:
-    proc = subprocess.Popen([sys.executable, __file__, str(out), "--pause-at", str(step), "--checkpoint-every",
-                             str(checkpoint_every)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "PAUSED", (line, proc.stderr.read() if proc.poll() is not None else "")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     from sibnet.training import load_checkpoint
@@ -323,7 +307,7 @@ def test_killed_then_resumed_equals_uninterrupted(tmp_path, reference, kill_step
     from sibnet.training import load_checkpoint
 
     out = tmp_path / "run"
-    kill_child_at(out, kill_step, 2)
+    kill_child_at(__file__, out, kill_step, 2)
     saved = load_checkpoint(out / "last.pt")["state"]
     assert saved["step"] == resumed_from and (resumed_from < 9) == (kill_step < 9)  # killed in the same stage
     tiny_trainer(tiny_config(out, "train.checkpoint_every=2")).fit(resume=out)

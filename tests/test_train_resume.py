@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from testnets import kill_child_at
 
 HERE = Path(__file__).resolve().parent
 EPOCHS, BATCHES = 3, 6  # 24 items, batch 4
@@ -55,22 +56,6 @@ def run_child(*args: str, timeout: float = 120) -> None:
     assert res.returncode == 0 and "DONE" in res.stdout, res.stderr[-2000:]
 
 
-def kill_child_at(out: Path, step: int, checkpoint_every: int) -> None:
-    proc = subprocess.Popen([sys.executable, __file__, str(out), "--pause-at", str(step), "--checkpoint-every",
-                             str(checkpoint_every)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "PAUSED", (line, proc.stderr.read() if proc.poll() is not None else "")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("reference") / "run"
@@ -90,7 +75,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, reference
     from sibnet.training import load_checkpoint
 
     out = tmp_path / "run"
-    kill_child_at(out, kill_step, checkpoint_every)
+    kill_child_at(__file__, out, kill_step, checkpoint_every)
     saved = load_checkpoint(out / "last.pt")["state"]
     assert saved["step"] == resumed_from and saved["step"] < kill_step
     assert saved["batch_in_epoch"] == resumed_from % BATCHES

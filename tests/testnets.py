@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -71,3 +75,21 @@ def no_inplace(model: nn.Module) -> nn.Module:
         if hasattr(m, "inplace"):
             m.inplace = False
     return model
+
+
+def kill_child_at(script: str | Path, out: Path, step: int, checkpoint_every: int) -> None:
+    """Run ``script out --pause-at STEP --checkpoint-every N`` (a test module run as a training
+    child), wait for its "PAUSED" line, then SIGKILL it: a training process killed mid-run."""
+    proc = subprocess.Popen([sys.executable, str(script), str(out), "--pause-at", str(step), "--checkpoint-every",
+                             str(checkpoint_every)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "PAUSED", (line, proc.stderr.read() if proc.poll() is not None else "")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
