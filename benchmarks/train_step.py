@@ -67,8 +67,9 @@ def default_configs(size: int) -> list[str]:
 # the steps
 
 
-def sibnet_step(model, opt, x, y, pos_weight, method, embed_size):
-    loss_fn = SIBNetLoss(model, saliency=method, class_weight=pos_weight, embed_size=embed_size)
+def sibnet_step(model, opt, x, y, pos_weight, method, embed_size, saliency_options=None):
+    loss_fn = SIBNetLoss(model, saliency=method, class_weight=pos_weight, embed_size=embed_size,
+                         saliency_options=saliency_options)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -174,11 +175,14 @@ def worker(config: str, args) -> dict:
     elif config == "reference":
         step = reference_step(model, opt, x, y, pos_weight, k)
     else:
-        method, _, embed = config.partition("@")
-        if method not in METHODS or not (embed == "full" or embed.isdigit()):
+        name, _, option = config.partition(":")
+        method, _, embed = name.partition("@")
+        key, _, value = option.partition("=")
+        if method not in METHODS or not (embed == "full" or embed.isdigit()) or (option and key != "recompute"):
             raise SystemExit(f"unknown configuration {config!r}; expected baseline, floor, reference or "
-                             f"METHOD@full|PIXELS with METHOD in {', '.join(METHODS)}")
-        step = sibnet_step(model, opt, x, y, pos_weight, method, None if embed == "full" else int(embed))
+                             f"METHOD@full|PIXELS[:recompute=pointwise|all|none] with METHOD in {', '.join(METHODS)}")
+        options = {"recompute": value} if option and method != "gradcam" else None
+        step = sibnet_step(model, opt, x, y, pos_weight, method, None if embed == "full" else int(embed), options)
     if device.type == "cuda":  # time whole steps: wait for the queued kernels; memory = CUDA allocations
         run = step
 

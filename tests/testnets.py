@@ -51,6 +51,28 @@ class FunctionalCNN(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
+class DenseCNN(nn.Module):
+    """Dense connections (``torch.cat``), a grouped strided convolution, a 1x1 convolution, a 1-D
+    convolution over flattened rows and in-place functional ReLUs: the layer kinds the relevance
+    rules treat specially, in a network small enough for float64 gradchecks."""
+
+    def __init__(self, in_channels=1, num_classes=3, width=4):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.grow = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.group = nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1, groups=2)
+        self.point = nn.Conv2d(2 * width, width, 1, bias=False)
+        self.row = nn.Conv1d(width, width, 3, padding=1)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = torch.cat([x, F.relu(self.grow(x), inplace=True)], 1)
+        x = torch.relu(self.point(torch.relu(self.group(x))))
+        x = F.relu(self.row(x.flatten(2)))
+        return self.fc(x.mean(-1))
+
+
 def install_torchvision_stub():
     """zennit 0.5.1 imports torchvision's ResNet blocks; torchvision cannot be installed beside torch 2.13.0."""
     if "torchvision" in sys.modules:

@@ -18,11 +18,13 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .batched import batched_vjp, start_relevance
-from .rules import AddRule, LinearOp, LinearRule, NormRule, Rule, norm_affine, relevance_enabled
+from .rules import AddRule, CatRule, LinearOp, LinearRule, NormRule, ReluRule, Rule, norm_affine, relevance_enabled
 
 _CONV = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
 _ADD_OUT = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}
 _ADD_IN = {torch.Tensor.add_, torch.Tensor.__iadd__}
+_CAT = {torch.cat, torch.concat, torch.concatenate}
+_RELU = {F.relu: False, torch.relu: False, torch.Tensor.relu: False, torch.relu_: True, torch.Tensor.relu_: True}
 
 
 def _tuple(value, n):
@@ -69,6 +71,10 @@ class RelevanceMode(TorchFunctionMode):
             return self._batch_norm(args, kwargs)
         if func in _ADD_OUT or func in _ADD_IN:
             return self._add(func, args, kwargs)
+        if func in _CAT:
+            return self._cat(func, args, kwargs)
+        if func in _RELU:
+            return self._relu(func, args, kwargs)
         return func(*args, **kwargs)
 
     def _conv(self, func, args, kwargs):
@@ -107,6 +113,28 @@ class RelevanceMode(TorchFunctionMode):
             out = AddRule.apply(a_value, b, a_value + b, self.rule)
             return a.copy_(out)
         return AddRule.apply(a, b, a + b, self.rule)
+
+
+    def _relu(self, func, args, kwargs):
+        bound = dict(zip(("input", "inplace"), args), **kwargs)
+        x = bound.get("input", bound.get("self"))
+        if set(bound) - {"input", "self", "inplace"} or not _is_activation(x):
+            return func(*args, **kwargs)
+        inplace = _RELU[func] or bool(bound.get("inplace", False))
+        if inplace and x._base is not None:
+            return func(*args, **kwargs)  # in place on a view: PyTorch's own
+        return ReluRule.apply(x, inplace)
+
+    def _cat(self, func, args, kwargs):
+        names = ("tensors", "dim" if func is not torch.concatenate else "axis")
+        bound = dict(zip(names, args), **kwargs)
+        tensors, dim = bound.get("tensors"), bound.get(names[1], 0)
+        if set(bound) - set(names) or not isinstance(tensors, (list, tuple)) or len(tensors) < 2 \
+                or not any(_is_activation(t) for t in tensors) \
+                or len({(t.dtype, t.device, t.dim()) for t in tensors if isinstance(t, torch.Tensor)}) != 1 \
+                or not all(isinstance(t, torch.Tensor) for t in tensors) or not isinstance(dim, int):
+            return func(*args, **kwargs)  # out=, type promotion, legacy empty tensors: PyTorch's own cat
+        return CatRule.apply(dim % tensors[0].dim(), *tensors)
 
 
 def relevance_forward(model: nn.Module, x: torch.Tensor, rule: Rule, *, targets=None, create_graph: bool = False,

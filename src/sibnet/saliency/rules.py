@@ -60,6 +60,20 @@ class Rule:
     beta: float = 1.0
     norm: str = "pass"  # pass (identity for relevance) | affine (LRP rule on the affine map)
     add_eps: float = 1e-6  # stabiliser of the proportional split at residual additions
+    # which layers' transposed pass (per class, the size of the layer input) the second-order
+    # backward recomputes instead of keeping: "pointwise" (linear layers and 1x1 convolutions,
+    # whose transposed pass is one matrix product), "all" (least memory) or "none" (least time)
+    recompute: str = "pointwise"
+
+    def __post_init__(self):
+        if self.recompute not in ("pointwise", "all", "none"):
+            raise ValueError(f"recompute must be 'pointwise', 'all' or 'none', got {self.recompute!r}")
+
+    def keeps_transposed(self, op: "LinearOp", weight: torch.Tensor) -> bool:
+        """Whether the second-order backward keeps this layer's transposed pass (else recomputes it)."""
+        if self.recompute == "pointwise":
+            return op.dims > 0 and any(k > 1 for k in weight.shape[2:])
+        return self.recompute == "none"
 
 
 def _trace(kind: str, r_out: torch.Tensor, r_in: torch.Tensor, absorbed: torch.Tensor | None = None):
@@ -101,62 +115,160 @@ class LinearOp:
             out_pad.append(n_in - full)
         return transpose(s, weight, None, self.stride, self.padding, tuple(out_pad), self.groups, self.dilation)
 
+    def input_and_weight_grad(self, s, x, weight, need_input: bool, need_weight: bool):
+        """``(input_grad(s), d<forward(x), s>/d weight)``: both VJPs of ``forward`` at ``x`` for the
+        output gradient ``s`` (either may be skipped: ``None``)."""
+        if self.dims == 0:
+            g_in = s @ weight if need_input else None
+            g_w = s.flatten(0, -2).transpose(0, 1) @ x.flatten(0, -2) if need_weight else None
+            return g_in, g_w
+        g_in, g_w, _ = torch.ops.aten.convolution_backward(
+            s, x, weight, None, list(self.stride), list(self.padding), list(self.dilation), False,
+            [0] * self.dims, self.groups, [need_input, need_weight, False])
+        return g_in, g_w
+
+
+def _stack_signs(op: LinearOp, x_a, x_b, w_a, w_b):
+    """One layer input and weight for ``x_a w_a + x_b w_b``: both stacked along the input channels.
+
+    Convolutions with groups interleave the two parts group by group, so group ``j`` sees
+    ``[x_a_j, x_b_j]`` against ``[w_a_j, w_b_j]``. One convolution (and one transposed
+    convolution) of the stacked pair gives the same sums as two, at about half the cost where the
+    layer has few input channels (the first convolution of an image network).
+    """
+    if op.dims == 0:
+        return torch.cat([x_a, x_b], dim=-1), torch.cat([w_a, w_b], dim=1)
+    g = op.groups
+    x = torch.cat([x_a.unflatten(1, (g, -1)), x_b.unflatten(1, (g, -1))], dim=2).flatten(1, 2)
+    return x, torch.cat([w_a, w_b], dim=1)
+
+
+def _unstack_signs(op: LinearOp, r):
+    """The relevance of the stacked input of :func:`_stack_signs` summed back onto the layer input."""
+    if op.dims == 0:
+        return r.unflatten(-1, (2, -1)).sum(-2)
+    return r.unflatten(1, (op.groups, 2, -1)).sum(2).flatten(1, 2)
+
 
 def _linear_relevance(rule: Rule, op: LinearOp, x, weight, bias, y, r_out, nonneg: bool, dtype):
     # under autocast the layer ran in a lower precision (``dtype``): apply the rule in that dtype
     x, weight, r_out = x.to(dtype), weight.to(dtype), r_out.to(dtype)
     bias = None if bias is None else bias.to(dtype)
+    keep = rule.keeps_transposed(op, weight)
     if rule.kind == "epsilon":
-        s = r_out / stabilize(y, rule.eps)
-        r_in = x * op.input_grad(s, weight, x.shape)
-        absorbed = s * (stabilize(y, rule.eps) - y)  # what the stabiliser and the bias keep
-        if bias is not None:
-            absorbed = absorbed + s * (bias.view((1, -1) + (1,) * op.dims) if op.dims else bias)
-        _trace("epsilon", r_out, r_in, absorbed)
+        y = y.to(dtype)
+        r_in, s, z_stable = RatioRelevance.apply(r_out, x, weight, y, op, rule.eps, keep)[:3]
+        if _MODE["trace"] is not None:
+            absorbed = s * (z_stable - y)  # what the stabiliser and the bias keep
+            if bias is not None:
+                absorbed = absorbed + s * (bias.view((1, -1) + (1,) * op.dims) if op.dims else bias)
+            _trace("epsilon", r_out, r_in, absorbed)
         return r_in
-    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
-    x_pos = x.clamp(min=0)
+    x_pos = x if nonneg else x.clamp(min=0)  # the input itself where it cannot be negative (no copy)
     x_neg = None if nonneg else x.clamp(max=0)
 
-    def part(w_a, w_b, b):
-        # contributions x+ w_a + x- w_b (+ b); returns (z, function mapping a ratio to relevance)
-        z = op.forward(x_pos, w_a, b)
-        if x_neg is not None:
-            z = z + op.forward(x_neg, w_b)
+    def part(r, w_a, w_b, b, stabilizer):
+        # relevance through the contributions x+ w_a + x- w_b (+ b) of each output; also (s, z+stab)
+        if x_neg is None:
+            z = op.forward(x_pos, w_a, b)
+            return RatioRelevance.apply(r, x_pos, w_a, z, op, stabilizer, keep)[:3]
+        xs, ws = _stack_signs(op, x_pos, x_neg, w_a, w_b)
+        r_in, s, z_stable = RatioRelevance.apply(r, xs, ws, op.forward(xs, ws, b), op, stabilizer, keep)[:3]
+        return _unstack_signs(op, r_in), s, z_stable
 
-        def back(ratio):
-            if x_neg is None:
-                return x_pos * op.input_grad(ratio, w_a, x.shape)
-            if op.groups == 1:
-                # one transposed pass with both weight signs stacked along the input channels: the
-                # same sums as two passes, at about half the cost where the layer has few input
-                # channels (the first convolution of an image network)
-                c = x.shape[1] if op.dims else x.shape[-1]
-                both = op.input_grad(ratio, torch.cat([w_a, w_b], dim=1), x.shape[:1] + (2 * c,) + x.shape[2:]
-                                     if op.dims else x.shape[:-1] + (2 * c,))
-                g_a, g_b = (both[:, :c], both[:, c:]) if op.dims else (both[..., :c], both[..., c:])
-                return x_pos * g_a + x_neg * g_b
-            return x_pos * op.input_grad(ratio, w_a, x.shape) + x_neg * op.input_grad(ratio, w_b, x.shape)
-
-        return z, back
-
+    w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
     if rule.kind == "zplus":
-        z, back = part(w_pos, w_neg, None)
-        z_stable = stabilize(z, rule.stabilizer)
-        s = r_out / z_stable
-        r_in = back(s)
-        _trace("zplus", r_out, r_in, s * (z_stable - z))  # kept by the stabiliser (all of it where z+ = 0)
+        r_in, s, z_stable = part(r_out, w_pos, w_neg, None, rule.stabilizer)
+        if _MODE["trace"] is not None:
+            # kept by the stabiliser, s * eps * sign(z) (all of it where z+ = 0); z_stable has z's sign
+            _trace("zplus", r_out, r_in, s * (rule.stabilizer * ((z_stable >= 0).to(dtype) * 2 - 1)))
         return r_in
     if rule.kind == "alpha_beta":
         b_pos = None if bias is None else bias.clamp(min=0)
         b_neg = None if bias is None else bias.clamp(max=0)
-        zp, back_p = part(w_pos, w_neg, b_pos)
-        zn, back_n = part(w_neg, w_pos, b_neg)
-        r_in = rule.alpha * back_p(r_out / stabilize(zp, rule.stabilizer)) - rule.beta * back_n(
-            r_out / stabilize(zn, rule.stabilizer))
+        r_p = part(r_out, w_pos, w_neg, b_pos, rule.stabilizer)[0]
+        r_n = part(r_out, w_neg, w_pos, b_neg, rule.stabilizer)[0]
+        r_in = rule.alpha * r_p - rule.beta * r_n
         _trace("alpha_beta", r_out, r_in)
         return r_in
     raise ValueError(f"unknown relevance rule {rule.kind!r}")
+
+
+class RatioRelevance(torch.autograd.Function):
+    """``r_in = x * T(r / stabilize(z, eps), w)`` for the linear layer ``op`` (T: its input VJP).
+
+    The step that every LRP rule of a linear layer shares: the relevance of each output, divided by
+    the output's (stabilised) contribution sum ``z``, is handed back through the layer's weights
+    and multiplied by the input. ``r`` may hold several relevance tensors for one input, stacked
+    along the batch dimension: ``r.shape[0] = K * x.shape[0]`` (class k's relevance of image b at
+    row ``k * B + b``); under :func:`torch.func.vmap` the mapped dimension is folded into that one,
+    so all classes go through one convolution.
+
+    The point of writing this as one Function is memory: of the K-fold tensors it keeps only the
+    ratio ``s`` for its backward (``x``, ``w`` and ``z`` have the size of one forward pass), where
+    the same formula as separate autograd operations keeps ``r``, ``s`` and ``c = T(s, w)``, the last
+    the size of the layer's input for each class (the largest tensor in a DenseNet, whose layer
+    inputs are concatenations of all earlier features). Without ``keep`` the backward recomputes
+    ``c`` together with the weight gradient in one ``convolution_backward`` call; with ``keep`` it
+    keeps ``c`` (for layers whose transposed pass costs more than its output's memory is worth).
+    It is exact (gradients to ``r``, ``x``, ``w`` and ``z``) and not itself differentiable twice.
+
+    Returns ``(r_in, s, z + eps sign z, c)``; the last three are not differentiable.
+    """
+
+    @staticmethod
+    def forward(r, x, w, z, op, eps, keep):
+        z_stable = stabilize(z, eps)
+        k = r.shape[0] // x.shape[0]
+        s = (r.unflatten(0, (k, -1)) / z_stable).flatten(0, 1)
+        c = op.input_grad(s, w, x.shape)
+        r_in = (c.unflatten(0, (k, -1)) * x).flatten(0, 1)
+        return r_in, s, z_stable, c
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, x, w, _, op, _, keep = inputs
+        _, s, z_stable, c = output
+        ctx.mark_non_differentiable(s, z_stable, c)
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for those three
+        ctx.save_for_backward(x, w, s, z_stable, *((c,) if keep else ()))
+        ctx.op = op
+
+    @staticmethod
+    def backward(ctx, grad, _grad_s, _grad_z, _grad_c):
+        x, w, s, z_stable, *kept = ctx.saved_tensors
+        op = ctx.op
+        need_r, need_x, need_w, need_z = ctx.needs_input_grad[:4]
+        if grad is None:
+            return None, None, None, None, None, None, None
+        k = s.shape[0] // x.shape[0]
+        g = grad.unflatten(0, (k, -1))
+        gx_prod = (g * x).flatten(0, 1)  # d r_in / d c, applied
+        g_r = g_x = g_w = g_z = None
+        # the weight gradient and (unless kept) the transposed pass again, in one call
+        c, g_w = op.input_and_weight_grad(s, gx_prod, w, need_x and not kept, need_w)
+        if need_x:
+            g_x = (g * (kept[0] if kept else c).unflatten(0, (k, -1))).sum(0)
+        del c, kept
+        if need_r or need_z:
+            g_s = op.forward(gx_prod, w).unflatten(0, (k, -1)) / z_stable  # d/dr of r / z
+            if need_z:
+                g_z = -(g_s * s.unflatten(0, (k, -1))).sum(0)
+            if need_r:
+                g_r = g_s.flatten(0, 1)
+        return g_r, g_x, g_w, g_z, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, r, x, w, z, op, eps, keep):
+        r_dim, x_dim, w_dim, z_dim = in_dims[:4]
+        if x_dim is not None or w_dim is not None or z_dim is not None:
+            raise NotImplementedError("relevance rules map over the relevance only, not over layer inputs or weights")
+        if r_dim is None:
+            return RatioRelevance.apply(r, x, w, z, op, eps, keep), (None, None, None, None)
+        r = r.movedim(r_dim, 0)
+        k = r.shape[0]
+        r_in, s, z_stable, c = RatioRelevance.apply(r.flatten(0, 1), x, w, z, op, eps, keep)
+        return (r_in.unflatten(0, (k, -1)), s.unflatten(0, (k, -1)), z_stable, c.unflatten(0, (k, -1))), (0, 0, None, 0)
 
 
 class LinearRule(torch.autograd.Function):
@@ -267,3 +379,103 @@ class AddRule(torch.autograd.Function):
         r_a, r_b = a * ratio, b * ratio
         _trace("add", grad, r_a + r_b, ratio * (total_stable - total))
         return r_a, r_b, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# concatenation (DenseNet's dense connections)
+
+
+class CatRule(torch.autograd.Function):
+    """``torch.cat(tensors, dim)`` whose backward, the split of the incoming gradient (or relevance:
+    concatenation hands each part its own share unchanged), is :class:`SplitRule`.
+
+    The result and both backward passes are PyTorch's own; what changes is the cost of
+    differentiating the split again (``create_graph=True``): PyTorch's split is a set of slices
+    whose backward writes each slice into a zero-filled tensor of the full size, so a DenseNet
+    layer costs two full-size zero fills and an addition per class, where :class:`SplitRule`'s
+    backward is one concatenation.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(dim, *tensors):
+        return torch.cat(tensors, dim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        dim, *tensors = inputs
+        ctx.dim = dim
+        ctx.sizes = tuple(t.shape[dim] for t in tensors)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (None,) + SplitRule.apply(grad, ctx.dim, ctx.sizes)
+
+
+class SplitRule(torch.autograd.Function):
+    """``grad.split(sizes, dim)`` with a concatenation as its backward (parts without a gradient are zeros)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad, dim, sizes):
+        return tuple(grad.split(sizes, dim))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.dim = inputs[1]
+        ctx.set_materialize_grads(False)
+        ctx.shapes = [(o.shape, o.dtype, o.device) for o in output]
+
+    @staticmethod
+    def backward(ctx, *grads):
+        parts = [g if g is not None else torch.zeros(shape, dtype=dtype, device=device)
+                 for g, (shape, dtype, device) in zip(grads, ctx.shapes)]
+        return torch.cat(parts, ctx.dim), None, None
+
+
+# --------------------------------------------------------------------------------------------
+# ReLU
+
+
+class ReluRule(torch.autograd.Function):
+    """``relu(x)`` (in place where asked) whose backward is :class:`ReluGrad`.
+
+    Deep Taylor and LRP pass relevance through a ReLU like a gradient (the rules sit on the linear
+    layers), so both backward modes are PyTorch's own mask. The difference is the second-order
+    cost: PyTorch's ``threshold_backward`` differentiates to a zero-filled tensor for the ReLU's
+    output, one per class for every ReLU; :class:`ReluGrad` returns no gradient there.
+    """
+
+    @staticmethod
+    def forward(ctx, x, inplace: bool):
+        out = x.relu_() if inplace else x.relu()
+        if inplace:
+            ctx.mark_dirty(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return ReluGrad.apply(grad, out), None
+
+
+class ReluGrad(torch.autograd.Function):
+    """``grad * (out > 0)``, differentiable in ``grad`` only (the mask is constant almost everywhere)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad, out):
+        return torch.ops.aten.threshold_backward(grad, out, 0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad_grad):
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad_grad, out, 0), None

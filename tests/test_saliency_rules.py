@@ -1,0 +1,195 @@
+"""The relevance rules' building blocks against plain autograd formulas (float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sibnet import saliency
+from sibnet.saliency.rules import LinearOp, RatioRelevance, Rule, _linear_relevance, stabilize
+
+from testnets import DenseCNN
+
+D = torch.float64
+
+# (op, input shape, weight shape): linear with extra dims, 1-D/2-D/3-D convolutions with stride,
+# padding, dilation and groups
+LAYERS = [
+    (LinearOp(), (3, 2, 5), (4, 5)),
+    (LinearOp(1, (2,), (1,), (1,), 1), (3, 4, 9), (6, 4, 3)),
+    (LinearOp(2, (1, 1), (1, 1), (1, 1), 1), (3, 4, 6, 5), (5, 4, 3, 3)),
+    (LinearOp(2, (2, 1), (0, 1), (1, 2), 2), (3, 4, 7, 6), (6, 2, 2, 3)),
+    (LinearOp(2, (1, 1), (0, 0), (1, 1), 1), (3, 6, 4, 4), (3, 6, 1, 1)),
+    (LinearOp(3, (1, 2, 1), (1, 0, 1), (1, 1, 1), 1), (2, 3, 4, 5, 3), (4, 3, 3, 2, 3)),
+]
+
+
+def plain(r, x, w, z, op, eps):
+    """The same rule as separate autograd operations (K relevance tensors stacked on the batch)."""
+    k = r.shape[0] // x.shape[0]
+    s = (r.unflatten(0, (k, -1)) / stabilize(z, eps)).flatten(0, 1)
+    return (op.input_grad(s, w, x.shape).unflatten(0, (k, -1)) * x).flatten(0, 1)
+
+
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda v: None if not isinstance(v, LinearOp) else f"dims{v.dims}")
+@pytest.mark.parametrize("keep", [False, True])
+def test_ratio_relevance_matches_plain_formula_and_gradcheck(layer, keep):
+    op, x_shape, w_shape = layer
+    torch.manual_seed(0)
+    x = torch.randn(x_shape, dtype=D).requires_grad_(True)
+    w = torch.randn(w_shape, dtype=D).requires_grad_(True)
+    z = op.forward(x, w).detach().requires_grad_(True)
+    r = torch.randn((2 * x_shape[0],) + tuple(z.shape[1:]), dtype=D).requires_grad_(True)  # K = 2
+    out = RatioRelevance.apply(r, x, w, z, op, 1e-3, keep)[0]
+    torch.testing.assert_close(out, plain(r, x, w, z, op, 1e-3), rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda *a: RatioRelevance.apply(*a, op, 1e-3, keep)[0], (r, x, w, z))
+    # the gradient equals the plain formula's for a generic output weighting
+    g = torch.randn_like(out)
+    ours = torch.autograd.grad((RatioRelevance.apply(r, x, w, z, op, 1e-3, keep)[0] * g).sum(), (r, x, w, z))
+    theirs = torch.autograd.grad((plain(r, x, w, z, op, 1e-3) * g).sum(), (r, x, w, z))
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_ratio_relevance_under_vmap_folds_the_classes():
+    op, x_shape, w_shape = LAYERS[2]
+    torch.manual_seed(1)
+    x, w = torch.randn(x_shape, dtype=D).requires_grad_(True), torch.randn(w_shape, dtype=D).requires_grad_(True)
+    z = op.forward(x, w)
+    r = torch.randn((4,) + tuple(z.shape), dtype=D).requires_grad_(True)  # 4 mapped relevance tensors
+    mapped = torch.func.vmap(lambda ri: RatioRelevance.apply(ri, x, w, z, op, 1e-6, False)[0])(r)
+    looped = torch.stack([plain(ri, x, w, z, op, 1e-6) for ri in r])
+    torch.testing.assert_close(mapped, looped, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(mapped)
+    ours = torch.autograd.grad((mapped * g).sum(), (r, x, w), retain_graph=True)
+    theirs = torch.autograd.grad((looped * g).sum(), (r, x, w))
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer", [LAYERS[0], LAYERS[3], LAYERS[5]], ids=["linear", "grouped", "conv3d"])
+@pytest.mark.parametrize("kind", ["zplus", "alpha_beta"])
+def test_sign_stacking_equals_two_passes(layer, kind):
+    """Inputs of both signs: one stacked pass gives the sums of the x+ w+ and x- w- passes (also grouped)."""
+    op, x_shape, w_shape = layer
+    torch.manual_seed(2)
+    x, w = torch.randn(x_shape, dtype=D), torch.randn(w_shape, dtype=D)
+    bias = torch.randn(w_shape[0], dtype=D) if kind == "alpha_beta" else None
+    z_out = op.forward(x, w, bias)
+    r = torch.randn((3 * x_shape[0],) + tuple(z_out.shape[1:]), dtype=D)
+    rule = Rule(kind=kind, stabilizer=1e-6)
+    ours = _linear_relevance(rule, op, x, w, bias, z_out, r, nonneg=False, dtype=x.dtype)
+
+    def part(w_a, w_b, b):
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        z = op.forward(xp, w_a, b) + op.forward(xn, w_b)
+        k = r.shape[0] // x.shape[0]
+        s = (r.unflatten(0, (k, -1)) / stabilize(z, 1e-6)).flatten(0, 1)
+        back = (op.input_grad(s, w_a, x.shape).unflatten(0, (k, -1)) * xp
+                + op.input_grad(s, w_b, x.shape).unflatten(0, (k, -1)) * xn)
+        return back.flatten(0, 1)
+
+    wp, wn = w.clamp(min=0), w.clamp(max=0)
+    if kind == "zplus":
+        expected = part(wp, wn, None)
+    else:
+        expected = 2 * part(wp, wn, bias.clamp(min=0)) - part(wn, wp, bias.clamp(max=0))
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["deep_taylor", "lrp_epsilon", "lrp_alpha_beta"])
+def test_gradcheck_through_maps_of_a_dense_network(method):
+    """Second-order gradients through concatenations, grouped/1x1/1-D convolutions and in-place ReLUs."""
+    torch.manual_seed(0)
+    model = DenseCNN(width=3).double().eval()
+    with torch.no_grad():
+        model.fc.weight.uniform_(-0.3, 1.0)
+    x = torch.randn(2, 1, 6, 6, dtype=D)
+    params = [model.grow.weight, model.group.weight, model.point.weight, model.row.weight]
+
+    def f(*ws):
+        # functional view of the parameters: swap them in, compute, swap back (state untouched)
+        saved = {}
+        try:
+            for name, w in zip(["grow", "group", "point", "row"], ws):
+                saved[name] = getattr(model, name)._parameters["weight"]
+                getattr(model, name)._parameters["weight"] = w
+            return saliency.get(method)(model, x, create_graph=True).pow(2).sum()
+        finally:
+            for name, p in saved.items():
+                getattr(model, name)._parameters["weight"] = p
+
+    inputs = tuple(p.detach().clone().requires_grad_(True) for p in params)
+    assert saliency.get(method)(model, x).abs().amax() > 0
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def _saved_bytes(recompute):
+    """The maps, and the elements that their graph keeps for the second-order backward."""
+    torch.manual_seed(0)
+    model = DenseCNN(width=4).double().train()
+    x = torch.randn(4, 1, 16, 16, dtype=D)
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.numel()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        maps = saliency.deep_taylor(model, x, create_graph=True, recompute=recompute)
+    return maps, sum(seen.values())
+
+
+def test_recompute_modes_give_the_same_maps_and_trade_memory():
+    maps, kept = {}, {}
+    for mode in ("none", "pointwise", "all"):
+        maps[mode], kept[mode] = _saved_bytes(mode)
+    for mode in ("pointwise", "all"):
+        torch.testing.assert_close(maps[mode], maps["none"], rtol=1e-12, atol=1e-12)
+    assert kept["all"] < kept["pointwise"] < kept["none"]
+
+
+def test_recompute_modes_parameter_gradients_agree():
+    torch.manual_seed(0)
+    model = DenseCNN(width=3).double().train()
+    x = torch.randn(3, 1, 12, 12, dtype=D)
+    out = {}
+    for mode in ("none", "pointwise", "all"):
+        maps = saliency.deep_taylor(model, x, create_graph=True, recompute=mode)
+        score = (maps.flatten(2).softmax(-1) * torch.linspace(0, 1, 144, dtype=D)).sum()
+        out[mode] = torch.autograd.grad(score, list(model.parameters()), allow_unused=True)
+    for mode in ("pointwise", "all"):
+        for a, b in zip(out[mode], out["none"]):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_bad_recompute_is_named():
+    with pytest.raises(ValueError, match="recompute must be 'pointwise', 'all' or 'none', got 'some'"):
+        saliency.deep_taylor(DenseCNN(), torch.randn(1, 1, 8, 8), recompute="some")
+
+
+def test_cat_and_relu_rules_keep_pytorch_semantics():
+    """The intercepted cat/ReLU calls return PyTorch's values and training gradients, in place where asked."""
+    from sibnet.saliency.relevance import RelevanceMode
+
+    torch.manual_seed(0)
+    a = torch.randn(2, 3, 4, dtype=D, requires_grad=True)
+    b = torch.randn(2, 2, 4, dtype=D, requires_grad=True)
+
+    def f(a, b):
+        h = torch.cat([a * 1, b * 1], 1)
+        h2 = h.clone()
+        F.relu(h2, inplace=True)
+        return torch.cat((torch.relu(h), h2, torch.concat([a, a], dim=-1)[..., :4]), dim=-2).pow(2).sum()
+
+    expected = f(a, b)
+    g_expected = torch.autograd.grad(expected, (a, b))
+    with RelevanceMode(Rule()):
+        got = f(a, b)
+    g_got = torch.autograd.grad(got, (a, b))
+    torch.testing.assert_close(got, expected)
+    for u, v in zip(g_got, g_expected):
+        torch.testing.assert_close(u, v)
