@@ -59,21 +59,21 @@ def _check_input(model, x):
 
 
 def _deep_taylor_forward(model, x, *, targets=None, create_graph=False, stabilizer=1e-12, start="one_hot",
-                         loop=False, trace=None, recompute="pointwise"):
+                         loop=False, trace=None, recompute="none"):
     rule = Rule(kind="zplus", stabilizer=stabilizer, norm="pass", recompute=recompute)
     return relevance_forward(model, x, rule, targets=targets, create_graph=create_graph, start=start, loop=loop,
                              trace=trace)
 
 
 def _lrp_epsilon_forward(model, x, *, targets=None, create_graph=False, eps=1e-6, start="one_hot", loop=False,
-                         trace=None, recompute="pointwise"):
+                         trace=None, recompute="none"):
     rule = Rule(kind="epsilon", eps=eps, norm="affine", recompute=recompute)
     return relevance_forward(model, x, rule, targets=targets, create_graph=create_graph, start=start, loop=loop,
                              trace=trace)
 
 
 def _lrp_alpha_beta_forward(model, x, *, targets=None, create_graph=False, alpha=2.0, beta=1.0, stabilizer=1e-6,
-                            start="one_hot", loop=False, trace=None, recompute="pointwise"):
+                            start="one_hot", loop=False, trace=None, recompute="none"):
     if alpha - beta != 1 or beta < 0:
         raise SibnetError(f"lrp_alpha_beta needs alpha - beta = 1 and beta >= 0, got alpha={alpha}, beta={beta}")
     rule = Rule(kind="alpha_beta", alpha=alpha, beta=beta, stabilizer=stabilizer, norm="affine", recompute=recompute)
@@ -91,7 +91,8 @@ iNNvestigate ``deep_taylor`` semantics: z+ on every convolution and linear layer
 through, plain gradient through ReLU and pooling, concatenation splits, residual additions split in
 proportion to the summands. Options: ``stabilizer`` (1e-12), ``start`` ("one_hot" or "relu_logit"),
 ``recompute`` (what the backward of ``create_graph=True`` maps recomputes instead of keeping:
-"pointwise" (default), "all" or "none"; see :class:`~sibnet.saliency.rules.Rule`).""")
+"none" (default: keep everything, least time), "pointwise" or "all" (least memory); see
+:class:`~sibnet.saliency.rules.Rule`).""")
 lrp_epsilon = _public("lrp_epsilon", _lrp_epsilon_forward, """LRP-epsilon (biases included; BatchNorm as an affine layer).
 
 Options: ``eps`` (1e-6), ``start``, ``recompute`` (as deep_taylor).""")

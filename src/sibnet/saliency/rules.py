@@ -61,9 +61,10 @@ class Rule:
     norm: str = "pass"  # pass (identity for relevance) | affine (LRP rule on the affine map)
     add_eps: float = 1e-6  # stabiliser of the proportional split at residual additions
     # which layers' transposed pass (per class, the size of the layer input) the second-order
-    # backward recomputes instead of keeping: "pointwise" (linear layers and 1x1 convolutions,
-    # whose transposed pass is one matrix product), "all" (least memory) or "none" (least time)
-    recompute: str = "pointwise"
+    # backward recomputes instead of keeping: "none" (least time), "pointwise" (linear layers and
+    # 1x1 convolutions, whose transposed pass is one matrix product) or "all" (least memory); see
+    # docs/benchmarks.md for what each costs on DenseNet-121
+    recompute: str = "none"
 
     def __post_init__(self):
         if self.recompute not in ("pointwise", "all", "none"):
@@ -194,6 +195,14 @@ def _linear_relevance(rule: Rule, op: LinearOp, x, weight, bias, y, r_out, nonne
     raise ValueError(f"unknown relevance rule {rule.kind!r}")
 
 
+def _sum_of_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(0)`` without the full-size product (one class at a time)."""
+    out = a[0] * b[0]
+    for i in range(1, a.shape[0]):
+        out.addcmul_(a[i], b[i])
+    return out
+
+
 class RatioRelevance(torch.autograd.Function):
     """``r_in = x * T(r / stabilize(z, eps), w)`` for the linear layer ``op`` (T: its input VJP).
 
@@ -209,8 +218,8 @@ class RatioRelevance(torch.autograd.Function):
     the same formula as separate autograd operations keeps ``r``, ``s`` and ``c = T(s, w)``, the last
     the size of the layer's input for each class (the largest tensor in a DenseNet, whose layer
     inputs are concatenations of all earlier features). Without ``keep`` the backward recomputes
-    ``c`` together with the weight gradient in one ``convolution_backward`` call; with ``keep`` it
-    keeps ``c`` (for layers whose transposed pass costs more than its output's memory is worth).
+    ``c`` (one more transposed pass of all classes); with ``keep`` it keeps ``c`` (for layers whose
+    transposed pass costs more than its output's memory is worth).
     It is exact (gradients to ``r``, ``x``, ``w`` and ``z``) and not itself differentiable twice.
 
     Returns ``(r_in, s, z + eps sign z, c)``; the last three are not differentiable.
@@ -243,17 +252,20 @@ class RatioRelevance(torch.autograd.Function):
             return None, None, None, None, None, None, None
         k = s.shape[0] // x.shape[0]
         g = grad.unflatten(0, (k, -1))
-        gx_prod = (g * x).flatten(0, 1)  # d r_in / d c, applied
         g_r = g_x = g_w = g_z = None
-        # the weight gradient and (unless kept) the transposed pass again, in one call
-        c, g_w = op.input_and_weight_grad(s, gx_prod, w, need_x and not kept, need_w)
-        if need_x:
-            g_x = (g * (kept[0] if kept else c).unflatten(0, (k, -1))).sum(0)
-        del c, kept
+        if need_x:  # sum over classes of grad * c, with c kept or recomputed (then freed at once)
+            c = (kept[0] if kept else op.input_grad(s, w, x.shape)).unflatten(0, (k, -1))
+            g_x = _sum_of_products(g, c)
+            del c
+        del kept
+        gx_prod = (g * x).flatten(0, 1)  # d r_in / d c, applied
+        if need_w:
+            g_w = op.input_and_weight_grad(s, gx_prod, w, False, True)[1]
         if need_r or need_z:
             g_s = op.forward(gx_prod, w).unflatten(0, (k, -1)) / z_stable  # d/dr of r / z
+            del gx_prod
             if need_z:
-                g_z = -(g_s * s.unflatten(0, (k, -1))).sum(0)
+                g_z = -_sum_of_products(g_s, s.unflatten(0, (k, -1)))
             if need_r:
                 g_r = g_s.flatten(0, 1)
         return g_r, g_x, g_w, g_z, None, None, None
