@@ -9,7 +9,9 @@
 #   OUT=/tmp/out NIH_ROOT=../shared/data/nih-cxr14 bash tools/device_session.sh
 # Knobs: EPOCHS (budget per job), JOBS (parallel jobs), SECONDS_TOTAL (the whole script's time),
 # DEVICE (cuda; cpu for a dry run), RUNS (the study folder), STUDY_ARGS (replaces the NIH data
-# arguments, e.g. for a dry run on synthetic data), SKIP_BENCH / SKIP_TESTS (1 skips them).
+# arguments, e.g. for a dry run on synthetic data), CORE / ABLATIONS (the methods of the two study
+# rounds), RESERVE (seconds kept for tables 1, 4, 5 and the archive; table 5's probes take about
+# 5 s per job), SKIP_BENCH / SKIP_TESTS (1 skips them).
 set -u
 : "${OUT:?set OUT to the results folder}"
 NIH_ROOT=${NIH_ROOT:-../shared/data/nih-cxr14}
@@ -19,9 +21,9 @@ SECONDS_TOTAL=${SECONDS_TOTAL:-540}
 DEVICE=${DEVICE:-cuda}
 RUNS=${RUNS:-runs/experiments/nih-128px-gpu}
 STUDY_ARGS=${STUDY_ARGS:---dataset nih --root $NIH_ROOT --image-size 128 --folds 5 --seeds 1}
-CORE=baseline,sibnet,sibnet-gradcam,sibnet-pair-mean
-ABLATIONS=no-cd,no-sc
-RESERVE=75  # seconds kept for the tables and the archive
+CORE=${CORE:-baseline,sibnet,sibnet-gradcam,sibnet-pair-mean}
+ABLATIONS=${ABLATIONS:-no-cd,no-sc,se,cbam,sibnet-lrp,image-embed}
+RESERVE=${RESERVE:-180}  # seconds kept for the tables and the archive
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
@@ -37,7 +39,7 @@ $PY -c "import torch, monai; print('torch', torch.__version__, 'cuda', torch.cud
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   stamp "benchmark (alone on the device)"
   timeout 120 $PY benchmarks/train_step.py --device "$DEVICE" --size 128 --repeats 10 --warmup 3 \
-    --configs baseline floor gradcam@full gradcam@32 deep_taylor@32 lrp_epsilon@32 reference \
+    --configs baseline floor gradcam@full gradcam@32 deep_taylor@32 deep_taylor@32:recompute=all lrp_epsilon@32 reference \
     > "$OUT/train_step_cuda.txt" 2>&1
   echo "exit $?" >> "$OUT/train_step_cuda.txt"
   tail -12 "$OUT/train_step_cuda.txt"
@@ -74,8 +76,10 @@ $PY -m sibnet experiment status $OVR $COMMON --methods $ALL >> "$OUT/study.log" 
 stamp "tables of the finished jobs"
 for t in table1 table4 table5; do
   extra=""; [ $t = table1 ] && extra="--report-only"
-  timeout 60 $PY -m sibnet experiment $t $OVR $COMMON --methods $ALL --out "$RUNS/tables" $extra >> "$OUT/study.log" 2>&1
-  echo "$t exit $?" >> "$OUT/study.log"
+  limit=60; [ $t = table5 ] && limit=$(( $(left) - 20 ))  # the probes: whatever time is left
+  [ $limit -lt 30 ] && limit=30
+  timeout $limit $PY -m sibnet experiment $t $OVR $COMMON --methods $ALL --out "$RUNS/tables" $extra >> "$OUT/study.log" 2>&1
+  echo "$t exit $? (limit $limit s)" >> "$OUT/study.log"
 done
 tar czf "$OUT/nih-gpu.tgz" --exclude='*.pt' "$RUNS"
 stamp "done"; ls -la "$OUT"

@@ -3,7 +3,11 @@
 Each probe is a scikit-learn pipeline ``StandardScaler`` → classifier, fitted on the train split's
 features (N, D) and scored by AUROC (and AUPRC) on the test split:
 
-``linear_svm``     ``LinearSVC(C=1)``, score = decision function
+``linear_svm``     ``LinearSVC(C=1)``, score = decision function; solved in the primal
+                   (``dual=False``): on DenseNet features (more dimensions than training images)
+                   liblinear's dual solver stops at its iteration limit after seconds per label
+                   with a higher objective, where the primal one converges in a few hundred
+                   iterations (same objective, squared hinge with L2 penalty)
 ``rbf_svm``        ``SVC(kernel="rbf", C=1, gamma="scale")``, score = decision function
 ``random_forest``  ``RandomForestClassifier(n_estimators=200)``, score = P(positive)
 
@@ -30,15 +34,16 @@ from sklearn.svm import SVC, LinearSVC
 from sibnet.errors import DataError
 from sibnet.evaluation.classification import _binary_scores, as_arrays
 
-__all__ = ["PROBES", "make_probe", "evaluate_probes"]
+__all__ = ["PROBES", "PROBE_VERSION", "make_probe", "evaluate_probes"]
 
 PROBES = ("linear_svm", "rbf_svm", "random_forest")
+PROBE_VERSION = 2  # bumped when a probe's definition or solver changes (cached results are refitted)
 
 
 def make_probe(name: str, seed: int = 0):
     """An unfitted, seeded scikit-learn pipeline (standardisation + classifier)."""
     if name == "linear_svm":
-        clf = LinearSVC(C=1.0, max_iter=20000, random_state=seed)
+        clf = LinearSVC(C=1.0, dual=False, max_iter=20000, random_state=seed)
     elif name == "rbf_svm":
         clf = SVC(kernel="rbf", C=1.0, gamma="scale", random_state=seed)
     elif name == "random_forest":

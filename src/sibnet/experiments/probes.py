@@ -53,14 +53,15 @@ def penultimate_features(model: nn.Module, dataset, batch_size: int = 32) -> tup
 
 
 def job_probes(study: Study, job: Job, probes) -> dict:
-    from ..evaluation.probes import evaluate_probes
+    from ..evaluation.probes import PROBE_VERSION, evaluate_probes
     from ..training.checkpoint import load_model_from_checkpoint
 
     folder = job.folder(study)
     cache = folder / "probes.json"
     if cache.is_file():
         old = json.loads(cache.read_text())
-        if old.get("probes") == list(probes) and old.get("budget") == str(study.budget):
+        if old.get("probes") == list(probes) and old.get("budget") == str(study.budget) \
+                and old.get("version") == PROBE_VERSION:
             return old["results"]
     cfg = job_config(study, job)
     model, meta = load_model_from_checkpoint(folder / "last.pt")
@@ -69,8 +70,8 @@ def job_probes(study: Study, job: Job, probes) -> dict:
     xte, yte = penultimate_features(model, test)
     results = evaluate_probes(xtr, ytr, xte, yte, class_names=meta["class_names"], probes=probes, seed=job.seed)
     tmp = folder / f".probes.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"probes": list(probes), "budget": str(study.budget), "split": split,
-                               "results": results}))
+    tmp.write_text(json.dumps({"probes": list(probes), "version": PROBE_VERSION, "budget": str(study.budget),
+                               "split": split, "results": results}))
     os.replace(tmp, cache)
     return results
 
