@@ -136,6 +136,33 @@ def test_capacity_methods_from_names():
     assert lam.model == "densenet121-x1.5" and lam.overrides["loss.lambda_cd"] == 0.5
 
 
+def test_attention_bases_are_width_scaled():
+    from sibnet.experiments.capacity import capacity_method
+    from sibnet.experiments.methods import METHODS, Method, get_method
+    from sibnet.models.attention import CBAM
+    from sibnet.models.classifier import build_classifier, densenet121_width, parameter_count
+
+    se = get_method("capacity-se-0.5")
+    assert (se.model, se.overrides) == ("densenet121-se-x0.5", METHODS["se"].overrides)
+    assert get_method("capacity-cbam-2").model == "densenet121-cbam-x2"
+    width = densenet121_width(0.5, 1, 5)
+    for name, kind in (("densenet121-se-x0.5", "ChannelSELayer"), ("densenet121-cbam-x0.5", "CBAM")):
+        model = build_classifier(name, 1, 5)
+        assert model.features.denseblock1.denselayer1.layers.conv2.out_channels == width["growth_rate"]
+        assert sum(type(m).__name__ == kind for m in model.modules()) == 4  # after each dense block
+        n = parameter_count(name, 1, 5)
+        assert n == sum(p.numel() for p in model.parameters())
+        # the plain width's count plus the attention's own parameters (a few percent)
+        assert width["parameters"] < n < 1.1 * width["parameters"]
+        assert model(torch.rand(2, 1, 32, 32)).shape == (2, 5)
+    assert parameter_count("densenet121-cbam-x1", 1, 5) == parameter_count("densenet121-cbam", 1, 5)
+    assert isinstance(build_classifier("densenet121-cbam-x1", 1, 5).features.attention1, CBAM)
+    with pytest.raises(ConfigError, match="densenet121-se-x<m>"):
+        build_classifier("densenet121-se-x0", 1, 5)
+    with pytest.raises(ConfigError, match="does not train a DenseNet-121"):
+        capacity_method(Method("res", "a ResNet-18", model="resnet18"), 0.5)
+
+
 @pytest.mark.parametrize("name,message", [
     ("capacity-nope-0.5", "unknown base method 'nope'"),
     ("capacity-baseline-0", "outside"),
@@ -145,8 +172,7 @@ def test_capacity_methods_from_names():
     ("capacity-baseline-0.50", "not a number written as %g"),
     ("capacity-baseline-inf", "not a number written as %g"),
     ("capacity-baseline", "no base method"),
-    ("capacity-se-1", "plain DenseNet-121"),
-    ("capacity-capacity-baseline-1-1", "plain DenseNet-121"),
+    ("capacity-capacity-baseline-1-1", "does not train a DenseNet-121"),
 ])
 def test_bad_capacity_names(name, message):
     from sibnet.experiments.methods import get_method
@@ -331,7 +357,7 @@ def test_report_only_with_nothing_trained(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--capacities", "0.5,0"], "--capacities"),
-    (["--methods", "se"], "plain DenseNet-121"),
+    (["--methods", "capacity-baseline-1"], "does not train a DenseNet-121"),
     (["--methods", "nope"], "unknown method 'nope'"),
 ])
 def test_bad_arguments(tmp_path, capsys, args, message):

@@ -3,7 +3,9 @@
 Every (base method, multiplier m) is a method ``capacity-<base>-<m>`` (m written as Python's
 ``%g``): the base method's loss settings on a width-scaled DenseNet-121 with about ``m x P``
 parameters, P being the standard DenseNet-121's count for the dataset's channels and classes
-(``densenet121-x<m>``, rule in :mod:`sibnet.models.classifier`). Its jobs are ordinary resumable
+(``densenet121-x<m>``, rule in :mod:`sibnet.models.classifier`). Base methods with attention
+(``se``, ``cbam``) get the same widths with their attention after each dense block
+(``densenet121-se-x<m>``, ``densenet121-cbam-x<m>``); the table gives their own parameter counts. Its jobs are ordinary resumable
 study jobs (fold x seed, :mod:`sibnet.experiments.jobs`).
 
 Per (base, m) the table gives, as mean (sd) over the finished runs (folds x seeds, sd ddof = 1):
@@ -36,6 +38,7 @@ from .table1 import _mean, _sd
 from .tables import study_header, write_outputs
 
 DEFAULT_CAPACITIES = (0.2, 0.5, 1.0, 1.5, 2.0)
+SCALABLE_MODELS = ("densenet121", "densenet121-se", "densenet121-cbam")  # base models with a width rule
 DEFAULT_BASES = "baseline,sibnet"
 # float32 probabilities equal to 0 or 1 (|logit| beyond about 88 / 17) are clipped to these
 P_LOW, P_HIGH = float(np.finfo(np.float32).tiny), 1.0 - 2.0 ** -24
@@ -52,7 +55,7 @@ def _name_error(name: str, why: str) -> ConfigError:
 
 
 def capacity_method(base: Method | str, multiplier: float) -> Method:
-    """``base`` (a method on the plain DenseNet-121) with a DenseNet-121 of about m x P parameters."""
+    """``base`` (a method on DenseNet-121, plain or with SE/CBAM) with a DenseNet-121 of about m x P parameters."""
     from ..models.classifier import MAX_MULTIPLIER, MIN_MULTIPLIER, width_name
 
     base = get_method(base) if isinstance(base, str) else base
@@ -60,11 +63,11 @@ def capacity_method(base: Method | str, multiplier: float) -> Method:
     name = f"{CAPACITY_PREFIX}{base.name}-{m:g}"
     if not (math.isfinite(m) and MIN_MULTIPLIER <= m <= MAX_MULTIPLIER):
         raise _name_error(name, f"m = {m:g} is outside [{MIN_MULTIPLIER:g}, {MAX_MULTIPLIER:g}]")
-    if base.name.startswith(CAPACITY_PREFIX) or base.model != "densenet121":
-        raise _name_error(name, f"the base method {base.name!r} does not train the plain DenseNet-121 "
+    if base.name.startswith(CAPACITY_PREFIX) or base.model not in SCALABLE_MODELS:
+        raise _name_error(name, f"the base method {base.name!r} does not train a DenseNet-121 (plain, SE or CBAM) "
                                 f"(model {base.model}); only those can be width-scaled")
     return Method(name, f"{base.description}; DenseNet-121 width-scaled to about {m:g} x its parameters",
-                  model=width_name(m), overrides=dict(base.overrides), unlabeled=base.unlabeled)
+                  model=width_name(m, base.model), overrides=dict(base.overrides), unlabeled=base.unlabeled)
 
 
 def capacity_method_from_name(name: str) -> Method:
@@ -183,7 +186,7 @@ def _class_weights(cfg):
 
 def summarise_capacity(study: Study, bases: list[Method], capacities, jobs: list[Job]) -> dict:
     """Per (base, m): the per-run values (no files written). See the module doc."""
-    from ..models.classifier import densenet121_width
+    from ..models.classifier import WIDTH_PREFIX, densenet121_width, parameter_count
 
     records = collect(study, jobs)
     weights: dict[tuple[int, int], tuple] = {}
@@ -194,7 +197,7 @@ def summarise_capacity(study: Study, bases: list[Method], capacities, jobs: list
             meth = capacity_method(b, m)
             runs = sorted(((j, r) for j, r in records.items() if j.method == meth.name),
                           key=lambda t: (t[0].seed, t[0].fold))
-            entry = {"base": b.name, "method": meth.name, "multiplier": float(m), "runs": len(runs),
+            entry = {"base": b.name, "method": meth.name, "model": meth.model, "multiplier": float(m), "runs": len(runs),
                      "jobs": sum(1 for j in jobs if j.method == meth.name), "val_loss": [], "eval_loss": [],
                      "auroc": [], "eval_splits": sorted({r["eval_split"] for _, r in runs})}
             for job, rec in runs:
@@ -215,7 +218,11 @@ def summarise_capacity(study: Study, bases: list[Method], capacities, jobs: list
             rows.append(entry)
     if info is not None:
         for e in rows:
-            e["width"] = densenet121_width(e["multiplier"], info.in_channels, info.num_classes)
+            width = dict(densenet121_width(e["multiplier"], info.in_channels, info.num_classes))
+            if not e["model"].startswith(WIDTH_PREFIX):  # attention adds its own parameters
+                width["parameters"] = parameter_count(e["model"], info.in_channels, info.num_classes)
+                width["ratio"] = width["parameters"] / width["reference"]
+            e["width"] = width
     return {"rows": rows, "records": records, "recomputed": recomputed, "info": info}
 
 

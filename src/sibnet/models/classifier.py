@@ -19,6 +19,11 @@ of that step the one whose count is closer to ``m x P`` is taken (the lower one 
 only be matched to about half a growth-rate step: a relative error of at most about 1/g (under 5%
 for m = 0.05, 0.10, ..., 10 with one input channel and 5 classes; 0 for m = 1). The chosen
 channels and the exact count are given by :func:`densenet121_width`.
+
+``densenet121-se-x<m>`` and ``densenet121-cbam-x<m>`` are the same width-scaled networks with
+squeeze-and-excitation or CBAM attention after each dense block (as ``densenet121-se`` and
+``densenet121-cbam``); the attention adds a few percent to the count (:func:`parameter_count`
+gives the built model's).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from ..errors import ConfigError
 
 CLASSIFIERS = ("densenet121", "resnet18", "resnet50", "resnet101", "densenet121-se", "densenet121-cbam")
 WIDTH_PREFIX = "densenet121-x"  # densenet121-x<m>: DenseNet-121 with about m x its parameters
+# the same widths with attention after each dense block
+ATTENTION_WIDTH_PREFIXES = {"densenet121-se-x": "se", "densenet121-cbam-x": "cbam"}
 MIN_MULTIPLIER, MAX_MULTIPLIER = 0.05, 10.0  # the range where the rule below matches m x P within 5%
 GROWTH_RATE, INIT_FEATURES = 32, 64  # the standard DenseNet-121
 
@@ -50,11 +57,19 @@ def build_classifier(name: str = "densenet121", in_channels: int = 1, num_classe
     if name == "densenet121":
         return nets.DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels,
                                 out_channels=num_classes, dropout_prob=dropout)
-    if name.startswith(WIDTH_PREFIX):
-        width = densenet121_width(parse_width_name(name), in_channels, num_classes, spatial_dims=spatial_dims)
-        return nets.DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
-                                init_features=width["init_features"], growth_rate=width["growth_rate"],
-                                dropout_prob=dropout)
+    prefix = next((p for p in (WIDTH_PREFIX, *ATTENTION_WIDTH_PREFIXES) if name.startswith(p)), None)
+    if prefix is not None:
+        width = densenet121_width(parse_width_name(name, prefix), in_channels, num_classes,
+                                  spatial_dims=spatial_dims)
+        net = nets.DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
+                               init_features=width["init_features"], growth_rate=width["growth_rate"],
+                               dropout_prob=dropout)
+        if prefix in ATTENTION_WIDTH_PREFIXES:
+            from .attention import insert_attention
+
+            net = insert_attention(net, ATTENTION_WIDTH_PREFIXES[prefix])
+            net.model_name = name
+        return net
     if name in ("densenet121-se", "densenet121-cbam"):  # attention after each dense block
         from .attention import densenet121_attention
 
@@ -63,25 +78,34 @@ def build_classifier(name: str = "densenet121", in_channels: int = 1, num_classe
         factory = getattr(nets, name)
         return factory(spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes,
                        conv1_t_size=7, conv1_t_stride=2)
-    raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(CLASSIFIERS)}, {WIDTH_PREFIX}<m>")
+    raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(CLASSIFIERS)}, {WIDTH_PREFIX}<m>, "
+                      f"{', '.join(p + '<m>' for p in ATTENTION_WIDTH_PREFIXES)}")
 
 
-def parse_width_name(name: str) -> float:
-    """The multiplier ``m`` of ``densenet121-x<m>`` (a number in [MIN_MULTIPLIER, MAX_MULTIPLIER])."""
-    text = name.lower()[len(WIDTH_PREFIX):]
+def parse_width_name(name: str, prefix: str = WIDTH_PREFIX) -> float:
+    """The multiplier ``m`` of ``<prefix><m>`` (a number in [MIN_MULTIPLIER, MAX_MULTIPLIER])."""
+    text = name.lower()[len(prefix):]
     try:
         m = float(text)
     except ValueError:
         m = math.nan
     if not (math.isfinite(m) and MIN_MULTIPLIER <= m <= MAX_MULTIPLIER):
-        raise ConfigError(f"model {name!r}: expected {WIDTH_PREFIX}<m> with a number {MIN_MULTIPLIER:g} <= m <= "
+        raise ConfigError(f"model {name!r}: expected {prefix}<m> with a number {MIN_MULTIPLIER:g} <= m <= "
                           f"{MAX_MULTIPLIER:g} (the parameter multiplier, e.g. densenet121-x0.5)")
     return m
 
 
-def width_name(multiplier: float) -> str:
-    """``densenet121-x<m>`` with ``m`` written as Python's ``%g``."""
-    return f"{WIDTH_PREFIX}{float(multiplier):g}"
+def width_name(multiplier: float, model: str = "densenet121") -> str:
+    """``<model>-x<m>`` (``densenet121-x<m>`` by default) with ``m`` written as Python's ``%g``."""
+    return f"{model}-x{float(multiplier):g}"
+
+
+@functools.lru_cache(maxsize=None)
+def parameter_count(name: str, in_channels: int = 1, num_classes: int = 5) -> int:
+    """Number of parameters of the classifier ``name`` (built on PyTorch's meta device)."""
+    with torch.device("meta"):
+        net = build_classifier(name, in_channels, num_classes)
+    return sum(p.numel() for p in net.parameters())
 
 
 @functools.lru_cache(maxsize=None)
