@@ -193,3 +193,25 @@ def test_cat_and_relu_rules_keep_pytorch_semantics():
     torch.testing.assert_close(got, expected)
     for u, v in zip(g_got, g_expected):
         torch.testing.assert_close(u, v)
+
+
+def test_saliency_options_are_checked_when_the_loss_is_built():
+    from sibnet.errors import ConfigError
+    from sibnet.losses import SIBNetLoss
+
+    model = DenseCNN()
+    with pytest.raises(ConfigError, match="recompute='bogus': choose one of none, pointwise, all"):
+        SIBNetLoss(model, saliency="deep_taylor", saliency_options={"recompute": "bogus"})
+    with pytest.raises(ConfigError, match="'foo' is not an option of lrp_epsilon; its options: eps, start, recompute"):
+        SIBNetLoss(model, saliency="lrp_epsilon", saliency_options={"foo": 1})
+    with pytest.raises(ConfigError, match="'recompute' is not an option of gradcam"):
+        SIBNetLoss(model, saliency="gradcam", saliency_options={"recompute": "all"})
+    SIBNetLoss(model, saliency="gradcam", saliency_options={"upsample": False})
+    # a user's callable takes what it takes
+    SIBNetLoss(model, saliency=lambda m, x, **kw: saliency.gradcam(m, x), saliency_options={"anything": 1})
+    # the modes give the same loss
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 1, 16, 16), (torch.rand(4, 3) > 0.5).float()
+    totals = [SIBNetLoss(model.train(), saliency="deep_taylor", saliency_options={"recompute": mode})(x, y)[0]
+              for mode in ("none", "all")]
+    torch.testing.assert_close(totals[0], totals[1])

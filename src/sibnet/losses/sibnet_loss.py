@@ -98,6 +98,8 @@ class SIBNetLoss(nn.Module):
         self.embed_size = embed_size
         self.sc_scale = sc_scale
         self.saliency_options = dict(saliency_options or {})
+        if self.method is not None:
+            saliency_pkg.check_options(self.method, self.saliency_options)
         self.sc_features = sc_resolution == "features"
         if self.sc_features:
             if name != "gradcam":

@@ -20,6 +20,7 @@ signature can be used wherever a name is accepted, and ``register(name, fn)`` ad
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -118,6 +119,31 @@ def get(method: str | SaliencyMethod) -> SaliencyMethod:
         raise SibnetError(f"unknown saliency method {method!r}; available: {', '.join(available())}") from None
 
 
+_CHOICES = {"recompute": ("none", "pointwise", "all"), "start": ("one_hot", "relu_logit")}
+_NOT_OPTIONS = {"model", "x", "targets", "create_graph", "loop", "trace"}
+
+
+def check_options(method: str | SaliencyMethod, options: dict | None) -> None:
+    """Raise :class:`~sibnet.errors.ConfigError` naming an option the built-in ``method`` does not
+    take, or a value outside an option's choices (user callables are not checked)."""
+    from ..errors import ConfigError
+
+    fn = get(method)
+    forward = getattr(fn, "forward_with_logits", None)
+    if not options or forward is None:
+        return
+    params = inspect.signature(forward).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [p for p in params if p not in _NOT_OPTIONS]
+    for key, value in options.items():
+        if key not in accepted:
+            raise ConfigError(f"saliency option {key!r} is not an option of {fn.__name__}; its options: "
+                              f"{', '.join(accepted) or 'none'}")
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise ConfigError(f"saliency option {key}={value!r}: choose one of {', '.join(_CHOICES[key])}")
+
+
 def register(name: str, method: SaliencyMethod) -> SaliencyMethod:
     """Make a user's method available by name (signature as the built-in methods)."""
     if not callable(method):
@@ -126,5 +152,5 @@ def register(name: str, method: SaliencyMethod) -> SaliencyMethod:
     return method
 
 
-__all__ = ["available", "deep_taylor", "eval_norm", "get", "gradcam", "input_x_gradient", "lrp_alpha_beta",
+__all__ = ["available", "check_options", "deep_taylor", "eval_norm", "get", "gradcam", "input_x_gradient", "lrp_alpha_beta",
            "lrp_epsilon", "preserve_state", "register"]
