@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # NIH ChestX-ray14 sample (546 images, CheXpert-5 findings), 128 px, 5 patient-wise folds x 1 seed,
 # 5 epochs per job. Two invocations share one study folder (disjoint methods: the light ones and
-# the DeepTaylor ones, which need ~9 GB each at batch 16); rerun to continue, finished jobs are skipped.
+# the DeepTaylor ones); each runs its jobs one after the other on one thread at low priority, so
+# the two use the machine's two cores. Rerun to continue: finished jobs are skipped, interrupted
+# ones resume from their last finished epoch.
 set -u
 cd "$(dirname "$0")/../.."
 COMMON="--dataset nih --root ../shared/data/nih-cxr14 --image-size 128 --folds 5 --seeds 1 --budget epochs=5"
 RUNS=runs/experiments/nih-128px
-sibnet experiment table1 $COMMON --methods baseline,sibnet-gradcam --runs $RUNS --out $RUNS/tables-light &
-sibnet experiment table1 $COMMON --methods sibnet,no-cd,no-sc --runs $RUNS --out $RUNS/tables-heavy &
+export OMP_NUM_THREADS=1
+nice -n 10 sibnet experiment table1 $COMMON --methods baseline,sibnet-gradcam,se,cbam --runs $RUNS --out $RUNS/tables-light &
+nice -n 10 sibnet experiment table1 $COMMON --methods sibnet,no-cd,no-sc --runs $RUNS --out $RUNS/tables-heavy &
 wait
 # tables from the finished jobs (no training)
-METHODS=baseline,sibnet,sibnet-gradcam,no-cd,no-sc
+METHODS=baseline,sibnet,sibnet-gradcam,se,cbam,no-cd,no-sc
 sibnet experiment table1 $COMMON --methods $METHODS --runs $RUNS --out docs/results/nih --report-only
 sibnet experiment table4 $COMMON --methods $METHODS --runs $RUNS --out docs/results/nih
 sibnet experiment table5 $COMMON --methods $METHODS --runs $RUNS --out docs/results/nih
