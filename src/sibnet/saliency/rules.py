@@ -116,17 +116,14 @@ class LinearOp:
             out_pad.append(n_in - full)
         return transpose(s, weight, None, self.stride, self.padding, tuple(out_pad), self.groups, self.dilation)
 
-    def input_and_weight_grad(self, s, x, weight, need_input: bool, need_weight: bool):
-        """``(input_grad(s), d<forward(x), s>/d weight)``: both VJPs of ``forward`` at ``x`` for the
-        output gradient ``s`` (either may be skipped: ``None``)."""
+    def weight_grad(self, s, x, weight):
+        """``d<forward(x, weight), s> / d weight``: the weight's VJP of ``forward`` at ``x`` for the
+        output gradient ``s`` (summed over the batch)."""
         if self.dims == 0:
-            g_in = s @ weight if need_input else None
-            g_w = s.flatten(0, -2).transpose(0, 1) @ x.flatten(0, -2) if need_weight else None
-            return g_in, g_w
-        g_in, g_w, _ = torch.ops.aten.convolution_backward(
+            return s.flatten(0, -2).transpose(0, 1) @ x.flatten(0, -2)
+        return torch.ops.aten.convolution_backward(
             s, x, weight, None, list(self.stride), list(self.padding), list(self.dilation), False,
-            [0] * self.dims, self.groups, [need_input, need_weight, False])
-        return g_in, g_w
+            [0] * self.dims, self.groups, [False, True, False])[1]
 
 
 def _stack_signs(op: LinearOp, x_a, x_b, w_a, w_b):
@@ -260,7 +257,7 @@ class RatioRelevance(torch.autograd.Function):
         del kept
         gx_prod = (g * x).flatten(0, 1)  # d r_in / d c, applied
         if need_w:
-            g_w = op.input_and_weight_grad(s, gx_prod, w, False, True)[1]
+            g_w = op.weight_grad(s, gx_prod, w)
         if need_r or need_z:
             g_s = op.forward(gx_prod, w).unflatten(0, (k, -1)) / z_stable  # d/dr of r / z
             del gx_prod
