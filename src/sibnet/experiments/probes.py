@@ -108,7 +108,7 @@ def write_table5(study: Study, methods: list[Method], jobs: list[Job], out: Path
     header = study_header(command, study, methods, [
         f"models: the finished table-1 jobs of this study ({len(done)} of {len(jobs)}), last.pt, frozen",
         "features: input of the last Linear layer (globally pooled penultimate features), eval mode",
-        "probes: StandardScaler + LinearSVC(C=1) / SVC(rbf, C=1, gamma='scale') / RandomForest(200 trees), one per "
+        "probes: StandardScaler + LinearSVC(C=1, primal solver) / SVC(rbf, C=1, gamma='scale') / RandomForest(200 trees), one per "
         "label, fitted on the fold's training split, scored on the evaluation split; AUROC mean over labels",
         "'network head': the model's own classifier on the same split (table 1)"])
     sections = [("Mean AUROC of probes on frozen features", ["method", "runs"] + cols_probe, rows)]
