@@ -167,7 +167,7 @@ def test_recompute_modes_parameter_gradients_agree():
 
 
 def test_bad_recompute_is_named():
-    with pytest.raises(ValueError, match="recompute must be 'pointwise', 'all' or 'none', got 'some'"):
+    with pytest.raises(ValueError, match="recompute must be one of none, pointwise, all, got 'some'"):
         saliency.deep_taylor(DenseCNN(), torch.randn(1, 1, 8, 8), recompute="some")
 
 

@@ -30,7 +30,7 @@ from ..errors import SibnetError
 from .gradcam import gradcam_forward
 from .gradient import input_x_gradient_forward
 from .relevance import relevance_forward
-from .rules import Rule
+from .rules import RECOMPUTE_MODES, Rule
 from .state import eval_norm, preserve_state
 
 SaliencyMethod = Callable[..., torch.Tensor]
@@ -119,7 +119,7 @@ def get(method: str | SaliencyMethod) -> SaliencyMethod:
         raise SibnetError(f"unknown saliency method {method!r}; available: {', '.join(available())}") from None
 
 
-_CHOICES = {"recompute": ("none", "pointwise", "all"), "start": ("one_hot", "relu_logit")}
+_CHOICES = {"recompute": RECOMPUTE_MODES, "start": ("one_hot", "relu_logit")}
 _NOT_OPTIONS = {"model", "x", "targets", "create_graph", "loop", "trace"}
 
 

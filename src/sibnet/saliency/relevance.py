@@ -4,7 +4,9 @@ During one forward pass a :class:`~torch.overrides.TorchFunctionMode` wraps ever
 ``F.linear``/``F.conv{1,2,3}d`` output, every ``F.batch_norm`` output and every residual
 addition of two activations in a rule Function (:mod:`sibnet.saliency.rules`). Everything else
 (ReLU, pooling, concatenation, reshaping, dropout) keeps its plain gradient, as iNNvestigate and
-Zennit do. One vectorised backward pass seeded with K one-hot vectors then gives all K maps.
+Zennit do; ReLU and concatenation are wrapped too, only so that differentiating their backward
+again (``create_graph=True``) builds no full-size zero-filled tensors. One vectorised backward
+pass seeded with K one-hot vectors then gives all K maps.
 
 Because functions, not modules, are intercepted, functional calls inside ``forward`` and in-place
 ReLUs work, and no hook is ever registered on the model.
@@ -113,7 +115,6 @@ class RelevanceMode(TorchFunctionMode):
             out = AddRule.apply(a_value, b, a_value + b, self.rule)
             return a.copy_(out)
         return AddRule.apply(a, b, a + b, self.rule)
-
 
     def _relu(self, func, args, kwargs):
         bound = dict(zip(("input", "inplace"), args), **kwargs)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 _MODE = {"relevance": False, "trace": None}
+RECOMPUTE_MODES = ("none", "pointwise", "all")
 
 
 @contextlib.contextmanager
@@ -67,8 +68,8 @@ class Rule:
     recompute: str = "none"
 
     def __post_init__(self):
-        if self.recompute not in ("pointwise", "all", "none"):
-            raise ValueError(f"recompute must be 'pointwise', 'all' or 'none', got {self.recompute!r}")
+        if self.recompute not in RECOMPUTE_MODES:
+            raise ValueError(f"recompute must be one of {', '.join(RECOMPUTE_MODES)}, got {self.recompute!r}")
 
     def keeps_transposed(self, op: "LinearOp", weight: torch.Tensor) -> bool:
         """Whether the second-order backward keeps this layer's transposed pass (else recomputes it)."""
