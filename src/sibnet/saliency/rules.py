@@ -45,9 +45,13 @@ def relevance_enabled(trace: list | None = None):
         _MODE.update(previous)
 
 
+def sign(z: torch.Tensor) -> torch.Tensor:
+    """Zennit's sign for stabilisers: +1 where ``z >= 0`` (also at 0), else -1."""
+    return (z >= 0).to(z.dtype) * 2 - 1
+
+
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
-    sign = (z >= 0).to(z.dtype) * 2 - 1
-    return z + eps * sign
+    return z + eps * sign(z)
 
 
 @dataclass(frozen=True)
@@ -166,27 +170,27 @@ def _linear_relevance(rule: Rule, op: LinearOp, x, weight, bias, y, r_out, nonne
     x_pos = x if nonneg else x.clamp(min=0)  # the input itself where it cannot be negative (no copy)
     x_neg = None if nonneg else x.clamp(max=0)
 
-    def part(r, w_a, w_b, b, stabilizer):
+    def part(r, w_a, w_b, b):
         # relevance through the contributions x+ w_a + x- w_b (+ b) of each output; also (s, z+stab)
         if x_neg is None:
             z = op.forward(x_pos, w_a, b)
-            return RatioRelevance.apply(r, x_pos, w_a, z, op, stabilizer, keep)[:3]
+            return RatioRelevance.apply(r, x_pos, w_a, z, op, rule.stabilizer, keep)[:3]
         xs, ws = _stack_signs(op, x_pos, x_neg, w_a, w_b)
-        r_in, s, z_stable = RatioRelevance.apply(r, xs, ws, op.forward(xs, ws, b), op, stabilizer, keep)[:3]
+        r_in, s, z_stable = RatioRelevance.apply(r, xs, ws, op.forward(xs, ws, b), op, rule.stabilizer, keep)[:3]
         return _unstack_signs(op, r_in), s, z_stable
 
     w_pos, w_neg = weight.clamp(min=0), weight.clamp(max=0)
     if rule.kind == "zplus":
-        r_in, s, z_stable = part(r_out, w_pos, w_neg, None, rule.stabilizer)
+        r_in, s, z_stable = part(r_out, w_pos, w_neg, None)
         if _MODE["trace"] is not None:
             # kept by the stabiliser, s * eps * sign(z) (all of it where z+ = 0); z_stable has z's sign
-            _trace("zplus", r_out, r_in, s * (rule.stabilizer * ((z_stable >= 0).to(dtype) * 2 - 1)))
+            _trace("zplus", r_out, r_in, s * (rule.stabilizer * sign(z_stable)))
         return r_in
     if rule.kind == "alpha_beta":
         b_pos = None if bias is None else bias.clamp(min=0)
         b_neg = None if bias is None else bias.clamp(max=0)
-        r_p = part(r_out, w_pos, w_neg, b_pos, rule.stabilizer)[0]
-        r_n = part(r_out, w_neg, w_pos, b_neg, rule.stabilizer)[0]
+        r_p = part(r_out, w_pos, w_neg, b_pos)[0]
+        r_n = part(r_out, w_neg, w_pos, b_neg)[0]
         r_in = rule.alpha * r_p - rule.beta * r_n
         _trace("alpha_beta", r_out, r_in)
         return r_in
