@@ -27,9 +27,12 @@ Configurations:
   convolution, all clusters of the batch in one call); L_CD from the embeddings of the maps at full
   resolution; lambdas (1.4, 1.0) applied.
 
-Ratios are to the baseline of the same run (and the gradcam@full step to the floor).
+Ratios are to the baseline of the same run (and the gradcam@full step to the floor). With
+``--paired`` each configuration is also timed against the baseline in one process, in turn
+(baseline, configuration, baseline per repeat): the median of those per-repeat ratios is far less
+sensitive to the machine's slow and fast phases than the ratio of two medians taken minutes apart.
 
-    OMP_NUM_THREADS=2 python benchmarks/train_step.py [--size 128] [--repeats 5]
+    OMP_NUM_THREADS=2 python benchmarks/train_step.py [--size 128] [--repeats 5] [--paired]
 """
 
 from __future__ import annotations
@@ -158,8 +161,8 @@ def reference_step(model, opt, x, y, pos_weight, k):
     return step
 
 
-def worker(config: str, args) -> dict:
-    """Build the model and batch, time ``config``'s step, report times and memory."""
+def build_step(config: str, args):
+    """A fresh model (seed 0), batch and optimizer, and ``config``'s step on them."""
     torch.manual_seed(0)
     k = args.classes
     device = torch.device(args.device)
@@ -183,13 +186,21 @@ def worker(config: str, args) -> dict:
                              f"METHOD@full|PIXELS[:recompute=pointwise|all|none] with METHOD in {', '.join(METHODS)}")
         options = {"recompute": value} if option and method != "gradcam" else None
         step = sibnet_step(model, opt, x, y, pos_weight, method, None if embed == "full" else int(embed), options)
-    if device.type == "cuda":  # time whole steps: wait for the queued kernels; memory = CUDA allocations
+    if device.type == "cuda":  # time whole steps: wait for the queued kernels
         run = step
 
         def step():
             run()
             torch.cuda.synchronize(device)
 
+    return step
+
+
+def worker(config: str, args) -> dict:
+    """Build the model and batch, time ``config``'s step, report times and memory."""
+    device = torch.device(args.device)
+    step = build_step(config, args)
+    if device.type == "cuda":  # memory = CUDA allocations
         before = torch.cuda.memory_allocated(device) / 2**20
         torch.cuda.reset_peak_memory_stats(device)
         times = time_calls(step, warmup=args.warmup, repeats=args.repeats)
@@ -201,14 +212,37 @@ def worker(config: str, args) -> dict:
             "peak_rss_mb": peak_rss_mb()}
 
 
+def paired_worker(config: str, args) -> dict:
+    """``config``'s step and the baseline's, on two identical models in one process, timed in turn.
+
+    Each repeat times baseline, ``config``, baseline; its ratio is ``config`` over the mean of the
+    two baseline steps around it, so a slow phase of the machine (other tenants, frequency changes)
+    enters numerator and denominator alike. Times only (memory: the separate runs).
+    """
+    base, step = build_step("baseline", args), build_step(config, args)
+    for _ in range(args.warmup):
+        base()
+        step()
+    ratios, base_ms, step_ms = [], [], []
+    for _ in range(args.repeats):
+        b1 = time_calls(base, warmup=0, repeats=1)[0]
+        t = time_calls(step, warmup=0, repeats=1)[0]
+        b2 = time_calls(base, warmup=0, repeats=1)[0]
+        ratios.append(t / ((b1 + b2) / 2))
+        base_ms += [b1, b2]
+        step_ms.append(t)
+    return {"config": config, "ratios": ratios, "median_ratio": median(ratios), "baseline_median_ms": median(base_ms),
+            "median_ms": median(step_ms)}
+
+
 # ---------------------------------------------------------------------------------------------
 # the driver
 
 
-def run_config(config: str, args) -> dict:
+def run_config(config: str, args, paired: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--worker", config, "--size", str(args.size), "--batch", str(args.batch),
            "--classes", str(args.classes), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-           "--device", args.device]
+           "--device", args.device] + (["--paired"] if paired else [])
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
@@ -231,12 +265,15 @@ def main() -> None:
                    "synchronize and memory is the peak of CUDA allocations (torch.cuda.max_memory_allocated)")
     p.add_argument("--configs", nargs="+", default=None,
                    help="subset to run (default: baseline floor METHOD@full|64|32 ... reference)")
+    p.add_argument("--paired", action="store_true",
+                   help="also time each configuration against the baseline in one process, in turn "
+                        "(baseline, configuration, baseline per repeat), and print the median of the ratios")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
-        print(json.dumps(worker(args.worker, args)))
+        print(json.dumps((paired_worker if args.paired else worker)(args.worker, args)))
         return
 
     configs = args.configs or default_configs(args.size)
@@ -275,6 +312,17 @@ def main() -> None:
         for config in [c for c in results if c.startswith("gradcam@")]:
             print(f"reference / {config}: {results['reference']['median_ms'] / results[config]['median_ms']:.2f}x")
     print("# step growth = peak RSS minus the RSS after building model, batch and optimizer (before step 1)")
+    if args.paired:
+        print("# paired: each configuration and the baseline in one process, timed in turn; ratio per repeat = "
+              "step / mean of the baseline steps before and after it")
+        print(f"{'configuration':<34} {'median ratio':>12} {'ratios (min-max)':>17} {'median ms':>10} {'baseline ms':>12}")
+        for config in [c for c in results if c != "baseline"]:
+            r = run_config(config, args, paired=True)
+            if "failed" in r:
+                print(f"{config:<34} FAILED ({r['failed']})", flush=True)
+                continue
+            print(f"{config:<34} {r['median_ratio']:11.2f}x {min(r['ratios']):8.2f}-{max(r['ratios']):.2f}x "
+                  f"{r['median_ms']:10.1f} {r['baseline_median_ms']:12.1f}", flush=True)
     print(f"# total {time.perf_counter() - t0:.0f} s; load average (1, 5, 15 min) at end: {load_average()}")
 
 

@@ -52,6 +52,30 @@ def test_ratio_relevance_matches_plain_formula_and_gradcheck(layer, keep):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+POINTWISE = [
+    (LinearOp(1, (1,), (0,), (1,), 1), (3, 4, 9), (6, 4, 1)),
+    (LinearOp(2, (1, 1), (0, 0), (2, 2), 1), (3, 6, 4, 4), (3, 6, 1, 1)),
+    (LinearOp(3, (1, 1, 1), (0, 0, 0), (1, 1, 1), 1), (2, 3, 4, 5, 3), (4, 3, 1, 1, 1)),
+    (LinearOp(2, (2, 2), (0, 0), (1, 1), 1), (3, 6, 5, 5), (3, 6, 1, 1)),  # strided: not pointwise
+    (LinearOp(2, (1, 1), (1, 1), (1, 1), 1), (3, 6, 4, 4), (3, 6, 1, 1)),  # padded: not pointwise
+    (LinearOp(2, (1, 1), (0, 0), (1, 1), 2), (3, 6, 4, 4), (4, 3, 1, 1)),  # grouped: not pointwise
+]
+
+
+@pytest.mark.parametrize("layer", LAYERS + POINTWISE)
+def test_input_grad_is_the_vjp_of_forward(layer):
+    """The transposed pass (a matrix product for 1x1 convolutions) against autograd's VJP."""
+    op, x_shape, w_shape = layer
+    torch.manual_seed(1)
+    x = torch.randn(x_shape, dtype=D).requires_grad_(True)
+    w = torch.randn(w_shape, dtype=D)
+    y = op.forward(x, w)
+    s = torch.randn((2 * x_shape[0],) + tuple(y.shape[1:]), dtype=D)
+    expected = torch.cat([torch.autograd.grad(y, x, s_k, retain_graph=True)[0] for s_k in s.split(x_shape[0])])
+    torch.testing.assert_close(op.input_grad(s, w, x.shape), expected, rtol=1e-12, atol=1e-12)
+    assert op.pointwise(w) == (layer in POINTWISE[:3] or layer is LAYERS[4])  # LAYERS[4]: a 1x1 convolution
+
+
 def test_ratio_relevance_under_vmap_folds_the_classes():
     op, x_shape, w_shape = LAYERS[2]
     torch.manual_seed(1)

@@ -102,6 +102,11 @@ class LinearOp:
     dilation: tuple = ()
     groups: int = 1
 
+    def pointwise(self, weight) -> bool:
+        """A 1x1 convolution without stride, padding or groups: a matrix product over channels."""
+        return self.dims > 0 and self.groups == 1 and all(k == 1 for k in weight.shape[2:]) \
+            and all(s == 1 for s in self.stride) and all(p == 0 for p in self.padding)
+
     def forward(self, x, weight, bias=None):
         if self.dims == 0:
             return F.linear(x, weight, bias)
@@ -112,6 +117,8 @@ class LinearOp:
         """The gradient of ``forward`` with respect to its input, applied to ``s`` (a VJP)."""
         if self.dims == 0:
             return s @ weight
+        if self.pointwise(weight):
+            return torch.matmul(weight.flatten(1).t(), s.flatten(2)).unflatten(2, s.shape[2:])
         transpose = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self.dims - 1]
         out_pad = []
         for i in range(self.dims):
@@ -264,7 +271,7 @@ class RatioRelevance(torch.autograd.Function):
         if need_w:
             g_w = op.weight_grad(s, gx_prod, w)
         if need_r or need_z:
-            g_s = op.forward(gx_prod, w).unflatten(0, (k, -1)) / z_stable  # d/dr of r / z
+            g_s = op.forward(gx_prod, w).unflatten(0, (k, -1)).div_(z_stable)  # d/dr of r / z (a fresh tensor)
             del gx_prod
             if need_z:
                 g_z = -_sum_of_products(g_s, s.unflatten(0, (k, -1)))
