@@ -97,7 +97,7 @@ def test_mean_sd_format():
     # mean 0.812, sample sd of (0.8, 0.812, 0.824) = 0.012
     assert mean_sd([0.8, 0.812, 0.824]) == "0.812 (0.012)"
     assert mean_sd([0.8, 0.812, 0.824], digits=1, scale=100) == "81.2 (1.2)"
-    assert mean_sd([0.5]) == "0.500 (nan)"
+    assert mean_sd([0.5]) == "0.500 (n=1)"
     assert mean_sd([np.nan]) == "nan"
 
 
@@ -125,3 +125,12 @@ def test_gaussian_noise_refuses_bad_input():
         add_gaussian_noise(torch.zeros(2, 2), -0.1, 0)
     with pytest.raises(DataError, match="floating"):
         add_gaussian_noise(torch.zeros(2, 2, dtype=torch.uint8), 0.1, 0)
+
+
+def test_fmt_diff_of_one_pair_has_no_interval():
+    from sibnet.experiments.tables import fmt_diff
+
+    text, p = fmt_diff(paired_difference([0.6], [0.5]))
+    assert text == "+0.100 (n=1)" and p == "n/a"
+    text, _ = fmt_diff(paired_difference([0.6, 0.7, 0.65], [0.5, 0.55, 0.6]))
+    assert "[" in text and "nan" not in text

@@ -86,12 +86,12 @@ def paired_difference(a, b, ci: float = 0.95) -> dict:
 def mean_sd(values, digits: int = 3, scale: float = 1.0) -> str:
     """``"0.812 (0.013)"``: mean and sample sd (ddof = 1) of the non-nan values, times ``scale``.
 
-    One value gives ``"0.812 (nan)"``; no value gives ``"nan"``. ``scale=100`` prints percentages
+    One value gives ``"0.812 (n=1)"`` (no sd); no value gives ``"nan"``. ``scale=100`` prints percentages
     as in the paper's tables.
     """
     v = _vector(values, "values")
     v = v[~np.isnan(v)] * scale
     if v.size == 0:
         return "nan"
-    sd = f"{v.std(ddof=1):.{digits}f}" if v.size > 1 else "nan"
+    sd = f"{v.std(ddof=1):.{digits}f}" if v.size > 1 else "n=1"
     return f"{v.mean():.{digits}f} ({sd})"

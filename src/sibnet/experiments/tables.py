@@ -58,6 +58,8 @@ def fmt_diff(d: dict, digits: int = 3) -> tuple[str, str]:
     """(``"+0.012 [-0.004, 0.028]"``, p) from a :func:`paired_difference` result."""
     if d["n"] == 0:
         return "n/a", "n/a"
+    if d["n"] == 1:  # one pair: no interval and no test
+        return f"{d['mean_diff']:+.{digits}f} (n=1)", "n/a"
     lo, hi = d["ci"]
     text = f"{d['mean_diff']:+.{digits}f} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
     p = "n/a" if math.isnan(d["p_wilcoxon"]) else f"{d['p_wilcoxon']:.3g}"
