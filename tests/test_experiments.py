@@ -127,6 +127,34 @@ def test_header(study):
         assert f"code version: git {version[:7]}" in text
 
 
+def test_code_version_is_dirty_for_code_changes_only(tmp_path, monkeypatch):
+    """Result files written into the repository do not mark the code dirty; a changed source does."""
+    from sibnet.experiments import tables
+
+    if subprocess.run(["git", "--version"], capture_output=True).returncode != 0:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    (repo / "src" / "sibnet" / "experiments").mkdir(parents=True)
+    (repo / "docs").mkdir()
+    fake = repo / "src" / "sibnet" / "experiments" / "tables.py"
+    fake.write_text("x = 1\n")
+    (repo / "docs" / "table1.md").write_text("old\n")
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=repo, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    monkeypatch.setattr(tables, "__file__", str(fake))
+    assert "-dirty" not in tables.code_version()
+    (repo / "docs" / "table1.md").write_text("new\n")  # a result file rewritten
+    assert "-dirty" not in tables.code_version()
+    fake.write_text("x = 2\n")  # the code changed
+    assert tables.code_version().split()[1].endswith("-dirty")
+
+
 @pytest.mark.slow
 def test_noise_and_probe_tables_reuse_the_jobs(study):
     stamps = study["stamps"]

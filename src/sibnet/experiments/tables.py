@@ -2,7 +2,8 @@
 
 The header (the same lines in both files; ``# `` comment lines at the top of the CSV) states the
 exact command, the dataset, image size, budget, folds x seeds, the evaluation split and the code
-version (``git describe --always --dirty`` of the source tree, else the package version), plus
+version (``git describe --always`` of the source tree, ``-dirty`` with uncommitted changes to the
+code or settings, else the package version), plus
 any notes of the table (methods not implemented, jobs still missing).
 
 Numbers: mean (sd) over the runs (folds x seeds; sd with ddof = 1, as
@@ -25,16 +26,27 @@ from typing import Sequence
 from ..errors import SibnetError
 
 
+# what "-dirty" looks at: the code and the settings that make a result, not the result files
+# (tables written into the repository, e.g. under docs/results, do not make the code dirty)
+CODE_PATHS = ("src", "configs", "pyproject.toml")
+
+
 def code_version() -> str:
-    """``git describe --always --dirty`` of the sibnet source tree, else ``sibnet <version>``."""
+    """``git describe --always`` of the sibnet source tree, with ``-dirty`` when ``src/``,
+    ``configs/`` or ``pyproject.toml`` have uncommitted changes; else ``sibnet <version>``."""
     from .. import __version__
 
-    src = Path(__file__).resolve().parents[3]
+    root = Path(__file__).resolve().parents[3]
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=20)
+
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=src, capture_output=True, text=True,
-                             timeout=20)
+        out = git("describe", "--always")
         if out.returncode == 0 and out.stdout.strip():
-            return f"git {out.stdout.strip()} (sibnet {__version__})"
+            status = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
+            dirty = "-dirty" if status.returncode != 0 or status.stdout.strip() else ""
+            return f"git {out.stdout.strip()}{dirty} (sibnet {__version__})"
     except (OSError, subprocess.SubprocessError):
         pass
     return f"sibnet {__version__}"
