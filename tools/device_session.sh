@@ -38,7 +38,7 @@ $PY -c "import torch, monai; print('torch', torch.__version__, 'cuda', torch.cud
 
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   stamp "benchmark (alone on the device)"
-  timeout 120 $PY benchmarks/train_step.py --device "$DEVICE" --size 128 --repeats 10 --warmup 3 \
+  timeout 180 $PY benchmarks/train_step.py --device "$DEVICE" --size 128 --repeats 10 --warmup 3 --paired \
     --configs baseline floor gradcam@full gradcam@32 deep_taylor@32 deep_taylor@32:recompute=all lrp_epsilon@32 reference \
     > "$OUT/train_step_cuda.txt" 2>&1
   echo "exit $?" >> "$OUT/train_step_cuda.txt"
