@@ -118,7 +118,12 @@ class LinearOp:
         if self.dims == 0:
             return s @ weight
         if self.pointwise(weight):
-            return torch.matmul(weight.flatten(1).t(), s.flatten(2)).unflatten(2, s.shape[2:])
+            w = weight.flatten(1).t()
+            if not torch.is_grad_enabled():
+                # a weight that requires grad makes matmul fold the batch into one product, which
+                # copies ``s`` and the result (to spare autograd a per-image weight gradient)
+                w = w.detach()
+            return torch.matmul(w, s.flatten(2)).unflatten(2, s.shape[2:])
         transpose = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self.dims - 1]
         out_pad = []
         for i in range(self.dims):
