@@ -230,9 +230,11 @@ def test_coherence_counts_only_same_cluster_pairs():
 def test_coherence_gradcheck_with_fixed_labels():
     maps = torch.from_numpy(cluster_maps()[:, :, :7, :8]).requires_grad_(True)
     labels = clusters(maps, background_cluster=False)
-    for radius in (1, 3):
+    for radius in (1, 3, 7):  # 7: offsets beyond the 7x8 map are skipped
         assert torch.autograd.gradcheck(lambda m: spatial_coherence(m, radius=radius, labels=labels, reduction="none"),
                                         (maps,))
+        assert torch.autograd.gradcheck(lambda m: spatial_coherence(m, radius=radius, labels=labels, reduction="none",
+                                                                    scale="pair_mean"), (maps,))
     assert torch.autograd.gradcheck(lambda m: spatial_coherence(normalise_maps(m), radius=2, labels=labels),
                                     (maps,))
 

@@ -17,8 +17,8 @@ sum grows with the clusters' area and the window (10-300x the weighted BCE at 32
 docs/design.md), so with the paper's lambdas it dominates the objective.
 
 The labels are computed on the detached maps (no gradient through the thresholding); the value is
-differentiable with respect to the maps. The sum runs as a loop over the (2r+1)^2 // 2 half-offsets
-(dy, dx) with shifted slices, each giving the pair once, times 2.
+differentiable with respect to the maps (once: an explicit backward). The sum runs as a loop over
+the (2r+1)^2 // 2 half-offsets (dy, dx) with shifted slices, each giving the pair once, times 2.
 """
 
 from __future__ import annotations
@@ -42,6 +42,64 @@ def half_offsets(radius: int) -> list[tuple[int, int]]:
 SCALES = ("sum", "pair_mean")
 
 
+def _windows(radius: int, h: int, w: int):
+    """For each half-offset inside an h x w map: the slices of p = (y, x) and q = (y + dy, x + dx)
+    over the pixels where both lie in the map."""
+    for dy, dx in half_offsets(radius):
+        if dy >= h or abs(dx) >= w:
+            continue
+        yield ((slice(0, h - dy), slice(max(0, -dx), w - max(0, dx))),
+               (slice(dy, h), slice(max(0, dx), w - max(0, -dx))))
+
+
+def _own_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Every unclustered pixel (label 0) gets its own negative label, so that "same label" alone
+    means "same cluster"."""
+    h, w = labels.shape[-2:]
+    labels = labels.to(torch.long)
+    own = -torch.arange(1, h * w + 1, device=labels.device).reshape(h, w)
+    return torch.where(labels > 0, labels, own)
+
+
+class _PairSums(torch.autograd.Function):
+    """``(sum over same-cluster half-window pairs of (S_p - S_q)^2, their number)`` per map.
+
+    The same sums as shifted slices under autograd, with an explicit backward: the gradient
+    ``2 (S_p - S_q)`` of each pair is added in place to p and subtracted at q, so the backward
+    allocates one map-sized tensor instead of a zero-filled one per slice and offset, and nothing of
+    the (2r+1)^2 / 2 offsets is kept for it (the differences are recomputed).
+    """
+
+    @staticmethod
+    def forward(ctx, maps, labels, radius):
+        h, w = maps.shape[-2:]
+        total = maps.new_zeros(maps.shape[:2])
+        pairs = maps.new_zeros(maps.shape[:2])
+        for p, q in _windows(radius, h, w):
+            same = labels[(..., *p)] == labels[(..., *q)]
+            diff = (maps[(..., *p)] - maps[(..., *q)]) * same
+            total += (diff * diff).sum(dim=(-2, -1))
+            pairs += same.sum(dim=(-2, -1))
+        ctx.save_for_backward(maps, labels)
+        ctx.radius = radius
+        ctx.mark_non_differentiable(pairs)
+        return total, pairs
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_total, _grad_pairs):
+        maps, labels = ctx.saved_tensors
+        h, w = maps.shape[-2:]
+        grad = torch.zeros_like(maps)
+        scale = (2 * grad_total)[..., None, None]
+        for p, q in _windows(ctx.radius, h, w):
+            same = labels[(..., *p)] == labels[(..., *q)]
+            g = (maps[(..., *p)] - maps[(..., *q)]) * same * scale
+            grad[(..., *p)] += g
+            grad[(..., *q)] -= g
+        return grad, None, None
+
+
 def coherence_from_labels(maps: torch.Tensor, labels: torch.Tensor, radius: int = 4,
                           scale: str = "sum") -> torch.Tensor:
     """The (B, K) per-map values of eq. (2) for given cluster labels (0 = no cluster).
@@ -49,26 +107,7 @@ def coherence_from_labels(maps: torch.Tensor, labels: torch.Tensor, radius: int 
     ``scale="sum"``: the sums of eq. (2); ``"pair_mean"``: each divided by its number of ordered
     same-cluster pairs (at least 1).
     """
-    h, w = maps.shape[-2:]
-    total = maps.new_zeros(maps.shape[:2])
-    pairs = maps.new_zeros(maps.shape[:2])
-    # every unclustered pixel gets its own negative label, so "same label" alone means "same cluster"
-    labels = labels.to(torch.long)
-    own = -torch.arange(1, h * w + 1, device=labels.device).reshape(h, w)
-    labels = torch.where(labels > 0, labels, own)
-    for dy, dx in half_offsets(radius):
-        if dy >= h or abs(dx) >= w:
-            continue
-        # p = (y, x), q = (y + dy, x + dx): both slices cover the pixels where both lie in the map
-        ys_p, ys_q = slice(0, h - dy), slice(dy, h)
-        xs_p = slice(max(0, -dx), w - max(0, dx))
-        xs_q = slice(max(0, dx), w - max(0, -dx))
-        lp, lq = labels[..., ys_p, xs_p], labels[..., ys_q, xs_q]
-        same = lp == lq
-        diff = maps[..., ys_p, xs_p] - maps[..., ys_q, xs_q]
-        total = total + (diff * diff * same).sum(dim=(-2, -1))
-        if scale == "pair_mean":
-            pairs = pairs + same.sum(dim=(-2, -1))
+    total, pairs = _PairSums.apply(maps, _own_labels(labels), radius)
     if scale == "pair_mean":
         return total / pairs.clamp(min=1)  # the factor 2 of ordered pairs cancels
     return 2.0 * total
