@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from sibnet import saliency
 from sibnet.saliency.rules import LinearOp, RatioRelevance, Rule, _linear_relevance, stabilize
@@ -239,3 +240,49 @@ def test_saliency_options_are_checked_when_the_loss_is_built():
     totals = [SIBNetLoss(model.train(), saliency="deep_taylor", saliency_options={"recompute": mode})(x, y)[0]
               for mode in ("none", "all")]
     torch.testing.assert_close(totals[0], totals[1])
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_max_pool_relevance_is_pytorchs_gradient_for_all_classes(dims):
+    """MaxPoolGrad: K relevance tensors scattered to the window winners at once, as autograd does
+    one at a time; its derivative (gradcheck) and its vmap rule (against a loop)."""
+    from sibnet.saliency.rules import MaxPoolGrad
+
+    pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[dims - 1]
+    torch.manual_seed(0)
+    x = torch.randn((2, 3) + (5,) * dims, dtype=D, requires_grad=True)
+    y, idx = pool(x, 3, 2, 1, return_indices=True)
+    r = torch.randn((2 * 2,) + tuple(y.shape[1:]), dtype=D, requires_grad=True)  # K = 2
+    expected = torch.cat([torch.autograd.grad(y, x, r_k, retain_graph=True)[0] for r_k in r.split(2)])
+    torch.testing.assert_close(MaxPoolGrad.apply(r, idx, x.shape), expected, rtol=0, atol=0)
+    assert torch.autograd.gradcheck(lambda r_: MaxPoolGrad.apply(r_, idx, x.shape), (r,))
+    stacked = r.detach().unflatten(0, (2, -1))
+    mapped = torch.func.vmap(lambda r_: MaxPoolGrad.apply(r_, idx, x.shape))(stacked)
+    torch.testing.assert_close(mapped, torch.stack([MaxPoolGrad.apply(s, idx, x.shape) for s in stacked]))
+
+
+def test_max_pool_rule_keeps_maps_and_gradients(monkeypatch):
+    """A network with max pooling: maps and parameter gradients with the MaxPool rule equal those
+    of PyTorch's own max-pooling gradient (the interception switched off)."""
+    from sibnet.saliency import relevance
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1), nn.Conv2d(4, 6, 3),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3)).double()
+    x = torch.randn(2, 1, 9, 9, dtype=D)
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        maps = saliency.get("deep_taylor")(model, x, create_graph=True)
+        maps.pow(2).sum().backward()
+        return maps.detach(), [p.grad for p in model.parameters()]
+
+    ours = run()
+    monkeypatch.setattr(relevance, "_MAXPOOL", {})
+    theirs = run()
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-12, atol=1e-12)
+    assert all(ours[1][i] is not None for i in (0, 2, 4))  # the three weights
+    for a, b in zip(ours[1], theirs[1]):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -20,12 +20,14 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .batched import batched_vjp, start_relevance
-from .rules import AddRule, CatRule, LinearOp, LinearRule, NormRule, ReluRule, Rule, norm_affine, relevance_enabled
+from .rules import (AddRule, CatRule, LinearOp, LinearRule, MaxPoolRule, NormRule, ReluRule, Rule, norm_affine,
+                    relevance_enabled)
 
 _CONV = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
 _ADD_OUT = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}
 _ADD_IN = {torch.Tensor.add_, torch.Tensor.__iadd__}
 _CAT = {torch.cat, torch.concat, torch.concatenate}
+_MAXPOOL = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3}
 _RELU = {F.relu: False, torch.relu: False, torch.Tensor.relu: False, torch.relu_: True, torch.Tensor.relu_: True}
 
 
@@ -77,7 +79,19 @@ class RelevanceMode(TorchFunctionMode):
             return self._cat(func, args, kwargs)
         if func in _RELU:
             return self._relu(func, args, kwargs)
+        if func in _MAXPOOL:
+            return self._max_pool(func, args, kwargs)
         return func(*args, **kwargs)
+
+    def _max_pool(self, func, args, kwargs):
+        names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+        bound = dict(zip(names, args), **kwargs)
+        x = bound.get("input")
+        if bound.get("return_indices") or set(bound) - set(names) or not _is_activation(x) \
+                or x.dim() != _MAXPOOL[func] + 2:
+            return func(*args, **kwargs)  # with indices, or unbatched: PyTorch's own
+        y, indices = func(**{**bound, "return_indices": True})
+        return MaxPoolRule.apply(x, y, indices)
 
     def _conv(self, func, args, kwargs):
         y = func(*args, **kwargs)

@@ -505,3 +505,64 @@ class ReluGrad(torch.autograd.Function):
     def backward(ctx, grad_grad):
         (out,) = ctx.saved_tensors
         return torch.ops.aten.threshold_backward(grad_grad, out, 0), None
+
+
+# --------------------------------------------------------------------------------------------
+# max pooling (winner takes all)
+
+
+class MaxPoolRule(torch.autograd.Function):
+    """``max_pool(x)`` (computed by the caller, with its indices) whose relevance backward is
+    :class:`MaxPoolGrad`: each output's relevance goes to the input pixel that won its window,
+    exactly PyTorch's gradient of max pooling, but with all K classes in one scatter (PyTorch's
+    batching rule for that gradient copies the class-stacked relevance to move the class dimension)."""
+
+    @staticmethod
+    def forward(ctx, x, y, indices):
+        ctx.save_for_backward(indices)
+        ctx.in_shape = x.shape
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not _MODE["relevance"]:
+            return None, grad, None
+        (indices,) = ctx.saved_tensors
+        return MaxPoolGrad.apply(grad, indices, ctx.in_shape), None, None
+
+
+def _fold_index(indices: torch.Tensor, k: int) -> torch.Tensor:
+    """The (B, C, n) flat window winners as (k, B, C, n), without a copy."""
+    return indices.flatten(2).unsqueeze(0).expand(k, -1, -1, -1)
+
+
+class MaxPoolGrad(torch.autograd.Function):
+    """``r_in[winner] += r`` for K relevance tensors stacked on the batch (``r.shape[0] = K * B``);
+    its derivative in ``r`` is the gather at the winners."""
+
+    @staticmethod
+    def forward(r, indices, in_shape):
+        k = r.shape[0] // indices.shape[0]
+        src = r.flatten(2).unflatten(0, (k, -1))
+        out = r.new_zeros((k,) + tuple(in_shape[:2]) + (int(torch.Size(in_shape[2:]).numel()),))
+        out.scatter_add_(3, _fold_index(indices, k), src)
+        return out.flatten(0, 1).unflatten(2, tuple(in_shape[2:]))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (indices,) = ctx.saved_tensors
+        k = grad.shape[0] // indices.shape[0]
+        g = grad.flatten(2).unflatten(0, (k, -1)).gather(3, _fold_index(indices, k))
+        return g.flatten(0, 1).unflatten(2, tuple(indices.shape[2:])), None, None
+
+    @staticmethod
+    def vmap(info, in_dims, r, indices, in_shape):
+        if in_dims[1] is not None:
+            raise NotImplementedError("relevance rules map over the relevance only")
+        r = r.movedim(in_dims[0], 0)
+        k = r.shape[0]
+        return MaxPoolGrad.apply(r.flatten(0, 1), indices, in_shape).unflatten(0, (k, -1)), 0
