@@ -62,7 +62,8 @@ def _own_labels(labels: torch.Tensor) -> torch.Tensor:
 
 
 class _PairSums(torch.autograd.Function):
-    """``(sum over same-cluster half-window pairs of (S_p - S_q)^2, their number)`` per map.
+    """``(sum over same-cluster half-window pairs of (S_p - S_q)^2, their number)`` per map (the
+    number only with ``count``, else zeros).
 
     The same sums as shifted slices under autograd, with an explicit backward: the gradient
     ``2 (S_p - S_q)`` of each pair is added in place to p and subtracted at q, so the backward
@@ -71,7 +72,7 @@ class _PairSums(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, maps, labels, radius):
+    def forward(ctx, maps, labels, radius, count):
         h, w = maps.shape[-2:]
         total = maps.new_zeros(maps.shape[:2])
         pairs = maps.new_zeros(maps.shape[:2])
@@ -79,7 +80,8 @@ class _PairSums(torch.autograd.Function):
             same = labels[(..., *p)] == labels[(..., *q)]
             diff = (maps[(..., *p)] - maps[(..., *q)]) * same
             total += (diff * diff).sum(dim=(-2, -1))
-            pairs += same.sum(dim=(-2, -1))
+            if count:
+                pairs += same.sum(dim=(-2, -1))
         ctx.save_for_backward(maps, labels)
         ctx.radius = radius
         ctx.mark_non_differentiable(pairs)
@@ -97,7 +99,7 @@ class _PairSums(torch.autograd.Function):
             g = (maps[(..., *p)] - maps[(..., *q)]) * same * scale
             grad[(..., *p)] += g
             grad[(..., *q)] -= g
-        return grad, None, None
+        return grad, None, None, None
 
 
 def coherence_from_labels(maps: torch.Tensor, labels: torch.Tensor, radius: int = 4,
@@ -107,7 +109,7 @@ def coherence_from_labels(maps: torch.Tensor, labels: torch.Tensor, radius: int 
     ``scale="sum"``: the sums of eq. (2); ``"pair_mean"``: each divided by its number of ordered
     same-cluster pairs (at least 1).
     """
-    total, pairs = _PairSums.apply(maps, _own_labels(labels), radius)
+    total, pairs = _PairSums.apply(maps, _own_labels(labels), radius, scale == "pair_mean")
     if scale == "pair_mean":
         return total / pairs.clamp(min=1)  # the factor 2 of ordered pairs cancels
     return 2.0 * total
