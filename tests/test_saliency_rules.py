@@ -243,7 +243,9 @@ def test_saliency_options_are_checked_when_the_loss_is_built():
 
 
 @pytest.mark.parametrize("dims", [1, 2, 3])
-def test_max_pool_relevance_is_pytorchs_gradient_for_all_classes(dims):
+@pytest.mark.parametrize("geometry", [dict(kernel_size=3, stride=2, padding=1),
+                                      dict(kernel_size=2, stride=2, dilation=2, ceil_mode=True)], ids=["pad", "dil-ceil"])
+def test_max_pool_relevance_is_pytorchs_gradient_for_all_classes(dims, geometry):
     """MaxPoolGrad: K relevance tensors scattered to the window winners at once, as autograd does
     one at a time; its derivative (gradcheck) and its vmap rule (against a loop)."""
     from sibnet.saliency.rules import MaxPoolGrad
@@ -251,7 +253,7 @@ def test_max_pool_relevance_is_pytorchs_gradient_for_all_classes(dims):
     pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[dims - 1]
     torch.manual_seed(0)
     x = torch.randn((2, 3) + (5,) * dims, dtype=D, requires_grad=True)
-    y, idx = pool(x, 3, 2, 1, return_indices=True)
+    y, idx = pool(x, **geometry, return_indices=True)
     r = torch.randn((2 * 2,) + tuple(y.shape[1:]), dtype=D, requires_grad=True)  # K = 2
     expected = torch.cat([torch.autograd.grad(y, x, r_k, retain_graph=True)[0] for r_k in r.split(2)])
     torch.testing.assert_close(MaxPoolGrad.apply(r, idx, x.shape), expected, rtol=0, atol=0)
