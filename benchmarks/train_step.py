@@ -31,6 +31,8 @@ Ratios are to the baseline of the same run (and the gradcam@full step to the flo
 ``--paired`` each configuration is also timed against the baseline in one process, in turn
 (baseline, configuration, baseline per repeat): the median of those per-repeat ratios is far less
 sensitive to the machine's slow and fast phases than the ratio of two medians taken minutes apart.
+Comparing two versions of the code: run ``--configs baseline CONFIG --paired`` on each, alternately,
+and compare the fastest steps.
 
     OMP_NUM_THREADS=2 python benchmarks/train_step.py [--size 128] [--repeats 5] [--paired]
 """
@@ -232,7 +234,7 @@ def paired_worker(config: str, args) -> dict:
         base_ms += [b1, b2]
         step_ms.append(t)
     return {"config": config, "ratios": ratios, "median_ratio": median(ratios), "baseline_median_ms": median(base_ms),
-            "median_ms": median(step_ms)}
+            "median_ms": median(step_ms), "fastest_ms": min(step_ms), "baseline_fastest_ms": min(base_ms)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,14 +317,16 @@ def main() -> None:
     if args.paired:
         print("# paired: each configuration and the baseline in one process, timed in turn; ratio per repeat = "
               "step / mean of the baseline steps before and after it")
-        print(f"{'configuration':<34} {'median ratio':>12} {'ratios (min-max)':>17} {'median ms':>10} {'baseline ms':>12}")
+        print(f"{'configuration':<34} {'median ratio':>12} {'ratios (min-max)':>17} {'median ms':>10} {'baseline ms':>12} "
+              f"{'fastest ms':>11} {'baseline fastest':>17}")
         for config in [c for c in results if c != "baseline"]:
             r = run_config(config, args, paired=True)
             if "failed" in r:
                 print(f"{config:<34} FAILED ({r['failed']})", flush=True)
                 continue
             print(f"{config:<34} {r['median_ratio']:11.2f}x {min(r['ratios']):8.2f}-{max(r['ratios']):.2f}x "
-                  f"{r['median_ms']:10.1f} {r['baseline_median_ms']:12.1f}", flush=True)
+                  f"{r['median_ms']:10.1f} {r['baseline_median_ms']:12.1f} {r['fastest_ms']:11.1f} "
+                  f"{r['baseline_fastest_ms']:17.1f}", flush=True)
     print(f"# total {time.perf_counter() - t0:.0f} s; load average (1, 5, 15 min) at end: {load_average()}")
 
 
