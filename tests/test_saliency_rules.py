@@ -63,7 +63,16 @@ POINTWISE = [
 ]
 
 
-@pytest.mark.parametrize("layer", LAYERS + POINTWISE)
+# without stride: dilated, grouped, padding beyond the dilated kernel's reach
+STRIDE_ONE = [
+    (LinearOp(1, (1,), (0,), (2,), 1), (3, 4, 9), (6, 4, 3)),  # no padding, dilated
+    (LinearOp(2, (1, 1), (2, 1), (1, 2), 2), (3, 4, 7, 6), (6, 2, 3, 2)),  # grouped, dilated
+    (LinearOp(2, (1, 1), (3, 0), (1, 1), 1), (3, 4, 7, 6), (5, 4, 3, 3)),  # padding 3 > 2
+    (LinearOp(3, (1, 1, 1), (1, 0, 2), (1, 1, 2), 1), (2, 3, 4, 5, 6), (4, 3, 3, 2, 3)),
+]
+
+
+@pytest.mark.parametrize("layer", LAYERS + POINTWISE + STRIDE_ONE)
 def test_input_grad_is_the_vjp_of_forward(layer):
     """The transposed pass (a matrix product for 1x1 convolutions) against autograd's VJP."""
     op, x_shape, w_shape = layer
@@ -288,3 +297,64 @@ def test_max_pool_rule_keeps_maps_and_gradients(monkeypatch):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+class ReluConsumers(nn.Module):
+    """ReLU outputs with every kind of consumer: a convolution only (in place and not), a convolution
+    and a residual addition, max pooling (windows of zeros: the mask matters there), a concatenation
+    beside a convolution, and pooling before the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
+        self.c4, self.c5 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(8, 5, 1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(9, 3)
+        with torch.no_grad():
+            self.c4.bias.fill_(-0.1)  # mostly negative: whole pooling windows of zeros
+
+    def forward(self, x):
+        a = F.relu(self.c1(x), inplace=True)  # -> c2 only
+        b = F.relu(self.bn(self.c2(a)))  # -> c3 and the residual addition
+        h = self.c3(b) + b
+        p = F.max_pool2d(F.relu(self.c4(h)), 2)  # -> max pooling
+        q = F.relu(p)  # -> concatenation and c5
+        r = self.c5(torch.cat([q, p], 1)) + self.c5(torch.cat([p, q], 1))
+        # -> pooling; average pooling also hands relevance to the zeros of p (its gradient)
+        return self.fc(torch.cat([F.adaptive_avg_pool2d(F.relu(r), 1), F.adaptive_avg_pool2d(p, 1)], 1).flatten(1))
+
+
+@pytest.mark.parametrize("method", ["deep_taylor", "lrp_epsilon", "lrp_alpha_beta"])
+def test_relu_masks_are_skipped_only_where_they_change_nothing(monkeypatch, method):
+    """The ReLU's mask is skipped in the relevance pass exactly where every consumer of its output
+    multiplies by it; maps and second-order parameter gradients equal those with every mask applied."""
+    from sibnet.saliency import rules
+
+    torch.manual_seed(0)
+    model = ReluConsumers().double().eval()
+    x = torch.randn(2, 1, 8, 8, dtype=D)
+    uses = []
+    init = rules.ReluUse.__init__
+    monkeypatch.setattr(rules.ReluUse, "__init__", lambda self: (init(self), uses.append(self))[0])
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        uses.clear()
+        maps = saliency.get(method)(model, x, create_graph=True)
+        (maps.pow(2).sum() + maps.sum()).backward()
+        return maps.detach(), [p.grad for p in model.parameters()], [u.masks_nothing for u in uses]
+
+    ours = run()
+    assert ours[2] == [True, True, False, False, False]
+    monkeypatch.setattr(rules.ReluUse, "masks_nothing", property(lambda self: False))
+    theirs = run()
+    assert not any(theirs[2])
+    assert ours[0].abs().sum() > 0
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(ours[1], theirs[1]):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # the pooling windows of zeros are there: without the mask at the max pooling the maps would differ
+    monkeypatch.setattr(rules.ReluUse, "masks_nothing", property(lambda self: True))
+    assert not torch.allclose(run()[0], ours[0])

@@ -5,7 +5,9 @@ During one forward pass a :class:`~torch.overrides.TorchFunctionMode` wraps ever
 addition of two activations in a rule Function (:mod:`sibnet.saliency.rules`). Everything else
 (ReLU, pooling, concatenation, reshaping, dropout) keeps its plain gradient, as iNNvestigate and
 Zennit do; ReLU and concatenation are wrapped too, only so that differentiating their backward
-again (``create_graph=True``) builds no full-size zero-filled tensors. One vectorised backward
+again (``create_graph=True``) builds no full-size zero-filled tensors, and so that a ReLU whose
+every consumer multiplies its relevance by the ReLU's output (a linear layer, a residual addition)
+skips its mask, which changes nothing there (:class:`~sibnet.saliency.rules.ReluUse`). One vectorised backward
 pass seeded with K one-hot vectors then gives all K maps.
 
 Because functions, not modules, are intercepted, functional calls inside ``forward`` and in-place
@@ -20,8 +22,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .batched import batched_vjp, start_relevance
-from .rules import (AddRule, CatRule, LinearOp, LinearRule, MaxPoolRule, NormRule, ReluRule, Rule, norm_affine,
-                    relevance_enabled)
+from .rules import (AddRule, CatRule, LinearOp, LinearRule, MaxPoolRule, NormRule, ReluRule, ReluUse, Rule,
+                    norm_affine, relevance_enabled)
 
 _CONV = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
 _ADD_OUT = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}
@@ -53,6 +55,12 @@ def _conv_geometry(dims, weight, stride=1, padding=0, dilation=1, groups=1) -> L
     return LinearOp(dims, stride, _tuple(padding, dims), dilation, int(groups))
 
 
+def _requires_grad(out) -> bool:
+    if isinstance(out, torch.Tensor):
+        return out.requires_grad
+    return isinstance(out, (list, tuple)) and any(_requires_grad(o) for o in out)
+
+
 def _is_activation(t) -> bool:
     return isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter) and t.is_floating_point() \
         and t.requires_grad
@@ -64,9 +72,41 @@ class RelevanceMode(TorchFunctionMode):
     def __init__(self, rule: Rule):
         super().__init__()
         self.rule = rule
+        self._relus = {}  # id(ReLU output) -> (output, ReluUse), for this forward pass only
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        uses = self._uses(func, args, kwargs) if self._relus else ()
+        out = self._dispatch(func, args, kwargs)
+        if uses and _requires_grad(out):  # a differentiable consumer (not a shape query or detach)
+            for use, multiplies in uses:
+                use.consumers += multiplies
+                use.other |= not multiplies
+        return out
+
+    def _uses(self, func, args, kwargs):
+        """``(ReluUse, multiplies)`` for each ReLU output among the arguments: whether this call's
+        relevance rule multiplies that argument's relevance by the argument itself."""
+        if func in _CONV or func is F.linear:
+            multiplying = {id(args[0] if args else kwargs.get("input"))}
+        elif func in _ADD_OUT and self._is_residual(args, kwargs):
+            multiplying = {id(args[0]), id(args[1])}
+        else:
+            multiplying = set()
+        uses = []
+        for arg in [*args, *kwargs.values()]:
+            for t in (arg if isinstance(arg, (list, tuple)) else (arg,)):
+                if isinstance(t, torch.Tensor) and id(t) in self._relus and self._relus[id(t)][0] is t:
+                    uses.append((self._relus[id(t)][1], id(t) in multiplying))
+        return uses
+
+    def consumed_outside(self, t):
+        """``t`` leaves the pass (the logits): its relevance does not come from a rule."""
+        entry = self._relus.get(id(t))
+        if entry is not None and entry[0] is t:
+            entry[1].other = True
+
+    def _dispatch(self, func, args, kwargs):
         if func in _CONV:
             return self._conv(func, args, kwargs)
         if func is F.linear:
@@ -118,9 +158,13 @@ class RelevanceMode(TorchFunctionMode):
                                        bound.get("bias"), bool(bound.get("training", False)), bound.get("eps", 1e-5))
         return NormRule.apply(x, y, scale, shift, self.rule)
 
+    @staticmethod
+    def _is_residual(args, kwargs):
+        return len(args) == 2 and not kwargs and _is_activation(args[0]) and _is_activation(args[1]) \
+            and args[0].shape == args[1].shape
+
     def _add(self, func, args, kwargs):
-        if len(args) != 2 or kwargs or not (_is_activation(args[0]) and _is_activation(args[1])) \
-                or args[0].shape != args[1].shape:
+        if not self._is_residual(args, kwargs):
             return func(*args, **kwargs)
         a, b = args
         if func in _ADD_IN:
@@ -138,7 +182,10 @@ class RelevanceMode(TorchFunctionMode):
         inplace = _RELU[func] or bool(bound.get("inplace", False))
         if inplace and x._base is not None:
             return func(*args, **kwargs)  # in place on a view: PyTorch's own
-        return ReluRule.apply(x, inplace)
+        use = ReluUse()
+        out = ReluRule.apply(x, inplace, use)
+        self._relus[id(out)] = (out, use)
+        return out
 
     def _cat(self, func, args, kwargs):
         names = ("tensors", "dim" if func is not torch.concatenate else "axis")
@@ -163,8 +210,9 @@ def relevance_forward(model: nn.Module, x: torch.Tensor, rule: Rule, *, targets=
     """
     leaf = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        with RelevanceMode(rule):
+        with RelevanceMode(rule) as mode:
             logits = model(leaf)
+        mode.consumed_outside(logits)
         seeds = start_relevance(logits, targets, scale=start)
         with relevance_enabled(trace):
             relevance = batched_vjp(logits, leaf, seeds, create_graph=create_graph, loop=loop)

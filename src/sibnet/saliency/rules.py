@@ -465,27 +465,53 @@ class SplitRule(torch.autograd.Function):
 # ReLU
 
 
+class ReluUse:
+    """What consumed one ReLU output during a relevance forward pass.
+
+    ``masks_nothing`` holds when at least one consumer was seen and every consumer is a rule whose
+    relevance is its input times something (linear layers under every rule, residual additions):
+    the relevance reaching the ReLU is then already zero wherever its output is zero, so the
+    ReLU's mask changes no value. Skipping it is exact also for the second-order gradients: the
+    gradient that the mask would zero flows into the consumer's input, which is the ReLU's output,
+    and the ReLU's ordinary backward masks it there.
+    """
+
+    __slots__ = ("consumers", "other")
+
+    def __init__(self):
+        self.consumers = 0  # consumers that multiply their relevance by this output
+        self.other = False  # any other consumer (pooling, concatenation, views, the logits themselves)
+
+    @property
+    def masks_nothing(self) -> bool:
+        return self.consumers > 0 and not self.other
+
+
 class ReluRule(torch.autograd.Function):
     """``relu(x)`` (in place where asked) whose backward is :class:`ReluGrad`.
 
     Deep Taylor and LRP pass relevance through a ReLU like a gradient (the rules sit on the linear
     layers), so both backward modes are PyTorch's own mask. The difference is the second-order
     cost: PyTorch's ``threshold_backward`` differentiates to a zero-filled tensor for the ReLU's
-    output, one per class for every ReLU; :class:`ReluGrad` returns no gradient there.
+    output, one per class for every ReLU; :class:`ReluGrad` returns no gradient there. Where
+    ``use`` says the mask changes nothing (:class:`ReluUse`), the relevance passes unchanged.
     """
 
     @staticmethod
-    def forward(ctx, x, inplace: bool):
+    def forward(ctx, x, inplace: bool, use: ReluUse | None = None):
         out = x.relu_() if inplace else x.relu()
         if inplace:
             ctx.mark_dirty(x)
         ctx.save_for_backward(out)
+        ctx.use = use
         return out
 
     @staticmethod
     def backward(ctx, grad):
+        if _MODE["relevance"] and ctx.use is not None and ctx.use.masks_nothing:
+            return grad, None, None
         (out,) = ctx.saved_tensors
-        return ReluGrad.apply(grad, out), None
+        return ReluGrad.apply(grad, out), None, None
 
 
 class ReluGrad(torch.autograd.Function):
