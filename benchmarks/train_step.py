@@ -34,7 +34,13 @@ sensitive to the machine's slow and fast phases than the ratio of two medians ta
 Comparing two versions of the code: run ``--configs baseline CONFIG --paired`` on each, alternately,
 and compare the fastest steps.
 
-    OMP_NUM_THREADS=2 python benchmarks/train_step.py [--size 128] [--repeats 5] [--paired]
+Peak RSS under glibc's defaults includes what the heap keeps after large frees (glibc raises its
+mmap threshold after freeing a large block, so later blocks of that size come from the heap, which
+fragments and is rarely returned): it grows over the first steps. ``--live-memory`` adds, for each
+configuration, a 3-step run whose allocator hands every freed block of 128 KiB or more back at once,
+so its peak RSS is the peak of the tensors alive at one time (its step times are not comparable).
+
+    OMP_NUM_THREADS=2 python benchmarks/train_step.py [--size 128] [--repeats 5] [--paired] [--live-memory]
 """
 
 from __future__ import annotations
@@ -241,13 +247,26 @@ def paired_worker(config: str, args) -> dict:
 # the driver
 
 
-def run_config(config: str, args, paired: bool = False) -> dict:
+# glibc with a fixed mmap threshold: every block of at least 128 KiB is its own mapping, returned to
+# the system when freed (a fixed threshold also turns off glibc's raising of it after large frees),
+# so the process's peak RSS follows the peak of live tensors instead of what the heap retained
+LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+LIVE_MEMORY_UNSET = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+
+def run_config(config: str, args, paired: bool = False, live_memory: bool = False) -> dict:
+    repeats, warmup = (2, 1) if live_memory else (args.repeats, args.warmup)
     cmd = [sys.executable, __file__, "--worker", config, "--size", str(args.size), "--batch", str(args.batch),
-           "--classes", str(args.classes), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+           "--classes", str(args.classes), "--repeats", str(repeats), "--warmup", str(warmup),
            "--device", args.device] + (["--paired"] if paired else [])
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    env = os.environ.copy()
+    if live_memory:
+        env.update(LIVE_MEMORY_ENV)
+        for name in LIVE_MEMORY_UNSET:
+            env.pop(name, None)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         how = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit status {done.returncode}"
         last = done.stderr.strip().splitlines()[-1:] or ["no error output (out of memory?)"]
@@ -270,6 +289,11 @@ def main() -> None:
     p.add_argument("--paired", action="store_true",
                    help="also time each configuration against the baseline in one process, in turn "
                         "(baseline, configuration, baseline per repeat), and print the median of the ratios")
+    p.add_argument("--live-memory", action="store_true",
+                   help="CPU: also run each configuration for 3 steps with glibc returning every freed block "
+                        "of 128 KiB or more to the system, and print that peak RSS (the peak of live tensors, "
+                        "without what glibc's heap retains between steps; the step times of that run are "
+                        "not comparable and are not shown)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
@@ -314,6 +338,19 @@ def main() -> None:
         for config in [c for c in results if c.startswith("gradcam@")]:
             print(f"reference / {config}: {results['reference']['median_ms'] / results[config]['median_ms']:.2f}x")
     print("# step growth = peak RSS minus the RSS after building model, batch and optimizer (before step 1)")
+    if args.live_memory and not args.device.startswith("cuda"):
+        print("# live memory: peak RSS of 3 steps with MALLOC_MMAP_THRESHOLD_=131072 (freed blocks of 128 KiB "
+              "or more go back to the system at once)")
+        print(f"{'configuration':<34} {'live peak MiB':>14} {'x baseline':>11}")
+        live = {}
+        for config in results:
+            r = run_config(config, args, live_memory=True)
+            if "failed" in r:
+                print(f"{config:<34} FAILED ({r['failed']})", flush=True)
+                continue
+            live[config] = r["peak_rss_mb"]
+            if "baseline" in live:
+                print(f"{config:<34} {live[config]:14.0f} {live[config] / live['baseline']:10.2f}x", flush=True)
     if args.paired:
         print("# paired: each configuration and the baseline in one process, timed in turn; ratio per repeat = "
               "step / mean of the baseline steps before and after it")
