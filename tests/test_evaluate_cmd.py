@@ -105,6 +105,51 @@ def test_agreement_pairs_and_dice_by_hand(evaluated):
     assert {r["class"]: int(r["n_pairs"]) for r in rows[:-1]} == n_pairs
 
 
+def test_class_distinctiveness_by_hand(evaluated):
+    """The maps' and embeddings' mean pairwise cosine over classes, recomputed with numpy from the
+    checkpoint's model: normalised maps, the encoder's pooled features of each map in eval mode."""
+    from sibnet.data.registry import build_dataset
+    from sibnet.models.embedding import penultimate
+    from sibnet.saliency import get
+    from sibnet.training.checkpoint import load_model_from_checkpoint
+
+    ckpt, out = evaluated
+    d = json.loads((out / "metrics.json").read_text())["distinctiveness"]
+    assert (d["n_images"], d["n_classes"], d["embed_size"], d["method"]) == (24, 5, 32, "input_x_gradient")
+    model, _ = load_model_from_checkpoint(ckpt)
+    model.eval()
+    ds = build_dataset("synthetic", split="test", image_size=32, seed=0, n=24)
+    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    m = np.maximum(get("input_x_gradient")(model, x).detach().numpy().astype(np.float64), 0)
+    m = m / (m.max(axis=(2, 3), keepdims=True) + 1e-8)
+    with torch.no_grad():
+        stack = torch.from_numpy(m).float().flatten(0, 1)[:, None].expand(-1, x.shape[1], -1, -1)
+        z = penultimate(model, stack).double().numpy().reshape(24, 5, -1)
+
+    def mean_pair_cosine(v):  # (n, K, D) -> per-image mean over the class pairs
+        unit = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-8)
+        return np.array([np.mean([unit[b, i] @ unit[b, j] for i in range(5) for j in range(i + 1, 5)])
+                         for b in range(len(v))])
+
+    maps_cos, emb_cos = mean_pair_cosine(m.reshape(24, 5, -1)), mean_pair_cosine(z)
+    assert d["map_cosine"]["mean"] == pytest.approx(maps_cos.mean(), abs=1e-5)
+    assert d["map_cosine"]["sd"] == pytest.approx(maps_cos.std(ddof=1), abs=1e-5)
+    assert d["embedding_cosine"]["mean"] == pytest.approx(emb_cos.mean(), abs=1e-5)
+    assert d["embedding_cosine"]["sd"] == pytest.approx(emb_cos.std(ddof=1), abs=1e-5)
+    assert 0 < d["map_cosine"]["mean"] < 1
+
+
+def test_distinctiveness_needs_two_classes_and_matching_shapes():
+    from sibnet.errors import SibnetError
+    from sibnet.evaluation import map_distinctiveness
+    from testnets import SmallCNN
+
+    with pytest.raises(SibnetError, match="needs at least one image and two classes, got 2 images, 1 classes"):
+        map_distinctiveness(SmallCNN(), np.zeros((2, 1, 8, 8)), np.zeros((2, 1, 8, 8)))
+    with pytest.raises(SibnetError, match=r"expected \(n, K, H, W\) maps and \(n, C, H, W\) images, got"):
+        map_distinctiveness(SmallCNN(), np.zeros((2, 3, 8, 8)), np.zeros((3, 1, 8, 8)))
+
+
 def test_stdout_table(tmp_path, capsys):
     ckpt = tiny_checkpoint(tmp_path / "t.pt", n=12)
     rc = main(["evaluate", "--checkpoint", str(ckpt), "--method", "none", "--n-boot", "20",
@@ -136,6 +181,8 @@ def test_fold_of_the_checkpoint_gives_its_validation_split(tmp_path):
     (["--checkpoint", "{tmp}/garbage.pt"], "garbage.pt"),
     (["--checkpoint", "{ckpt}", "--method", "nope"], "nope"),
     (["--checkpoint", "{ckpt}", "--n-boot", "-1"], "--n-boot"),
+    (["--checkpoint", "{ckpt}", "--embed-size", "4"], "--embed-size"),
+    (["--checkpoint", "{ckpt}", "--embed-size", "big"], "--embed-size"),
     (["--checkpoint", "{ckpt}", "--dataset", "synthetic-glands"], "classes"),
     (["--checkpoint", "{ckpt}", "--dataset", "nih"], "root"),
 ])

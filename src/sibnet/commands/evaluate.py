@@ -24,7 +24,8 @@ def register(subparsers) -> None:
         description="Evaluate a trained checkpoint on a dataset split: AUROC and AUPRC per label and their "
         "mean with bootstrap 95% intervals, and, where the dataset has expert masks, the agreement of the "
         "saliency maps with them (Dice, HD95 in pixels, SSIM after convex-hull binarisation of each map at "
-        "its Otsu threshold). Dataset settings default to those the checkpoint was trained with. Writes "
+        "its Otsu threshold); with a saliency method, also how alike the class maps of each image are (mean "
+        "pairwise cosine of the maps and of their embeddings, L_CD). Dataset settings default to those the checkpoint was trained with. Writes "
         "OUT/metrics.json, OUT/metrics.csv, OUT/predictions.csv and OUT/agreement.csv.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
@@ -35,9 +36,13 @@ def register(subparsers) -> None:
     p.add_argument("--root", default=None, help="dataset folder (default: the checkpoint's)")
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
     p.add_argument("--method", default="deep_taylor",
-                   help="saliency method for the agreement (default deep_taylor; 'none' skips the agreement)")
+                   help="saliency method for the agreement and the class distinctiveness (default deep_taylor; "
+                        "'none' skips both)")
     p.add_argument("--max-maps", type=int, default=None, metavar="N",
                    help="compute saliency maps for the first N images only (default all)")
+    p.add_argument("--embed-size", default=None, metavar="N",
+                   help="resolution (pixels, or 'full') at which the class distinctiveness embeds the maps "
+                        "(default: the checkpoint's loss.embed_size, else 32)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
@@ -118,7 +123,7 @@ def write_outputs(out: Path, result: dict, header: dict) -> dict:
         agreement["records"] = [{**r, "hd95": r["hd95"] if math.isfinite(r["hd95"]) else None}
                                 for r in result["agreement"]["records"]]
     doc = {**header, "classification": result["classification"], "agreement": agreement,
-           "n_uncertain_labels_masked": result["n_uncertain_masked"]}
+           "distinctiveness": result.get("distinctiveness"), "n_uncertain_labels_masked": result["n_uncertain_masked"]}
     (out / "metrics.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
     _write_csv(out / "metrics.csv", to_rows(result["classification"]))
     rows = []
@@ -131,6 +136,21 @@ def write_outputs(out: Path, result: dict, header: dict) -> dict:
     if result["agreement"] is not None:
         _write_csv(out / "agreement.csv", agreement_rows(result["agreement"]))
     return doc
+
+
+def _embed_size(value, config: dict):
+    if value is None:
+        loss = config.get("loss") or {}
+        return loss["embed_size"] if "embed_size" in loss else 32
+    if str(value).lower() in ("full", "none", "null"):
+        return None
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 8:
+        raise SibnetError(f"--embed-size must be an integer >= 8 or 'full', got {value!r}")
+    return size
 
 
 def run(args) -> int:
@@ -152,9 +172,10 @@ def run(args) -> int:
     model, meta = load_model_from_checkpoint(ckpt_path, map_location=args.device)
     config = load_checkpoint(ckpt_path).get("config") or {}
     dataset, name = dataset_for_checkpoint(meta, config, name=args.dataset, root=args.root, split=args.split)
+    embed_size = _embed_size(args.embed_size, config)
     result = evaluate(model, dataset, task=meta["task"], class_names=meta["class_names"], method=method,
                       n_boot=args.n_boot, seed=args.seed, max_maps=args.max_maps, batch_size=args.batch_size,
-                      device=args.device)
+                      device=args.device, embed_size=embed_size)
     out = Path(args.out) if args.out else ckpt_path.parent / f"eval-{args.split}"
     header = {"checkpoint": str(ckpt_path), "dataset": name, "split": args.split, "n_images": len(dataset),
               "image_size": int(meta["image_size"]), "model": meta["model_name"], "method": method}
@@ -169,6 +190,14 @@ def run(args) -> int:
         print(agreement_table(result["agreement"]))
     elif method is not None:
         print("\n(no expert masks in this dataset: no saliency agreement)")
+    distinct = result.get("distinctiveness")
+    if distinct is not None:
+        print(f"\nclass distinctiveness of the {method} maps ({distinct['n_images']} images; mean pairwise cosine "
+              "over the classes, 1 = alike):")
+        print(f"  maps       {_num(distinct['map_cosine']['mean'])} (sd {_num(distinct['map_cosine']['sd'])})")
+        print(f"  embeddings {_num(distinct['embedding_cosine']['mean'], 5)} "
+              f"(sd {_num(distinct['embedding_cosine']['sd'], 5)}; L_CD, maps embedded at "
+              f"{distinct['embed_size'] or 'full'} px)")
     print(f"\nwritten: {out}/metrics.json, metrics.csv, predictions.csv"
           + (", agreement.csv" if result["agreement"] is not None else ""))
     return 0

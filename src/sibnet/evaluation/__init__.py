@@ -2,6 +2,7 @@
 
 ``classification``  per-label AUROC / AUPRC with bootstrap intervals; ``mean_auroc`` for early stopping
 ``agreement``       saliency maps vs expert masks (convex-hull binarisation, Dice, HD95, SSIM)
+``distinctiveness`` how alike the K class maps of an image are (maps and their embeddings: L_CD)
 ``overlap``         Dice, HD95 (MONAI convention) and set Hausdorff of binary masks
 ``glas``            the GlaS challenge's object- and pixel-level segmentation scores
 ``robustness``      Gaussian noise on [0, 1] images
@@ -11,6 +12,7 @@
 
 from sibnet.evaluation.agreement import binarise_convex_hull, saliency_agreement, ssim
 from sibnet.evaluation.classification import classification_metrics, mean_auroc, to_rows
+from sibnet.evaluation.distinctiveness import map_distinctiveness
 from sibnet.evaluation.glas import glas_dataset_scores, glas_scores, label_instances
 from sibnet.evaluation.overlap import dice, hausdorff, hd95
 from sibnet.evaluation.probes import PROBES, evaluate_probes
@@ -28,6 +30,7 @@ __all__ = [
     "glas_dataset_scores",
     "glas_scores",
     "hausdorff",
+    "map_distinctiveness",
     "hd95",
     "label_instances",
     "mean_auroc",

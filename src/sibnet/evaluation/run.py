@@ -10,7 +10,8 @@ Conventions
   is reported. For single-label tasks the one-hot labels are scored one-vs-rest.
 * Saliency: the method's maps of every class, computed in eval mode on the normalised input; the
   agreement (DESIGN decision 9) scores each (image, class) pair whose label is 1 and whose expert
-  mask is nonempty. ``max_maps`` limits how many images (the first ones) get maps.
+  mask is nonempty; the class distinctiveness (how alike the K maps of an image are, and their
+  embeddings: L_CD) needs no masks. ``max_maps`` limits how many images (the first ones) get maps.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader, Subset
 from ..errors import SibnetError
 from .agreement import saliency_agreement
 from .classification import classification_metrics
+from .distinctiveness import map_distinctiveness
 
 
 @dataclass
@@ -105,11 +107,14 @@ def compute_maps(model: nn.Module, dataset, method, indices=None, batch_size: in
 
 def evaluate(model: nn.Module, dataset, *, task: str | None = None, class_names=None, method=None,
              n_boot: int = 1000, seed: int = 0, max_maps: int | None = None, batch_size: int = 32,
-             device: str | torch.device = "cpu", saliency_options: dict | None = None) -> dict:
-    """Classification metrics with bootstrap intervals, and saliency agreement where masks exist.
+             device: str | torch.device = "cpu", saliency_options: dict | None = None,
+             embed_size: int | None = 32) -> dict:
+    """Classification metrics with bootstrap intervals; with a saliency ``method``, the maps'
+    class distinctiveness (:mod:`sibnet.evaluation.distinctiveness`, maps embedded at ``embed_size``)
+    and, where masks exist, their agreement with them.
 
-    Returns ``{"classification": ..., "agreement": ... or None, "n_uncertain_masked",
-    "predictions": Predictions, "maps": compute_maps(...) or None}``.
+    Returns ``{"classification": ..., "agreement": ... or None, "distinctiveness": ... or None,
+    "n_uncertain_masked", "predictions": Predictions, "maps": compute_maps(...) or None}``.
     """
     info = getattr(dataset, "info", None)
     task = task or (info.task if info is not None else "multilabel")
@@ -119,18 +124,23 @@ def evaluate(model: nn.Module, dataset, *, task: str | None = None, class_names=
     if pred.probs.shape[1] != y.shape[1]:
         raise SibnetError(f"the model has {pred.probs.shape[1]} outputs but the dataset has {y.shape[1]} labels")
     cls = classification_metrics(pred.probs, y, class_names=names or None, n_boot=n_boot, seed=seed)
-    agreement, maps = None, None
+    agreement, maps, distinct = None, None, None
     has_masks = bool(getattr(info, "has_masks", False))
-    if method is not None and has_masks:
-        n = len(dataset) if max_maps is None else min(int(max_maps), len(dataset))
+    n = len(dataset) if max_maps is None else min(int(max_maps), len(dataset))
+    method_name = method if isinstance(method, str) else getattr(method, "__name__", "custom")
+    if method is not None and n > 0:
         maps = compute_maps(model, dataset, method, range(n), batch_size=max(1, min(batch_size, 16)),
                             device=device, **(saliency_options or {}))
-        if maps["masks"] is not None:
+        if has_masks and maps["masks"] is not None:
             agreement = saliency_agreement(maps["maps"], maps["masks"], maps["labels"], class_names=names or None)
             agreement["n_images"] = n
-            agreement["method"] = method if isinstance(method, str) else getattr(method, "__name__", "custom")
-    return {"classification": cls, "agreement": agreement, "n_uncertain_masked": masked,
-            "predictions": pred, "maps": maps}
+            agreement["method"] = method_name
+        if maps["maps"].shape[1] > 1:
+            distinct = map_distinctiveness(model, maps["maps"], maps["images"], embed_size=embed_size,
+                                           batch_size=max(1, min(batch_size, 16)), device=device)
+            distinct["method"] = method_name
+    return {"classification": cls, "agreement": agreement, "distinctiveness": distinct,
+            "n_uncertain_masked": masked, "predictions": pred, "maps": maps}
 
 
 def agreement_rows(agreement: dict) -> list[dict]:
