@@ -25,8 +25,9 @@ def register(subparsers) -> None:
         "mean with bootstrap 95% intervals, and, where the dataset has expert masks, the agreement of the "
         "saliency maps with them (Dice, HD95 in pixels, SSIM after convex-hull binarisation of each map at "
         "its Otsu threshold); with a saliency method, also how alike the class maps of each image are (mean "
-        "pairwise cosine of the maps and of their embeddings, L_CD). Dataset settings default to those the checkpoint was trained with. Writes "
-        "OUT/metrics.json, OUT/metrics.csv, OUT/predictions.csv and OUT/agreement.csv.",
+        "pairwise cosine of the maps and of their embeddings, L_CD). Dataset settings default to those the "
+        "checkpoint was trained with. Writes OUT/metrics.json, OUT/metrics.csv, OUT/predictions.csv and "
+        "OUT/agreement.csv.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  sibnet evaluate --checkpoint runs/sibnet/best.pt\n"
