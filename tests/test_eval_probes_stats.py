@@ -12,7 +12,7 @@ from scipy import stats
 from sibnet.errors import DataError
 from sibnet.evaluation.probes import PROBES, evaluate_probes
 from sibnet.evaluation.robustness import DEFAULT_SIGMAS, add_gaussian_noise
-from sibnet.evaluation.statistics import mean_sd, paired_difference
+from sibnet.evaluation.statistics import mean_sd, paired_difference, wilcoxon_floor
 
 
 # ---------------------------------------------------------------- probes
@@ -83,8 +83,16 @@ def test_paired_difference_against_scipy():
 
 def test_paired_difference_small_zero_and_nan():
     r = paired_difference([0.8, 0.9, 0.7], [0.7, 0.8, 0.6])
-    assert math.isnan(r["p_wilcoxon"]) and "at least 6" in r["notes"][0]
+    # exact by hand: 3 differences of one sign, the one most extreme of 2^3 sign patterns per side
+    assert r["p_wilcoxon"] == pytest.approx(2 / 8) and "smallest attainable Wilcoxon p is 0.25" in r["notes"][0]
     assert r["ci"] == pytest.approx([0.1, 0.1])  # all differences 0.1: zero-width interval
+    # 5 pairs, all one sign: the floor 2/32; with one sign flipped on the smallest |d|: 2 * 2/32
+    r = paired_difference([0.5, 0.6, 0.7, 0.8, 0.9], [0.51, 0.62, 0.73, 0.84, 0.95])
+    assert r["p_wilcoxon"] == pytest.approx(0.0625) == wilcoxon_floor(5)
+    r = paired_difference([0.52, 0.6, 0.7, 0.8, 0.9], [0.51, 0.62, 0.73, 0.84, 0.95])
+    assert r["p_wilcoxon"] == pytest.approx(0.125)
+    r = paired_difference(np.arange(6.0), np.arange(6.0) + [1, 2, 3, 4, 5, 6])
+    assert r["p_wilcoxon"] == pytest.approx(2 / 64) and not r["notes"]
     r = paired_difference([0.5] * 7, [0.5] * 7)
     assert math.isnan(r["p_wilcoxon"]) and r["mean_diff"] == 0.0 and "zero" in r["notes"][0]
     r = paired_difference([0.8, np.nan, 0.9, 0.7, 0.6, 0.5, 0.4], [0.7, 0.8, 0.8, 0.6, 0.7, 0.3, 0.2])

@@ -6,6 +6,7 @@ reuse the trained jobs (table4/table5) without training again.
 """
 
 import json
+import math
 import subprocess
 from pathlib import Path
 
@@ -107,7 +108,11 @@ def test_statistics_against_evaluation_module(study):
         assert float(r[f"diff_{col}"]) == pytest.approx(d["mean_diff"])
         assert float(r[f"diff_{col}_lo"]) == pytest.approx(d["ci"][0])
         assert float(r[f"diff_{col}_hi"]) == pytest.approx(d["ci"][1])
-        assert r[f"p_{col}"] == "" and int(r[f"pairs_{col}"]) == 2  # 2 pairs: no Wilcoxon p
+        assert int(r[f"pairs_{col}"]) == 2
+        if math.isnan(d["p_wilcoxon"]):  # both differences zero
+            assert r[f"p_{col}"] == ""
+        else:  # exact Wilcoxon p of 2 pairs: 0.5 (one sign) or 1.0
+            assert float(r[f"p_{col}"]) == pytest.approx(d["p_wilcoxon"]) and d["p_wilcoxon"] in (0.5, 1.0)
     md = (study["out"] / "table1.md").read_text()
     assert f"| baseline | 2/2 | {mean_sd(_per_run(study['runs'], 'baseline', 'mean_auroc'))} |" in md
 

@@ -4,9 +4,11 @@
 seed at the same position) and reports, for d = a − b: the mean, the 95% (``ci``) Student-t
 interval ``mean ± t_{n−1} · sd / sqrt(n)`` (sd with ddof = 1), and the two-sided Wilcoxon
 signed-rank p-value (``scipy.stats.wilcoxon`` defaults: zero differences dropped, exact
-distribution for small samples). With fewer than 6 pairs the smallest attainable two-sided p is
-at least 0.0625, so the p-value is ``nan`` with a note; so it is when every difference is zero.
-Pairs with ``nan`` on either side are dropped, with a note.
+distribution for small samples). With n non-zero differences the smallest attainable two-sided p
+is 2 / 2^n (0.0625 for 5 pairs, 0.031 for 6): below 6 pairs no result can reach p < 0.05, which a
+note says; the p-value is still reported (every difference of one sign gives exactly that floor).
+When every difference is zero p is ``nan``. Pairs with ``nan`` on either side are dropped, with a
+note.
 """
 
 from __future__ import annotations
@@ -18,9 +20,15 @@ from scipy import stats
 
 from sibnet.errors import DataError
 
-__all__ = ["paired_difference", "mean_sd"]
+__all__ = ["paired_difference", "mean_sd", "wilcoxon_floor"]
 
+#: below this many non-zero differences no two-sided Wilcoxon p can fall under 0.05
 MIN_WILCOXON_PAIRS = 6
+
+
+def wilcoxon_floor(n: int) -> float:
+    """The smallest two-sided exact Wilcoxon signed-rank p attainable with ``n`` non-zero differences."""
+    return min(1.0, 2.0 / 2.0 ** n)
 
 
 def _vector(x, name: str) -> np.ndarray:
@@ -74,12 +82,14 @@ def paired_difference(a, b, ci: float = 0.95) -> dict:
             out["ci"] = [float(lo), float(hi)]
     else:
         notes.append("fewer than 2 pairs: no interval")
-    if n < MIN_WILCOXON_PAIRS:
-        notes.append(f"{n} pair(s): the Wilcoxon test needs at least {MIN_WILCOXON_PAIRS}, p not computed")
-    elif not d.any():
-        notes.append("all differences are zero: Wilcoxon p undefined")
+    nonzero = int(np.count_nonzero(d))
+    if nonzero == 0:
+        notes.append("all differences are zero: Wilcoxon p undefined" if n else "no pairs: Wilcoxon p undefined")
     else:
         out["p_wilcoxon"] = float(stats.wilcoxon(x, y).pvalue)
+        if nonzero < MIN_WILCOXON_PAIRS:
+            notes.append(f"{nonzero} non-zero difference(s): the smallest attainable Wilcoxon p is "
+                         f"{wilcoxon_floor(nonzero):.3g}")
     return out
 
 

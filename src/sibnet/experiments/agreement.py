@@ -24,7 +24,7 @@ from ..evaluation.statistics import mean_sd
 from .jobs import Job, Study, collect, eval_dataset, job_config
 from .methods import BASELINE, Method
 from .table1 import _mean, _sd, paired_vs_baseline
-from .tables import fmt_diff, study_header, write_outputs
+from .tables import PAIRED_NOTE, fmt_diff, study_header, write_outputs
 
 SCORES = ("dice", "hd95", "ssim")
 
@@ -99,7 +99,7 @@ def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path
         f"maps: {method} for every model, all classes, eval mode, first {max_maps} images of the evaluation split",
         "agreement: convex hull of the Otsu foreground of each map vs the expert mask, pairs with the class "
         "present and a nonempty mask; Dice, HD95 (pixels; empty maps left out of HD95), SSIM; per run the mean "
-        "over classes, mean (sd) over runs"])
+        "over classes, mean (sd) over runs", PAIRED_NOTE])
     cols = ["method", "runs", "Dice", "HD95 (px)", "SSIM"] + (["ΔDice vs baseline [95% CI]", "p"] if has_base else [])
     figs = []
     if per_epoch:

@@ -25,7 +25,7 @@ from ..evaluation.statistics import mean_sd
 from .jobs import Job, Study, collect, eval_dataset, job_config
 from .methods import BASELINE, Method
 from .table1 import _mean, _sd, paired_vs_baseline
-from .tables import fmt_diff, study_header, write_outputs
+from .tables import PAIRED_NOTE, fmt_diff, study_header, write_outputs
 
 
 def noisy_scores(model, dataset, sigmas, task: str, class_names, seed: int = 0, batch_size: int = 32) -> dict:
@@ -111,7 +111,7 @@ def write_table4(study: Study, methods: list[Method], jobs: list[Job], out: Path
         f"models: the finished table-1 jobs of this study ({len(done)} of {len(jobs)}), last.pt, not retrained",
         f"noise: clip(x + N(0, sigma^2), 0, 1) on the [0, 1] evaluation images, sigma in {list(map(float, sigmas))}; "
         "seed 1000*fold + batch index (the same noisy images for every method of a fold)",
-        "AUROC: per run, mean over labels; mean (sd) over runs"])
+        "AUROC: per run, mean over labels; mean (sd) over runs", PAIRED_NOTE])
     sections = [("Mean AUROC under Gaussian noise", ["method", "runs"] + [f"σ={k}" for k in keys], rows)]
     if diff_rows:
         sections.append(("Difference vs baseline (paired over runs): ΔAUROC [95% CI] p",

@@ -25,7 +25,7 @@ from ..evaluation.statistics import mean_sd
 from .jobs import Job, Study, collect, eval_dataset, job_config, train_split
 from .methods import BASELINE, Method
 from .table1 import _mean, _sd, paired_vs_baseline
-from .tables import fmt_diff, study_header, write_outputs
+from .tables import PAIRED_NOTE, fmt_diff, study_header, write_outputs
 
 
 def penultimate_features(model: nn.Module, dataset, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +110,7 @@ def write_table5(study: Study, methods: list[Method], jobs: list[Job], out: Path
         "features: input of the last Linear layer (globally pooled penultimate features), eval mode",
         "probes: StandardScaler + LinearSVC(C=1, primal solver) / SVC(rbf, C=1, gamma='scale') / RandomForest(200 trees), one per "
         "label, fitted on the fold's training split, scored on the evaluation split; AUROC mean over labels",
-        "'network head': the model's own classifier on the same split (table 1)"])
+        "'network head': the model's own classifier on the same split (table 1)", PAIRED_NOTE])
     sections = [("Mean AUROC of probes on frozen features", ["method", "runs"] + cols_probe, rows)]
     if diff_rows:
         sections.append(("Difference vs baseline (paired over runs): ΔAUROC [95% CI] p", ["method"] + list(probes),

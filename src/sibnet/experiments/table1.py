@@ -22,7 +22,7 @@ import numpy as np
 from ..evaluation.statistics import mean_sd, paired_difference
 from .jobs import Job, Study, collect, read_val_loss
 from .methods import BASELINE, METHODS, Method
-from .tables import fmt_diff, study_header, write_outputs
+from .tables import PAIRED_NOTE, fmt_diff, study_header, write_outputs
 
 METRICS = (("mean_auroc", "AUROC"), ("mean_auprc", "AUPRC"))
 
@@ -73,8 +73,7 @@ def write_table1(study: Study, methods: list[Method], jobs: list[Job], out: Path
     extra = [f"finished jobs: {n_done} of {len(jobs)}"
              + ("" if n_done == len(jobs) else " (the table covers the finished ones; rerun the command to continue)"),
              "AUROC/AUPRC: per run, the mean over the labels of the evaluation split; shown as mean (sd) over runs",
-             "difference vs baseline: paired over the runs (fold, seed) finished for both methods; "
-             "95% t-interval; Wilcoxon signed-rank p (n/a below 6 pairs)"]
+             PAIRED_NOTE]
     evals = sorted({r["eval_split"] for r in s["records"].values()})
     if evals:
         n_eval = sorted({r["n_eval"] for r in s["records"].values()})

@@ -30,6 +30,11 @@ from ..errors import SibnetError
 # (tables written into the repository, e.g. under docs/results, do not make the code dirty)
 CODE_PATHS = ("src", "configs", "pyproject.toml")
 
+#: the header line of every table with a paired difference against the baseline
+PAIRED_NOTE = ("difference vs baseline: paired over the runs (fold, seed) finished for both methods; 95% t-interval; "
+               "exact two-sided Wilcoxon signed-rank p (with n pairs it cannot fall below 2/2^n: 0.0625 for 5, so "
+               "below 6 pairs no difference reaches p < 0.05)")
+
 
 def code_version() -> str:
     """``git describe --always`` of the sibnet source tree, with ``-dirty`` when ``src/``,
@@ -160,5 +165,5 @@ def study_header(command: str, study, methods, extra: Sequence[str] = ()) -> lis
     return lines + list(extra)
 
 
-__all__ = ["code_version", "command_line", "fmt", "fmt_diff", "markdown_table", "read_csv_table", "study_header",
+__all__ = ["PAIRED_NOTE", "code_version", "command_line", "fmt", "fmt_diff", "markdown_table", "read_csv_table", "study_header",
            "write_outputs"]
