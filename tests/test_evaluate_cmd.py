@@ -194,3 +194,34 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, args, needle):
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert len(err.splitlines()) == 1 and needle in err
+
+
+def test_batchnorm_statistics_re_estimated_on_the_training_split(tmp_path):
+    """--bn-stats train: the predictions are those of the checkpoint after
+    recalibrate_batchnorm on its own training split (built as the checkpoint's config says)."""
+    from sibnet.commands.evaluate import dataset_for_checkpoint
+    from sibnet.evaluation.batchnorm import recalibrate_batchnorm
+    from sibnet.training.checkpoint import load_checkpoint, load_model_from_checkpoint
+
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt", n=24)
+    out = tmp_path / "out"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--method", "none", "--n-boot", "0", "--bn-stats", "train",
+                 "--out", str(out)]) == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["bn_stats"] == "re-estimated on 16 images of synthetic/train"  # 24 images: 1 batch of 16
+    model, meta = load_model_from_checkpoint(ckpt)
+    config = load_checkpoint(ckpt)["config"]
+    test, _ = dataset_for_checkpoint(meta, config)
+    x = torch.stack([test[i]["image"] for i in range(len(test))])
+    model.eval()
+    with torch.no_grad():
+        stored = torch.sigmoid(model(x))
+    train, _ = dataset_for_checkpoint(meta, config, split="train")
+    recalibrate_batchnorm(model, train, batch_size=16, seed=0)
+    with torch.no_grad():
+        want = torch.sigmoid(model(x))
+    preds = _read_csv(out / "predictions.csv")
+    names = list(meta["class_names"])
+    got = torch.tensor([[float(r[f"prob:{c}"]) for c in names] for r in preds])
+    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got, stored, atol=1e-3)

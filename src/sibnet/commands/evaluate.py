@@ -48,6 +48,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    p.add_argument("--bn-stats", choices=("stored", "train"), default="stored",
+                   help="BatchNorm statistics: stored (the running averages training left, default) or train "
+                        "(re-estimated with the checkpoint's weights on its own training split first)")
     p.add_argument("--out", default=None, help="output folder (default: CKPT's folder/eval-SPLIT)")
     p.set_defaults(func=run)
 
@@ -174,12 +177,24 @@ def run(args) -> int:
     config = load_checkpoint(ckpt_path).get("config") or {}
     dataset, name = dataset_for_checkpoint(meta, config, name=args.dataset, root=args.root, split=args.split)
     embed_size = _embed_size(args.embed_size, config)
+    bn_note = "stored"
+    if args.bn_stats == "train":
+        from ..evaluation.batchnorm import recalibrate_batchnorm
+
+        train, train_name = dataset_for_checkpoint(meta, config, root=args.root if args.dataset is None else None,
+                                                   split="train")
+        bs = int((config.get("data") or {}).get("batch_size") or 16)
+        n = recalibrate_batchnorm(model, train, batch_size=max(2, bs), seed=args.seed,
+                                  name=f"the training split of {train_name}")
+        bn_note = f"re-estimated on {n} images of {train_name}/train"
+        print(f"BatchNorm statistics {bn_note}")
     result = evaluate(model, dataset, task=meta["task"], class_names=meta["class_names"], method=method,
                       n_boot=args.n_boot, seed=args.seed, max_maps=args.max_maps, batch_size=args.batch_size,
                       device=args.device, embed_size=embed_size)
     out = Path(args.out) if args.out else ckpt_path.parent / f"eval-{args.split}"
     header = {"checkpoint": str(ckpt_path), "dataset": name, "split": args.split, "n_images": len(dataset),
-              "image_size": int(meta["image_size"]), "model": meta["model_name"], "method": method}
+              "image_size": int(meta["image_size"]), "model": meta["model_name"], "method": method,
+              "bn_stats": bn_note}
     write_outputs(out, result, header)
     print(f"{name}/{args.split}: {len(dataset)} images, {meta['model_name']} from {ckpt_path}")
     print(classification_table(result["classification"]))

@@ -67,6 +67,10 @@ def register(subparsers) -> None:
                                                              "(default deep_taylor)")
     p.add_argument("--max-maps", type=int, default=100, help="table3: images per job whose maps are scored "
                                                              "(default 100)")
+    p.add_argument("--bn-stats", choices=("stored", "train"), default="stored",
+                   help="table3-5: BatchNorm statistics of the evaluated models: stored (the running averages "
+                        "training left, default) or train (re-estimated with the final weights on each fold's "
+                        "training split; results cached beside the stored ones)")
     p.add_argument("--lambdas", default=None, help="lambda-grid: comma-separated values of lambda_cd and of "
                                                    "lambda_sc (default 0,0.5,1,1.5,2)")
     p.add_argument("--capacities", default=None, help="capacity: comma-separated parameter multipliers m of the "
@@ -178,17 +182,17 @@ def run(args) -> int:
         from ..experiments.noise import write_table4
 
         sigmas = DEFAULT_SIGMAS if args.sigmas is None else _floats(args.sigmas, "--sigmas")
-        paths = write_table4(study, methods, jobs, out, command, sigmas)
+        paths = write_table4(study, methods, jobs, out, command, sigmas, bn_stats=args.bn_stats)
     elif args.table == "table5":
         from ..evaluation.probes import PROBES
         from ..experiments.probes import write_table5
 
         probes = PROBES if args.probes is None else tuple(p.strip() for p in args.probes.split(",") if p.strip())
-        paths = write_table5(study, methods, jobs, out, command, probes)
+        paths = write_table5(study, methods, jobs, out, command, probes, bn_stats=args.bn_stats)
     else:
         from ..experiments.agreement import write_table3
 
-        paths = write_table3(study, methods, jobs, out, command, args.saliency, args.max_maps)
+        paths = write_table3(study, methods, jobs, out, command, args.saliency, args.max_maps, args.bn_stats)
     print(paths["markdown"])
     print(paths["csv"])
     return 0
@@ -224,6 +228,8 @@ def canonical_argv(args) -> list[str]:
         out += ["--probes", args.probes]
     if args.table == "table3":
         out += ["--saliency", args.saliency, "--max-maps", str(args.max_maps)]
+    if args.table in ("table3", "table4", "table5") and args.bn_stats != "stored":
+        out += ["--bn-stats", args.bn_stats]
     return out + list(args.overrides)
 
 

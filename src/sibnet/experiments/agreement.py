@@ -21,20 +21,18 @@ import numpy as np
 
 from ..errors import SibnetError
 from ..evaluation.statistics import mean_sd
-from .jobs import Job, Study, collect, eval_dataset, job_config
+from .jobs import Job, Study, collect, eval_cache, eval_dataset, job_config, load_job_model
 from .methods import BASELINE, Method
 from .table1 import _mean, _sd, paired_vs_baseline
-from .tables import PAIRED_NOTE, fmt_diff, study_header, write_outputs
+from .tables import PAIRED_NOTE, fmt_diff, models_line, study_header, write_outputs
 
 SCORES = ("dice", "hd95", "ssim")
 
 
-def checkpoint_agreement(path: Path, dataset, method: str, max_maps: int) -> dict:
+def checkpoint_agreement(model, meta: dict, dataset, method: str, max_maps: int) -> dict:
     from ..evaluation.agreement import saliency_agreement
     from ..evaluation.run import compute_maps
-    from ..training.checkpoint import load_model_from_checkpoint
 
-    model, meta = load_model_from_checkpoint(path)
     n = min(int(max_maps), len(dataset))
     maps = compute_maps(model, dataset, method, range(n))
     if maps["masks"] is None:
@@ -45,9 +43,9 @@ def checkpoint_agreement(path: Path, dataset, method: str, max_maps: int) -> dic
                                                                 for c, v in agr["per_class"].items()}}
 
 
-def job_agreement(study: Study, job: Job, method: str, max_maps: int) -> dict:
+def job_agreement(study: Study, job: Job, method: str, max_maps: int, bn_stats: str = "stored") -> dict:
     folder = job.folder(study)
-    cache = folder / "agreement.json"
+    cache = eval_cache(folder, "agreement", bn_stats)
     key = {"saliency": method, "max_maps": int(max_maps), "budget": str(study.budget)}
     if cache.is_file():
         old = json.loads(cache.read_text())
@@ -57,10 +55,12 @@ def job_agreement(study: Study, job: Job, method: str, max_maps: int) -> dict:
     dataset, split = eval_dataset(study, cfg)
     if not getattr(dataset.info, "has_masks", False):
         raise SibnetError(f"table3: dataset {study.dataset!r} has no expert masks (use a synthetic dataset)")
-    result = {"key": key, "split": split, "last": checkpoint_agreement(folder / "last.pt", dataset, method, max_maps),
-              "epochs": {}}
+    def agreement(path=None):
+        return checkpoint_agreement(*load_job_model(study, job, cfg, path, bn_stats), dataset, method, max_maps)
+
+    result = {"key": key, "split": split, "last": agreement(), "epochs": {}}
     for ep in sorted(folder.glob("epoch*.pt"), key=lambda p: int(p.stem[5:])):
-        result["epochs"][ep.stem[5:]] = checkpoint_agreement(ep, dataset, method, max_maps)["dice"]
+        result["epochs"][ep.stem[5:]] = agreement(ep)["dice"]
     tmp = folder / f".agreement.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(result))
     os.replace(tmp, cache)
@@ -68,9 +68,9 @@ def job_agreement(study: Study, job: Job, method: str, max_maps: int) -> dict:
 
 
 def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path, command: str, method: str,
-                 max_maps: int) -> dict:
+                 max_maps: int, bn_stats: str = "stored") -> dict:
     done = collect(study, jobs)
-    res = {job: job_agreement(study, job, method, max_maps) for job in done}
+    res = {job: job_agreement(study, job, method, max_maps, bn_stats) for job in done}
     has_base = any(m.name == BASELINE for m in methods)
     rows, csv_rows, per_epoch = [], [], {}
     for m in methods:
@@ -95,7 +95,7 @@ def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path
         if curves:
             per_epoch[m.name] = curves
     header = study_header(command, study, methods, [
-        f"models: the finished table-1 jobs of this study ({len(done)} of {len(jobs)}), last.pt, not retrained",
+        models_line(len(done), len(jobs), bn_stats),
         f"maps: {method} for every model, all classes, eval mode, first {max_maps} images of the evaluation split",
         "agreement: convex hull of the Otsu foreground of each map vs the expert mask, pairs with the class "
         "present and a nonempty mask; Dice, HD95 (pixels; empty maps left out of HD95), SSIM; per run the mean "

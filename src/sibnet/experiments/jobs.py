@@ -389,6 +389,31 @@ def train_split(cfg: Config):
                          seed=cfg.train.seed, **d.options)
 
 
+def load_job_model(study: Study, job: Job, cfg: Config, path: Path | None = None, bn_stats: str = "stored"):
+    """``(model, meta)`` of a job's checkpoint (``last.pt`` unless ``path``), ready for evaluation.
+
+    ``bn_stats="stored"`` keeps the BatchNorm running statistics that training left; ``"train"``
+    re-estimates them with the final weights on the fold's training split
+    (:func:`sibnet.evaluation.batchnorm.recalibrate_batchnorm`, seeded by the job's seed).
+    """
+    from ..evaluation.batchnorm import BN_STATS, recalibrate_batchnorm
+    from ..training.checkpoint import load_model_from_checkpoint
+
+    if bn_stats not in BN_STATS:
+        raise ConfigError(f"--bn-stats: expected one of {', '.join(BN_STATS)}, got {bn_stats!r}")
+    model, meta = load_model_from_checkpoint(path or job.folder(study) / "last.pt")
+    if bn_stats == "train":
+        recalibrate_batchnorm(model, train_split(cfg), batch_size=study.batch_size, seed=job.seed,
+                              name=f"the training split of {job.key}")
+    return model, meta
+
+
+def eval_cache(folder: Path, name: str, bn_stats: str) -> Path:
+    """The cache file of an evaluation of a job (``noise.json``; ``noise.bn-train.json`` for re-estimated
+    BatchNorm statistics), so both evaluations are kept side by side."""
+    return folder / (f"{name}.json" if bn_stats == "stored" else f"{name}.bn-{bn_stats}.json")
+
+
 def run_job(study: Study, job: Job, log=print) -> dict:
     """Train (or continue) one job, evaluate it and write ``done.json``; returns its content.
 
@@ -535,5 +560,6 @@ def collect(study: Study, jobs: list[Job]) -> dict[Job, dict]:
     return out
 
 
-__all__ = ["Budget", "Job", "Study", "collect", "eval_dataset", "job_config", "job_status", "parse_budget",
+__all__ = ["Budget", "Job", "Study", "collect", "eval_cache", "eval_dataset", "job_config", "job_status",
+           "load_job_model", "parse_budget",
            "predict_job", "read_done", "read_val_loss", "run_job", "run_jobs", "study_jobs", "train_split"]

@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader
 
 from ..errors import SibnetError
 from ..evaluation.statistics import mean_sd
-from .jobs import Job, Study, collect, eval_dataset, job_config
+from .jobs import Job, Study, collect, eval_cache, eval_dataset, job_config, load_job_model
 from .methods import BASELINE, Method
 from .table1 import _mean, _sd, paired_vs_baseline
-from .tables import PAIRED_NOTE, fmt_diff, study_header, write_outputs
+from .tables import PAIRED_NOTE, fmt_diff, models_line, study_header, write_outputs
 
 
 def noisy_scores(model, dataset, sigmas, task: str, class_names, seed: int = 0, batch_size: int = 32) -> dict:
@@ -55,19 +55,17 @@ def noisy_scores(model, dataset, sigmas, task: str, class_names, seed: int = 0, 
     return out
 
 
-def job_noise(study: Study, job: Job, sigmas) -> dict:
+def job_noise(study: Study, job: Job, sigmas, bn_stats: str = "stored") -> dict:
     folder = job.folder(study)
-    cache = folder / "noise.json"
+    cache = eval_cache(folder, "noise", bn_stats)
     key = [float(s) for s in sigmas]
     if cache.is_file():
         old = json.loads(cache.read_text())
         if old.get("sigmas") == key and old.get("budget") == str(study.budget):
             return old["results"]
-    from ..training.checkpoint import load_model_from_checkpoint
-
     cfg = job_config(study, job)
     dataset, split = eval_dataset(study, cfg)
-    model, meta = load_model_from_checkpoint(folder / "last.pt")
+    model, meta = load_job_model(study, job, cfg, bn_stats=bn_stats)
     results = noisy_scores(model, dataset, key, meta["task"], meta["class_names"], seed=1000 * job.fold)
     tmp = folder / f".noise.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps({"sigmas": key, "budget": str(study.budget), "split": split, "results": results}))
@@ -76,11 +74,11 @@ def job_noise(study: Study, job: Job, sigmas) -> dict:
 
 
 def write_table4(study: Study, methods: list[Method], jobs: list[Job], out: Path, command: str, sigmas,
-                 log=print) -> dict:
+                 log=print, bn_stats: str = "stored") -> dict:
     done = collect(study, jobs)
     noise = {}
     for job in done:
-        noise[job] = job_noise(study, job, sigmas)
+        noise[job] = job_noise(study, job, sigmas, bn_stats)
     keys = [str(float(s)) for s in sigmas]
     has_base = any(m.name == BASELINE for m in methods)
     rows, csv_rows, diff_rows, series = [], [], [], {}
@@ -108,7 +106,7 @@ def write_table4(study: Study, methods: list[Method], jobs: list[Job], out: Path
         rows.append(row)
         csv_rows.append(c)
     header = study_header(command, study, methods, [
-        f"models: the finished table-1 jobs of this study ({len(done)} of {len(jobs)}), last.pt, not retrained",
+        models_line(len(done), len(jobs), bn_stats),
         f"noise: clip(x + N(0, sigma^2), 0, 1) on the [0, 1] evaluation images, sigma in {list(map(float, sigmas))}; "
         "seed 1000*fold + batch index (the same noisy images for every method of a fold)",
         "AUROC: per run, mean over labels; mean (sd) over runs", PAIRED_NOTE])

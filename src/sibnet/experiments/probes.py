@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader
 
 from ..errors import SibnetError
 from ..evaluation.statistics import mean_sd
-from .jobs import Job, Study, collect, eval_dataset, job_config, train_split
+from .jobs import Job, Study, collect, eval_cache, eval_dataset, job_config, load_job_model, train_split
 from .methods import BASELINE, Method
 from .table1 import _mean, _sd, paired_vs_baseline
-from .tables import PAIRED_NOTE, fmt_diff, study_header, write_outputs
+from .tables import PAIRED_NOTE, fmt_diff, models_line, study_header, write_outputs
 
 
 def penultimate_features(model: nn.Module, dataset, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -52,19 +52,18 @@ def penultimate_features(model: nn.Module, dataset, batch_size: int = 32) -> tup
     return feats, y
 
 
-def job_probes(study: Study, job: Job, probes) -> dict:
+def job_probes(study: Study, job: Job, probes, bn_stats: str = "stored") -> dict:
     from ..evaluation.probes import PROBE_VERSION, evaluate_probes
-    from ..training.checkpoint import load_model_from_checkpoint
 
     folder = job.folder(study)
-    cache = folder / "probes.json"
+    cache = eval_cache(folder, "probes", bn_stats)
     if cache.is_file():
         old = json.loads(cache.read_text())
         if old.get("probes") == list(probes) and old.get("budget") == str(study.budget) \
                 and old.get("version") == PROBE_VERSION:
             return old["results"]
     cfg = job_config(study, job)
-    model, meta = load_model_from_checkpoint(folder / "last.pt")
+    model, meta = load_job_model(study, job, cfg, bn_stats=bn_stats)
     xtr, ytr = penultimate_features(model, train_split(cfg))
     test, split = eval_dataset(study, cfg)
     xte, yte = penultimate_features(model, test)
@@ -76,9 +75,10 @@ def job_probes(study: Study, job: Job, probes) -> dict:
     return results
 
 
-def write_table5(study: Study, methods: list[Method], jobs: list[Job], out: Path, command: str, probes) -> dict:
+def write_table5(study: Study, methods: list[Method], jobs: list[Job], out: Path, command: str, probes,
+                 bn_stats: str = "stored") -> dict:
     done = collect(study, jobs)
-    res = {job: job_probes(study, job, probes) for job in done}
+    res = {job: job_probes(study, job, probes, bn_stats) for job in done}
     has_base = any(m.name == BASELINE for m in methods)
     cols_probe = list(probes) + ["network head"]
     rows, csv_rows, diff_rows = [], [], []
@@ -106,7 +106,7 @@ def write_table5(study: Study, methods: list[Method], jobs: list[Job], out: Path
             diff_rows.append(drow)
         csv_rows.append(c)
     header = study_header(command, study, methods, [
-        f"models: the finished table-1 jobs of this study ({len(done)} of {len(jobs)}), last.pt, frozen",
+        models_line(len(done), len(jobs), bn_stats, "frozen"),
         "features: input of the last Linear layer (globally pooled penultimate features), eval mode",
         "probes: StandardScaler + LinearSVC(C=1, primal solver) / SVC(rbf, C=1, gamma='scale') / RandomForest(200 trees), one per "
         "label, fitted on the fold's training split, scored on the evaluation split; AUROC mean over labels",

@@ -30,6 +30,14 @@ from ..errors import SibnetError
 # (tables written into the repository, e.g. under docs/results, do not make the code dirty)
 CODE_PATHS = ("src", "configs", "pyproject.toml")
 
+def models_line(done: int, total: int, bn_stats: str, use: str = "not retrained") -> str:
+    """The header line naming the evaluated models of table 3, 4 or 5 and their BatchNorm statistics."""
+    stats = ("BatchNorm running statistics as training left them" if bn_stats == "stored" else
+             "BatchNorm statistics re-estimated with the final weights on each fold's training split "
+             "(--bn-stats train; sibnet.evaluation.batchnorm)")
+    return f"models: the finished table-1 jobs of this study ({done} of {total}), last.pt, {use}; {stats}"
+
+
 #: the header line of every table with a paired difference against the baseline
 PAIRED_NOTE = ("difference vs baseline: paired over the runs (fold, seed) finished for both methods; 95% t-interval; "
                "exact two-sided Wilcoxon signed-rank p (with n pairs it cannot fall below 2/2^n: 0.0625 for 5, so "
@@ -165,5 +173,5 @@ def study_header(command: str, study, methods, extra: Sequence[str] = ()) -> lis
     return lines + list(extra)
 
 
-__all__ = ["PAIRED_NOTE", "code_version", "command_line", "fmt", "fmt_diff", "markdown_table", "read_csv_table", "study_header",
+__all__ = ["PAIRED_NOTE", "code_version", "command_line", "fmt", "fmt_diff", "markdown_table", "models_line", "read_csv_table", "study_header",
            "write_outputs"]
