@@ -294,3 +294,21 @@ def test_bf16_autocast_path_on_cpu_and_fp16_refused(tmp_path):
     assert all(v.dtype != torch.bfloat16 and torch.isfinite(v.float()).all() for v in ckpt["model"].values())
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         tiny_trainer(tiny_config(tmp_path / "fp16", "train.precision=fp16", "loss.saliency=null")).fit()
+
+
+def test_bn_stats_train_re_estimates_the_statistics_at_every_epoch_end(tmp_path):
+    """train.bn_stats=train: the saved statistics are those of the final weights on the training
+    split; the weights and the training itself are those of a plain run."""
+    from sibnet.evaluation.batchnorm import recalibrate_batchnorm
+
+    tiny_trainer(tiny_config(tmp_path / "bn", "train.bn_stats=train", "train.epochs=2"), noise=False).fit()
+    tiny_trainer(tiny_config(tmp_path / "plain", "train.epochs=2"), noise=False).fit()
+    bn, plain = weights(tmp_path / "bn" / "last.pt"), weights(tmp_path / "plain" / "last.pt")
+    stats = [k for k in bn if "running_" in k]
+    assert stats and all(torch.equal(bn[k], plain[k]) for k in bn if k not in stats and "num_batches" not in k)
+    net = TinyNet()
+    net.load_state_dict(plain)
+    recalibrate_batchnorm(net, TinySet(24, 0, noise=False), batch_size=4, seed=0)
+    for k in stats:
+        torch.testing.assert_close(bn[k], net.state_dict()[k], rtol=1e-6, atol=1e-7, msg=k)
+        assert not torch.allclose(bn[k], plain[k]), k  # the running averages of training differ

@@ -14,8 +14,12 @@ export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647 MALLO
 nice -n 10 sibnet experiment table1 $COMMON --methods baseline,sibnet-gradcam,se,cbam --runs $RUNS --out $RUNS/tables-light &
 nice -n 10 sibnet experiment table1 $COMMON --methods sibnet,no-cd,no-sc --runs $RUNS --out $RUNS/tables-heavy &
 wait
+# the LRP-epsilon and image-embedding ablations, two jobs at a time (they run across several sessions)
+nice -n 10 sibnet experiment table1 $COMMON --methods sibnet-lrp,image-embed --runs $RUNS --out $RUNS/tables-ablations --jobs 2
 # tables from the finished jobs (no training)
-METHODS=baseline,sibnet,sibnet-gradcam,se,cbam,no-cd,no-sc
+METHODS=baseline,sibnet,sibnet-gradcam,se,cbam,no-cd,no-sc,sibnet-lrp,image-embed
 sibnet experiment table1 $COMMON --methods $METHODS --runs $RUNS --out docs/results/nih --report-only
 sibnet experiment table4 $COMMON --methods $METHODS --runs $RUNS --out docs/results/nih
 sibnet experiment table5 $COMMON --methods $METHODS --runs $RUNS --out docs/results/nih
+# the same models with their BatchNorm statistics re-estimated on each fold's training split
+sibnet experiment table4 $COMMON --methods $METHODS --runs $RUNS --out docs/results/nih/bn-train --bn-stats train

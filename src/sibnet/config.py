@@ -115,6 +115,7 @@ class TrainConfig:
     progress: bool = True
     recipe: Optional[Literal["pham"]] = None  # null: plain training; see sibnet.training.recipes
     recipe_options: dict = field(default_factory=dict)  # pham: stage1, lsr_range, hierarchy, ...
+    bn_stats: Literal["stored", "train"] = "stored"  # train: re-estimate BatchNorm statistics at epoch ends
 
 
 @dataclass

@@ -9,7 +9,7 @@ training images, and eval-mode predictions suffer although nothing is wrong with
 layer's running mean and variance are reset and re-estimated as the plain average of the batch
 statistics over the given images (train-mode forward passes without gradients, by
 ``torch.optim.swa_utils.update_bn``). Nothing but the running statistics changes: parameters,
-momenta and every module's training flag are as before.
+momenta, every module's training flag and the global random streams are as before.
 """
 
 from __future__ import annotations
@@ -65,7 +65,10 @@ def recalibrate_batchnorm(model: nn.Module, dataset, *, batch_size: int = 16, se
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
     saved = [(m, m.momentum, {k: b.detach().clone() for k, b in m._buffers.items() if b is not None}) for m in norms]
     try:
-        update_bn(images(), model, device=device)  # no_grad; resets, averages, restores the momenta
+        # no_grad; resets, averages, restores the momenta. Train-mode layers that draw random numbers
+        # (dropout) draw from a forked generator: the caller's random streams are left as they were.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            update_bn(images(), model, device=device)
     except BaseException:
         with torch.no_grad():  # a failed pass leaves the statistics and momenta as they were
             for m, momentum, buffers in saved:

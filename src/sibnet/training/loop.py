@@ -362,6 +362,11 @@ def _end_epoch(run: Run, state: TrainState, logger: RunLogger, seconds: float) -
     if means and not math.isfinite(means.get("total", 0.0)):
         raise SibnetError(f"training diverged in epoch {state.epoch + 1}: mean loss {means.get('total')} "
                           f"(terms {means}); lower optim.lr or the lambdas")
+    if cfg.train.bn_stats == "train":  # the same images and order on every rank: the same statistics
+        from ..evaluation.batchnorm import recalibrate_batchnorm
+
+        recalibrate_batchnorm(run.model, run.train_set, batch_size=max(2, cfg.data.batch_size),
+                              seed=cfg.train.seed, name="the training split")
     sync_buffers(run.model, run.env)
     auroc = validate(run)
     state.epoch += 1
