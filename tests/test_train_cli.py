@@ -70,3 +70,19 @@ def test_cli_under_torchrun(tmp_path):
     assert res.stdout.count('"epochs"') == 1  # one summary: rank 0 only
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["state"]["step"] == 1 and len(ckpt["rng"]) == 2  # 8 images / 2 ranks / batch 4
+
+
+def test_overrides_may_stand_anywhere_on_the_line(capsys):
+    from sibnet.cli import build_parser, parse_args
+
+    parser = build_parser()
+    args = parse_args(parser, ["train", "loss.radius=2", "--epochs", "1", "optim.lr=0.1"])
+    assert args.overrides == ["loss.radius=2", "optim.lr=0.1"] and getattr(args, "flag:train.epochs") == 1
+    args = parse_args(parser, ["experiment", "table1", "--dataset", "nih", "loss.embed_grad=maps", "--folds", "2"])
+    assert args.overrides == ["loss.embed_grad=maps"] and args.folds == 2 and args.table == "table1"
+    for argv, named in ((["train", "--epochs", "1", "--bogus"], "--bogus"),
+                        (["experiment", "table1", "--folds", "2", "stray"], "stray"),
+                        (["data", "summary", "synthetic", "a=1"], "a=1")):  # a command without overrides
+        with pytest.raises(SystemExit) as exc:
+            parse_args(parser, argv)
+        assert exc.value.code == 2 and f"unrecognized arguments: {named}" in capsys.readouterr().err

@@ -46,9 +46,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args``, except that ``KEY=VALUE`` overrides may stand anywhere on the line.
+
+    argparse fills a trailing ``nargs="*"`` positional at its first chance, so overrides written
+    after an option (``sibnet experiment table1 --dataset nih loss.embed_grad=maps``) would be
+    refused as unrecognized; for a command that takes overrides they are appended in order.
+    Anything else unrecognized is still an error naming it.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        stray = [e for e in extra if e.startswith("-") or "=" not in e]
+        if stray or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        args.overrides = list(args.overrides or []) + extra
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

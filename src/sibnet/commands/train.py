@@ -60,7 +60,7 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="start again in an OUT that already holds a run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="configuration overrides, after the flags")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="configuration overrides (anywhere on the line)")
     p.set_defaults(func=run)
 
 
