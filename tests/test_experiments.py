@@ -374,6 +374,22 @@ def test_agreement_table_against_direct_computation(study):
         assert float(by[m]["dice"]) == pytest.approx(np.mean(dice[m]))
     d = paired_difference(dice["sibnet-gradcam"], dice["baseline"])
     assert float(by["sibnet-gradcam"]["diff_dice"]) == pytest.approx(d["mean_diff"])
+    # with re-estimated BatchNorm statistics: the maps of the recalibrated models, cached beside
+    from sibnet.evaluation.batchnorm import recalibrate_batchnorm
+
+    out = study["out"] / "bn-train-3"
+    assert main(argv(study["runs"], out, table="table3", extra=("--max-maps", "6", "--bn-stats", "train"))) == 0
+    assert all((p / "agreement.bn-train.json").is_file() and (p / "agreement.json").is_file()
+               for p in job_files(study["runs"]))
+    _, rows = read_csv_table(out / "table3.csv")
+    model, meta = load_model_from_checkpoint(study["runs"] / "baseline" / "fold0-seed0" / "last.pt")
+    train = build_dataset("synthetic", split="train", image_size=32, fold=0, folds=2, seed=0, n=16)
+    recalibrate_batchnorm(model, train, batch_size=8, seed=0)
+    maps = compute_maps(model, test, "deep_taylor", range(6))
+    fold0 = saliency_agreement(maps["maps"], maps["masks"], maps["labels"], class_names=meta["class_names"])
+    got = json.loads((study["runs"] / "baseline" / "fold0-seed0" / "agreement.bn-train.json").read_text())
+    assert got["last"]["dice"] == pytest.approx(fold0["mean"]["dice"])
+    assert {r["method"] for r in rows} == set(METHODS)
 
 
 def test_lambda_grid(tmp_path):

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import SibnetError
 from ..evaluation.statistics import mean_sd
-from .jobs import Job, Study, collect, eval_cache, eval_dataset, job_config, load_job_model
+from .jobs import Job, Study, collect, eval_cache, eval_dataset, job_config, load_job_model, train_split
 from .methods import BASELINE, Method
 from .table1 import _mean, _sd, paired_vs_baseline
 from .tables import PAIRED_NOTE, fmt_diff, models_line, study_header, write_outputs
@@ -55,8 +55,11 @@ def job_agreement(study: Study, job: Job, method: str, max_maps: int, bn_stats: 
     dataset, split = eval_dataset(study, cfg)
     if not getattr(dataset.info, "has_masks", False):
         raise SibnetError(f"table3: dataset {study.dataset!r} has no expert masks (use a synthetic dataset)")
+    train = train_split(cfg) if bn_stats == "train" else None  # built once for every checkpoint
+
     def agreement(path=None):
-        return checkpoint_agreement(*load_job_model(study, job, cfg, path, bn_stats), dataset, method, max_maps)
+        return checkpoint_agreement(*load_job_model(study, job, cfg, path, bn_stats, train), dataset, method,
+                                    max_maps)
 
     result = {"key": key, "split": split, "last": agreement(), "epochs": {}}
     for ep in sorted(folder.glob("epoch*.pt"), key=lambda p: int(p.stem[5:])):

@@ -389,12 +389,14 @@ def train_split(cfg: Config):
                          seed=cfg.train.seed, **d.options)
 
 
-def load_job_model(study: Study, job: Job, cfg: Config, path: Path | None = None, bn_stats: str = "stored"):
+def load_job_model(study: Study, job: Job, cfg: Config, path: Path | None = None, bn_stats: str = "stored",
+                   train=None):
     """``(model, meta)`` of a job's checkpoint (``last.pt`` unless ``path``), ready for evaluation.
 
     ``bn_stats="stored"`` keeps the BatchNorm running statistics that training left; ``"train"``
     re-estimates them with the final weights on the fold's training split
-    (:func:`sibnet.evaluation.batchnorm.recalibrate_batchnorm`, seeded by the job's seed).
+    (:func:`sibnet.evaluation.batchnorm.recalibrate_batchnorm`, seeded by the job's seed); ``train``
+    passes that split when the caller already built it (several checkpoints of one job).
     """
     from ..evaluation.batchnorm import BN_STATS, recalibrate_batchnorm
     from ..training.checkpoint import load_model_from_checkpoint
@@ -403,7 +405,7 @@ def load_job_model(study: Study, job: Job, cfg: Config, path: Path | None = None
         raise ConfigError(f"--bn-stats: expected one of {', '.join(BN_STATS)}, got {bn_stats!r}")
     model, meta = load_model_from_checkpoint(path or job.folder(study) / "last.pt")
     if bn_stats == "train":
-        recalibrate_batchnorm(model, train_split(cfg), batch_size=study.batch_size, seed=job.seed,
+        recalibrate_batchnorm(model, train if train is not None else train_split(cfg), batch_size=study.batch_size, seed=job.seed,
                               name=f"the training split of {job.key}")
     return model, meta
 

@@ -173,5 +173,5 @@ def study_header(command: str, study, methods, extra: Sequence[str] = ()) -> lis
     return lines + list(extra)
 
 
-__all__ = ["PAIRED_NOTE", "code_version", "command_line", "fmt", "fmt_diff", "markdown_table", "models_line", "read_csv_table", "study_header",
-           "write_outputs"]
+__all__ = ["PAIRED_NOTE", "code_version", "command_line", "fmt", "fmt_diff", "markdown_table", "models_line",
+           "read_csv_table", "study_header", "write_outputs"]
