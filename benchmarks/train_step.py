@@ -13,7 +13,8 @@ Configurations:
 - ``baseline``: ``SIBNetLoss(model, saliency=None)`` (weighted BCE only).
 - ``gradcam@E``, ``deep_taylor@E``, ``lrp_epsilon@E``: ``SIBNetLoss(model, saliency=..., embed_size=E)``
   with its defaults otherwise (lambdas per method, L_CD on the maps, L_SC with radius 4 and Otsu);
-  E = ``full`` (maps embedded at the input size), 64 or 32 pixels.
+  E = ``full`` (maps embedded at the input size), 64 or 32 pixels. A suffix ``:recompute=MODE`` or
+  ``:contrast=clrp|sglrp`` sets that saliency option (e.g. ``deep_taylor@32:contrast=clrp``).
 - ``floor``: the baseline step plus a plain forward and backward of B*K images at the input size
   through the same network (BatchNorm in eval semantics, input gradient required, as the maps
   need): the cost any step must pay that embeds B*K full-resolution maps.
@@ -189,10 +190,12 @@ def build_step(config: str, args):
         name, _, option = config.partition(":")
         method, _, embed = name.partition("@")
         key, _, value = option.partition("=")
-        if method not in METHODS or not (embed == "full" or embed.isdigit()) or (option and key != "recompute"):
+        if method not in METHODS or not (embed == "full" or embed.isdigit()) or \
+                (option and key not in ("recompute", "contrast")):
             raise SystemExit(f"unknown configuration {config!r}; expected baseline, floor, reference or "
-                             f"METHOD@full|PIXELS[:recompute=pointwise|all|none] with METHOD in {', '.join(METHODS)}")
-        options = {"recompute": value} if option and method != "gradcam" else None
+                             f"METHOD@full|PIXELS[:recompute=pointwise|all|none|:contrast=none|clrp|sglrp] with METHOD in "
+                             f"{', '.join(METHODS)}")
+        options = {key: value} if option and method != "gradcam" else None
         step = sibnet_step(model, opt, x, y, pos_weight, method, None if embed == "full" else int(embed), options)
     if device.type == "cuda":  # time whole steps: wait for the queued kernels
         run = step

@@ -45,7 +45,7 @@ def test_one_step_on_densenet_reaches_every_parameter_and_keeps_bn_stats(densene
     base_total.backward()
     loss_fn = SIBNetLoss(sib_model, saliency="deep_taylor")
     total, terms = loss_fn(x, y)
-    assert set(terms) == {"wce", "cd", "sc", "total", "logits"}
+    assert set(terms) == {"wce", "cd", "sc", "wce_w", "cd_w", "sc_w", "map_cos", "total", "logits"}
     assert terms["cd"] > 0 and terms["sc"] > 0
     torch.testing.assert_close(terms["wce"], base_total.detach())  # same logits, same classification loss
     total.backward()
@@ -95,7 +95,8 @@ def test_switches_and_lambdas():
     assert SIBNetLoss(model, saliency="gradcam").lambda_sc == DEFAULT_LAMBDAS["gradcam"][1]
     assert SIBNetLoss(model, saliency="lrp_epsilon", lambda_cd=0.3).lambda_cd == 0.3
     assert SIBNetLoss(model, use_cd=False, use_sc=False).baseline
-    assert len(SIBNetLoss(model).state_dict()) == 0  # the user's model is not part of the loss's state
+    # the user's model is not part of the loss's state; the loss balance's normalisers are
+    assert set(SIBNetLoss(model).state_dict()) == {"balance.scale", "balance.running", "balance.count"}
     x, y = _batch(b=2, size=16, k=3)
     _, terms = SIBNetLoss(model, saliency="gradcam", use_cd=False)(x, y)
     assert terms["cd"] == 0 and terms["sc"] > 0

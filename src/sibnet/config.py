@@ -61,6 +61,11 @@ class LossConfig:
     sc_scale: Literal["sum", "pair_mean"] = "sum"  # pair_mean: an option outside the paper
     saliency_options: dict = field(default_factory=dict)
     class_weight: bool = True  # positive / class weights from the training labels
+    balance: Literal["none", "first_step", "running"] = "first_step"  # sibnet.losses.balance
+    balance_momentum: float = 0.99  # running: the running mean's momentum
+    cd_space: Literal["embedding", "maps"] = "embedding"  # L_CD on the maps' embeddings (eq. 1) or the maps
+    cd_abs: bool = False  # L_CD as mean |cos| (the published code) instead of cos
+    contrast: Literal["auto", "none", "clrp", "sglrp"] = "auto"  # auto: clrp for the relevance methods
 
 
 @dataclass
@@ -116,6 +121,7 @@ class TrainConfig:
     recipe: Optional[Literal["pham"]] = None  # null: plain training; see sibnet.training.recipes
     recipe_options: dict = field(default_factory=dict)  # pham: stage1, lsr_range, hierarchy, ...
     bn_stats: Literal["stored", "train"] = "stored"  # train: re-estimate BatchNorm statistics at epoch ends
+    watch_maps: bool = True  # epoch ends: how alike / flat the class maps are (sibnet.training.collapse)
 
 
 @dataclass
@@ -135,7 +141,8 @@ class Config:
 
 # keys that may change when a run is resumed (everything else must match the checkpoint)
 RESUMABLE_CHANGES = ("out", "train.epochs", "train.max_steps", "train.patience", "train.progress",
-                     "train.log_every", "train.device", "train.checkpoint_every", "data.num_workers")
+                     "train.log_every", "train.device", "train.checkpoint_every", "data.num_workers",
+                     "train.watch_maps")
 
 
 def _plain(value: Any) -> Any:
@@ -337,6 +344,8 @@ def validate(cfg: Config) -> None:
                        "optim.grad_clip": cfg.optim.grad_clip}.items():
         if value is not None and value < 0:
             raise ConfigError(f"{key}: must be >= 0 or null, got {value}")
+    if not 0 <= cfg.loss.balance_momentum < 1:
+        raise ConfigError(f"loss.balance_momentum: must be in [0, 1), got {cfg.loss.balance_momentum}")
     if cfg.data.fold is not None and not 0 <= cfg.data.fold < cfg.data.folds:
         raise ConfigError(f"data.fold: must be in 0..{cfg.data.folds - 1} (data.folds={cfg.data.folds}), "
                           f"got {cfg.data.fold}")

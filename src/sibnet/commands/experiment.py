@@ -40,13 +40,17 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", default="synthetic", help="dataset name (as sibnet train; default synthetic)")
     p.add_argument("--root", default=None, help="dataset folder (every dataset but the synthetic ones)")
     p.add_argument("--image-size", type=int, default=128, help="square input size (default 128)")
-    p.add_argument("--folds", type=int, default=5, help="patient-wise cross-validation folds (default 5)")
+    p.add_argument("--folds", type=int, default=5, help="patient-wise cross-validation folds (default 5); 1: the "
+                   "dataset's own train/val/test splits")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds per fold: 0..N-1 (default 1)")
     p.add_argument("--budget", default="epochs=3", help="training budget per job: epochs=N and/or steps=N "
                                                         "(default epochs=3)")
     p.add_argument("--methods", default=None, help=f"comma-separated methods (default {DEFAULT_METHODS}; "
                    f"capacity: the base methods, default {CAPACITY_METHODS})")
     p.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
+    p.add_argument("--patience", type=int, default=None, help="early stopping after N epochs without a better "
+                   "validation AUROC; the model of the best validation epoch (best.pt) is then evaluated "
+                   "(default: off, the model at the end of the budget)")
     p.add_argument("--jobs", type=int, default=1, help="independent jobs run in parallel processes (default 1)")
     p.add_argument("--runs", default=None, help="folder of the jobs (default runs/experiments/DATASET-SIZEpx)")
     p.add_argument("--out", default=None, help="folder of the tables and figures (default RUNS/tables)")
@@ -111,7 +115,7 @@ def build_study(args):
     return Study(dataset=args.dataset, runs=runs, budget=budget, root=args.root, image_size=args.image_size,
                  folds=args.folds, seeds=tuple(range(args.seeds)), batch_size=args.batch_size, options=options,
                  overrides=tuple(args.overrides), eval_split=args.eval_split, keep_epochs=args.keep_epochs,
-                 device=args.device)
+                 device=args.device, patience=args.patience)
 
 
 def run(args) -> int:
@@ -213,6 +217,8 @@ def canonical_argv(args) -> list[str]:
     else:
         out += ["--methods", args.methods or DEFAULT_METHODS]
     out += ["--batch-size", str(args.batch_size)]
+    if args.patience is not None:
+        out += ["--patience", str(args.patience)]
     if args.runs:
         out += ["--runs", args.runs]
     if args.out:

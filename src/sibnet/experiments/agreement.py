@@ -98,7 +98,7 @@ def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path
         if curves:
             per_epoch[m.name] = curves
     header = study_header(command, study, methods, [
-        models_line(len(done), len(jobs), bn_stats),
+        models_line(len(done), len(jobs), bn_stats, checkpoint=study.checkpoint),
         f"maps: {method} for every model, all classes, eval mode, first {max_maps} images of the evaluation split",
         "agreement: convex hull of the Otsu foreground of each map vs the expert mask, pairs with the class "
         "present and a nonempty mask; Dice, HD95 (pixels; empty maps left out of HD95), SSIM; per run the mean "

@@ -17,8 +17,13 @@ Conventions
   ``last.pt``, which the trainer makes exact), so an interrupted job continues from its last
   finished epoch, and the validation loss of every epoch is recorded from the checkpoint.
 * Budget: ``epochs=E`` and/or ``steps=N`` (optimizer steps); training stops at whichever comes
-  first. Early stopping is off (``train.patience: null``): the evaluated model is ``last.pt``, the
-  model at the end of the budget, so the evaluation split never selects a checkpoint.
+  first. Without ``patience`` early stopping is off: the evaluated model is ``last.pt``, the model
+  at the end of the budget. With ``patience`` P, a job stops after P epochs without a better
+  validation AUROC and the evaluated model is ``best.pt`` (the epoch of the best validation AUROC;
+  the validation split selects it, the evaluation split never does).
+* ``folds``: 2 or more is a cross-validation of the dataset's training pool (each fold's held-out
+  part is its validation split); 1 means the dataset's own ``train``/``val``/``test`` splits (one
+  "fold", job folders ``fold0-seedS``), e.g. the synthetic data at its full 1000/250/250 sizes.
 * Evaluation split: ``auto`` = the dataset's official ``test`` split when it is nonempty, else the
   fold's held-out 20% (``val``; e.g. the NIH sample, whose images all lie in the official
   train_val list). Uncertain labels (-1) are masked out of AUROC/AUPRC.
@@ -52,7 +57,7 @@ DATASET_DEFAULT_OPTIONS = {"nih": {"label_set": "chexpert5"}}
 BUDGET_KEYS = ("train.epochs", "train.max_steps")
 # settings that do not change a job's results (the trainer lets them change on resume)
 FREE_KEYS = BUDGET_KEYS + ("train.checkpoint_every", "train.progress", "train.log_every", "train.device",
-                           "data.num_workers")
+                           "data.num_workers", "train.watch_maps")
 CHECKPOINT_EVERY = 5  # optimizer steps between mid-epoch checkpoints: a killed job loses at most these
 
 
@@ -110,6 +115,7 @@ class Study:
     eval_split: str = "auto"
     keep_epochs: bool = False
     device: str = "auto"
+    patience: int | None = None  # early stopping on validation AUROC; the evaluated model is then best.pt
 
     def data_options(self) -> dict:
         return {**DATASET_DEFAULT_OPTIONS.get(self.dataset, {}), **self.options}
@@ -118,7 +124,8 @@ class Study:
         return {"dataset": self.dataset, "runs": str(self.runs), "budget": str(self.budget), "root": self.root,
                 "image_size": self.image_size, "folds": self.folds, "seeds": list(self.seeds),
                 "batch_size": self.batch_size, "options": self.data_options(), "overrides": list(self.overrides),
-                "eval_split": self.eval_split, "keep_epochs": self.keep_epochs, "device": self.device}
+                "eval_split": self.eval_split, "keep_epochs": self.keep_epochs, "device": self.device,
+                "patience": self.patience}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Study":
@@ -127,7 +134,13 @@ class Study:
         d["budget"] = parse_budget(d["budget"])
         d["seeds"] = tuple(d["seeds"])
         d["overrides"] = tuple(d["overrides"])
+        d.setdefault("patience", None)
         return cls(**d)
+
+    @property
+    def checkpoint(self) -> str:
+        """The checkpoint each job is evaluated with: ``best.pt`` under early stopping, else ``last.pt``."""
+        return "best.pt" if self.patience is not None else "last.pt"
 
 
 @dataclass(frozen=True)
@@ -146,8 +159,10 @@ class Job:
 
 def study_jobs(study: Study, methods: list[Method]) -> list[Job]:
     """All jobs, ordered seed, fold, method: complete method comparisons finish first."""
-    if study.folds < 2:
-        raise ConfigError(f"--folds: must be >= 2, got {study.folds}")
+    if study.folds < 1:
+        raise ConfigError(f"--folds: must be >= 1 (1: the dataset's own train/val/test splits), got {study.folds}")
+    if study.patience is not None and study.patience < 1:
+        raise ConfigError(f"--patience: must be >= 1, got {study.patience}")
     return [Job(m.name, f, s) for s in study.seeds for f in range(study.folds) for m in methods]
 
 
@@ -158,11 +173,12 @@ def job_config(study: Study, job: Job) -> Config:
     method = get_method(job.method)
     b = study.budget
     settings = {
-        "data.name": study.dataset, "data.root": study.root, "data.fold": job.fold, "data.folds": study.folds,
+        "data.name": study.dataset, "data.root": study.root, "data.folds": study.folds,
+        "data.fold": job.fold if study.folds > 1 else None,
         "data.image_size": study.image_size, "data.batch_size": study.batch_size,
         "data.options": study.data_options(), "data.val_split": "val",
         "train.seed": job.seed, "train.epochs": b.epochs or 1_000_000, "train.max_steps": b.steps,
-        "train.patience": None, "train.progress": False, "train.device": study.device,
+        "train.patience": study.patience, "train.progress": False, "train.device": study.device,
         "train.checkpoint_every": CHECKPOINT_EVERY,
         "out": str(job.folder(study)),
     }
@@ -391,7 +407,7 @@ def train_split(cfg: Config):
 
 def load_job_model(study: Study, job: Job, cfg: Config, path: Path | None = None, bn_stats: str = "stored",
                    train=None):
-    """``(model, meta)`` of a job's checkpoint (``last.pt`` unless ``path``), ready for evaluation.
+    """``(model, meta)`` of a job's checkpoint (``study.checkpoint`` unless ``path``), ready for evaluation.
 
     ``bn_stats="stored"`` keeps the BatchNorm running statistics that training left; ``"train"``
     re-estimates them with the final weights on the fold's training split
@@ -403,7 +419,7 @@ def load_job_model(study: Study, job: Job, cfg: Config, path: Path | None = None
 
     if bn_stats not in BN_STATS:
         raise ConfigError(f"--bn-stats: expected one of {', '.join(BN_STATS)}, got {bn_stats!r}")
-    model, meta = load_model_from_checkpoint(path or job.folder(study) / "last.pt")
+    model, meta = load_model_from_checkpoint(path or job.folder(study) / study.checkpoint)
     if bn_stats == "train":
         recalibrate_batchnorm(model, train if train is not None else train_split(cfg), batch_size=study.batch_size, seed=job.seed,
                               name=f"the training split of {job.key}")
@@ -481,31 +497,32 @@ def run_job(study: Study, job: Job, log=print) -> dict:
         release_lock(folder)
 
 
-def predict_job(folder: Path, dataset, batch_size: int = 32):
-    """(model, meta, probs, labels) of the job's ``last.pt`` on ``dataset``."""
+def predict_job(folder: Path, dataset, batch_size: int = 32, checkpoint: str = "last.pt"):
+    """(model, meta, prediction) of the job's ``checkpoint`` on ``dataset``."""
     from ..evaluation.run import predict
     from ..training.checkpoint import load_model_from_checkpoint
 
-    model, meta = load_model_from_checkpoint(Path(folder) / "last.pt")
+    model, meta = load_model_from_checkpoint(Path(folder) / checkpoint)
     pred = predict(model, dataset, meta["task"], batch_size=batch_size)
     return model, meta, pred
 
 
 def evaluate_job(study: Study, job: Job, cfg: Config) -> dict:
-    """Metrics of ``last.pt`` on the evaluation split; also writes ``predictions.npz``."""
+    """Metrics of the evaluated checkpoint (``study.checkpoint``) on the evaluation split; also writes
+    ``predictions.npz``."""
     from ..evaluation.classification import classification_metrics
     from ..evaluation.run import metric_labels
 
     folder = job.folder(study)
     dataset, split = eval_dataset(study, cfg)
-    _, meta, pred = predict_job(folder, dataset)
+    _, meta, pred = predict_job(folder, dataset, checkpoint=study.checkpoint)
     y, masked = metric_labels(pred.labels)
     metrics = classification_metrics(pred.probs, y, class_names=meta["class_names"], n_boot=0)
     np.savez_compressed(folder / "predictions.npz", probs=pred.probs, labels=pred.labels)
     per_label = {k: {"auroc": v["auroc"], "auprc": v["auprc"], "n_pos": v["n_pos"]}
                  for k, v in metrics["per_label"].items()}
     return {"method": job.method, "fold": job.fold, "seed": job.seed, "budget": str(study.budget),
-            "eval_split": split, "n_eval": int(len(dataset)), "n_uncertain_masked": masked,
+            "checkpoint": study.checkpoint, "eval_split": split, "n_eval": int(len(dataset)), "n_uncertain_masked": masked,
             "class_names": list(meta["class_names"]), "mean_auroc": metrics["mean"]["auroc"],
             "mean_auprc": metrics["mean"]["auprc"], "per_label": per_label, "notes": metrics["notes"]}
 

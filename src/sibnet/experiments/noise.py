@@ -106,7 +106,7 @@ def write_table4(study: Study, methods: list[Method], jobs: list[Job], out: Path
         rows.append(row)
         csv_rows.append(c)
     header = study_header(command, study, methods, [
-        models_line(len(done), len(jobs), bn_stats),
+        models_line(len(done), len(jobs), bn_stats, checkpoint=study.checkpoint),
         f"noise: clip(x + N(0, sigma^2), 0, 1) on the [0, 1] evaluation images, sigma in {list(map(float, sigmas))}; "
         "seed 1000*fold + batch index (the same noisy images for every method of a fold)",
         "AUROC: per run, mean over labels; mean (sd) over runs", PAIRED_NOTE])

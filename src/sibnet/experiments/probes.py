@@ -106,7 +106,7 @@ def write_table5(study: Study, methods: list[Method], jobs: list[Job], out: Path
             diff_rows.append(drow)
         csv_rows.append(c)
     header = study_header(command, study, methods, [
-        models_line(len(done), len(jobs), bn_stats, "frozen"),
+        models_line(len(done), len(jobs), bn_stats, "frozen", checkpoint=study.checkpoint),
         "features: input of the last Linear layer (globally pooled penultimate features), eval mode",
         "probes: StandardScaler + LinearSVC(C=1, primal solver) / SVC(rbf, C=1, gamma='scale') / RandomForest(200 trees), one per "
         "label, fitted on the fold's training split, scored on the evaluation split; AUROC mean over labels",

@@ -30,12 +30,12 @@ from ..errors import SibnetError
 # (tables written into the repository, e.g. under docs/results, do not make the code dirty)
 CODE_PATHS = ("src", "configs", "pyproject.toml")
 
-def models_line(done: int, total: int, bn_stats: str, use: str = "not retrained") -> str:
+def models_line(done: int, total: int, bn_stats: str, use: str = "not retrained", checkpoint: str = "last.pt") -> str:
     """The header line naming the evaluated models of table 3, 4 or 5 and their BatchNorm statistics."""
     stats = ("BatchNorm running statistics as training left them" if bn_stats == "stored" else
              "BatchNorm statistics re-estimated with the final weights on each fold's training split "
              "(--bn-stats train; sibnet.evaluation.batchnorm)")
-    return f"models: the finished table-1 jobs of this study ({done} of {total}), last.pt, {use}; {stats}"
+    return f"models: the finished table-1 jobs of this study ({done} of {total}), {checkpoint}, {use}; {stats}"
 
 
 #: the header line of every table with a paired difference against the baseline
@@ -160,8 +160,12 @@ def study_header(command: str, study, methods, extra: Sequence[str] = ()) -> lis
              f"dataset: {study.dataset}" + (f" (root {study.root})" if study.root else "")
              + (f", options {study.data_options()}" if study.data_options() else ""),
              f"image size: {study.image_size} px; batch size {study.batch_size}",
-             f"budget: {study.budget} per job (no early stopping; the model at the end of the budget is evaluated)",
-             f"runs: {study.folds} patient-wise folds x seeds {list(study.seeds)} "
+             f"budget: {study.budget} per job " + (
+                 "(no early stopping; the model at the end of the budget is evaluated)" if study.patience is None
+                 else f"(early stopping after {study.patience} epochs without a better validation AUROC; the "
+                      "model of the best validation epoch, best.pt, is evaluated)"),
+             (f"runs: {study.folds} patient-wise folds" if study.folds > 1 else
+              "runs: the dataset's own train/val/test splits") + f" x seeds {list(study.seeds)} "
              f"(job folders under {study.runs})",
              f"methods: {', '.join(m.name for m in methods)}",
              f"code version: {code_version()}"]

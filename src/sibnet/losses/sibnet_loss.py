@@ -17,9 +17,10 @@ from .. import saliency as saliency_pkg
 from ..errors import ConfigError
 from ..models.embedding import frozen_parameters, penultimate
 from ..saliency.state import eval_norm
+from .balance import BALANCES, LossBalance
 from .classification import weighted_bce, weighted_ce
 from .coherence import SCALES, spatial_coherence
-from .distinctiveness import class_distinctiveness
+from .distinctiveness import class_distinctiveness, embed_maps, pairwise_cosine
 from .normalise import normalise_maps
 
 #: (lambda1, lambda2) used when the caller gives none (DESIGN decision 7)
@@ -30,10 +31,34 @@ DEFAULT_LAMBDAS = {
     "lrp_alpha_beta": (1.1, 0.8),
 }
 FALLBACK_LAMBDAS = (1.0, 1.0)
+#: the default loss balance (:mod:`sibnet.losses.balance`)
+DEFAULT_BALANCE = "first_step"
+#: what ``contrast="auto"`` means for a method that takes the option (the relevance methods)
+DEFAULT_CONTRAST = "clrp"
+CD_SPACES = ("embedding", "maps")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def _with_contrast(method, options: dict, contrast: str) -> dict:
+    """The saliency options with ``contrast`` resolved for ``method`` (see SIBNetLoss)."""
+    from ..saliency.contrast import CONTRASTS
+
+    if contrast not in CONTRASTS + ("auto",):
+        raise ConfigError(f"contrast: expected auto or one of {', '.join(CONTRASTS)}, got {contrast!r}")
+    if "contrast" in options:
+        return options
+    takes = saliency_pkg.takes_option(method, "contrast")
+    if contrast == "auto":
+        contrast = DEFAULT_CONTRAST if takes else "none"
+    if contrast == "none":
+        return options
+    if not takes:
+        raise ConfigError(f"contrast={contrast!r}: the saliency method {getattr(method, '__name__', method)} has no "
+                          "class-contrastive variant (deep_taylor, lrp_epsilon and lrp_alpha_beta have)")
+    return {**options, "contrast": contrast}
 
 
 class SIBNetLoss(nn.Module):
@@ -59,9 +84,22 @@ class SIBNetLoss(nn.Module):
             by the map's number of same-cluster pairs; an option outside the paper, see
             :func:`sibnet.losses.spatial_coherence`).
         saliency_options: extra keyword options for the saliency method.
+        balance: "none" (raw terms), "first_step" (each term divided by its own value at the first
+            training step, as the published SIBNet training code does) or "running" (by a
+            bias-corrected running mean of its value, ``balance_momentum``); see
+            :mod:`sibnet.losses.balance`. The lambdas weigh the balanced terms.
+        cd_space: "embedding" (L_CD on the model's embeddings of the maps, eq. 1) or "maps" (the
+            cosine of the flattened maps themselves, the published code's default).
+        cd_abs: L_CD as the mean of |cos| instead of cos (the published code's choice).
+        contrast: class-contrastive relevance (:mod:`sibnet.saliency.contrast`) for the methods that
+            take it (deep_taylor, lrp_epsilon, lrp_alpha_beta): "none", "clrp", "sglrp", or "auto"
+            (``DEFAULT_CONTRAST`` for those methods, "none" for the others, e.g. gradcam). A
+            ``contrast`` in ``saliency_options`` wins.
 
-    ``loss_fn(x, y) -> (total, terms)`` with ``terms`` holding detached scalars "wce", "cd", "sc",
-    "total" and the detached "logits".
+    ``loss_fn(x, y) -> (total, terms)`` with ``terms`` holding detached scalars "wce", "cd", "sc"
+    (raw), "wce_w", "cd_w", "sc_w" (each term's share of the total: lambda x term / normaliser),
+    "total", "map_cos" (the mean pairwise cosine of the batch's normalised class maps) and the
+    detached "logits".
     """
 
     def __init__(self, model: nn.Module, saliency="deep_taylor", lambda_cd: float | None = None,
@@ -69,7 +107,8 @@ class SIBNetLoss(nn.Module):
                  use_cd: bool = True, use_sc: bool = True, embed: str = "maps", embed_grad: str = "all",
                  normalise: bool = True, radius: int = 4, threshold="otsu", background_cluster: bool = False,
                  embed_size: int | None = 32, sc_resolution: str = "input", sc_scale: str = "sum",
-                 saliency_options: dict | None = None):
+                 saliency_options: dict | None = None, balance: str = DEFAULT_BALANCE, balance_momentum: float = 0.99,
+                 cd_space: str = "embedding", cd_abs: bool = False, contrast: str = "auto"):
         super().__init__()
         if task not in ("multilabel", "multiclass"):
             raise ConfigError(f"task: expected 'multilabel' or 'multiclass', got {task!r}")
@@ -81,6 +120,10 @@ class SIBNetLoss(nn.Module):
             raise ConfigError(f"sc_resolution: expected 'input' or 'features', got {sc_resolution!r}")
         if sc_scale not in SCALES:
             raise ConfigError(f"sc_scale: expected one of {', '.join(SCALES)}, got {sc_scale!r}")
+        if cd_space not in CD_SPACES:
+            raise ConfigError(f"cd_space: expected one of {', '.join(CD_SPACES)}, got {cd_space!r}")
+        if balance not in BALANCES:
+            raise ConfigError(f"balance: expected one of {', '.join(BALANCES)}, got {balance!r}")
         if embed_size is not None and (not isinstance(embed_size, int) or embed_size < 8):
             raise ConfigError(f"embed_size: expected None or an integer >= 8, got {embed_size!r}")
         # not registered as a submodule: the loss holds no parameters of its own, and its
@@ -97,8 +140,11 @@ class SIBNetLoss(nn.Module):
         self.radius, self.threshold, self.background_cluster = radius, threshold, background_cluster
         self.embed_size = embed_size
         self.sc_scale = sc_scale
+        self.cd_space, self.cd_abs = cd_space, bool(cd_abs)
+        self.balance = LossBalance(balance, balance_momentum)
         self.saliency_options = dict(saliency_options or {})
         if self.method is not None:
+            self.saliency_options = _with_contrast(self.method, self.saliency_options, contrast)
             saliency_pkg.check_options(self.method, self.saliency_options)
         self.sc_features = sc_resolution == "features"
         if self.sc_features:
@@ -165,27 +211,49 @@ class SIBNetLoss(nn.Module):
                 raise ConfigError("an unlabeled batch (y=None) needs the saliency terms; the baseline has none")
             logits = self.model(x)
             wce = self.classification_loss(logits, y)
-            return wce, self._terms(wce, zero, zero, wce, logits)
+            return wce, self._terms({"wce": wce}, {"wce": wce}, wce, logits)
         logits, maps = self.maps_and_logits(x)
         if self.normalise:
             maps = normalise_maps(maps)
-        cd = sc = zero
+        raw = {}
+        if y is not None:
+            raw["wce"] = self.classification_loss(logits, y)
         if self.use_sc:
-            sc = spatial_coherence(maps, radius=self.radius, threshold=self.threshold,
-                                   background_cluster=self.background_cluster, scale=self.sc_scale)
+            raw["sc"] = spatial_coherence(maps, radius=self.radius, threshold=self.threshold,
+                                          background_cluster=self.background_cluster, scale=self.sc_scale)
         if self.use_cd:
             cd_maps = maps
             if self.sc_features:
                 cd_maps = F.interpolate(maps, size=x.shape[2:], mode="bilinear", align_corners=False)
-            cd = class_distinctiveness(cd_maps, self.embed_fn(x))
-        wce = zero if y is None else self.classification_loss(logits, y)
-        total = wce + self.lambda_cd * cd + self.lambda_sc * sc
-        return total, self._terms(wce, cd, sc, total, logits)
+            raw["cd"] = self.distinctiveness(cd_maps, x)
+        if y is not None and self.model.training and torch.is_grad_enabled():
+            self.balance.update(raw)
+        lam = {"wce": 1.0, "cd": self.lambda_cd, "sc": self.lambda_sc}
+        weighted = {k: v * (lam[k] / self.balance.divisor(k)) for k, v in raw.items()}
+        total = sum(weighted.values(), zero)
+        terms = self._terms(raw, weighted, total, logits)
+        if maps.shape[1] > 1:
+            terms["map_cos"] = pairwise_cosine(normalise_maps(maps.detach()).flatten(2)).mean()
+        return total, terms
+
+    def distinctiveness(self, maps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """L_CD of normalised maps: on their embeddings (eq. 1) or on the maps themselves; cos or |cos|."""
+        b, k = maps.shape[:2]
+        if self.cd_space == "embedding" and not self.cd_abs:
+            return class_distinctiveness(maps, self.embed_fn(x))
+        z = maps.reshape(b, k, -1) if self.cd_space == "maps" else embed_maps(maps, self.embed_fn(x))
+        if k < 2:
+            return z.sum() * 0.0
+        cos = pairwise_cosine(z)
+        return (cos.abs() if self.cd_abs else cos).mean()
 
     @staticmethod
-    def _terms(wce, cd, sc, total, logits):
-        return {"wce": wce.detach(), "cd": cd.detach(), "sc": sc.detach(), "total": total.detach(),
-                "logits": logits.detach()}
+    def _terms(raw: dict, weighted: dict, total, logits):
+        zero = total.detach().new_zeros(())
+        terms = {k: raw.get(k, zero).detach() for k in ("wce", "cd", "sc")}
+        terms.update({f"{k}_w": weighted.get(k, zero).detach() for k in ("wce", "cd", "sc")})
+        terms.update({"total": total.detach(), "logits": logits.detach()})
+        return terms
 
     def extra_repr(self) -> str:
         if self.baseline:
@@ -193,4 +261,5 @@ class SIBNetLoss(nn.Module):
         name = getattr(self.method, "__name__", repr(self.method))
         return (f"saliency={name}, lambda_cd={self.lambda_cd}, lambda_sc={self.lambda_sc}, use_cd={self.use_cd}, "
                 f"use_sc={self.use_sc}, embed={self.embed}, embed_grad={self.embed_grad}, radius={self.radius}, "
-                f"threshold={self.threshold}, embed_size={self.embed_size}, sc_scale={self.sc_scale}")
+                f"threshold={self.threshold}, embed_size={self.embed_size}, sc_scale={self.sc_scale}, "
+                f"balance={self.balance.mode}, cd_space={self.cd_space}, cd_abs={self.cd_abs}")

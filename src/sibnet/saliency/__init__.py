@@ -29,6 +29,7 @@ from torch import nn
 from ..errors import SibnetError
 from .gradcam import gradcam_forward
 from .gradient import input_x_gradient_forward
+from .contrast import CONTRASTS
 from .relevance import relevance_forward
 from .rules import RECOMPUTE_MODES, Rule
 from .state import eval_norm, preserve_state
@@ -60,32 +61,33 @@ def _check_input(model, x):
 
 
 def _deep_taylor_forward(model, x, *, targets=None, create_graph=False, stabilizer=1e-12, start="one_hot",
-                         loop=False, trace=None, recompute="none"):
+                         loop=False, trace=None, recompute="none", contrast="none"):
     rule = Rule(kind="zplus", stabilizer=stabilizer, norm="pass", recompute=recompute)
     return relevance_forward(model, x, rule, targets=targets, create_graph=create_graph, start=start, loop=loop,
-                             trace=trace)
+                             trace=trace, contrast=contrast)
 
 
 def _lrp_epsilon_forward(model, x, *, targets=None, create_graph=False, eps=1e-6, start="one_hot", loop=False,
-                         trace=None, recompute="none"):
+                         trace=None, recompute="none", contrast="none"):
     rule = Rule(kind="epsilon", eps=eps, norm="affine", recompute=recompute)
     return relevance_forward(model, x, rule, targets=targets, create_graph=create_graph, start=start, loop=loop,
-                             trace=trace)
+                             trace=trace, contrast=contrast)
 
 
 def _lrp_alpha_beta_forward(model, x, *, targets=None, create_graph=False, alpha=2.0, beta=1.0, stabilizer=1e-6,
-                            start="one_hot", loop=False, trace=None, recompute="none"):
+                            start="one_hot", loop=False, trace=None, recompute="none", contrast="none"):
     if alpha - beta != 1 or beta < 0:
         raise SibnetError(f"lrp_alpha_beta needs alpha - beta = 1 and beta >= 0, got alpha={alpha}, beta={beta}")
     rule = Rule(kind="alpha_beta", alpha=alpha, beta=beta, stabilizer=stabilizer, norm="affine", recompute=recompute)
     return relevance_forward(model, x, rule, targets=targets, create_graph=create_graph, start=start, loop=loop,
-                             trace=trace)
+                             trace=trace, contrast=contrast)
 
 
 gradcam = _public("gradcam", gradcam_forward, """Grad-CAM maps (B, K, *spatial) upsampled bilinearly to the input.
 
 Options: ``layer`` (module or dotted name; default: the feature map feeding the global pooling),
-``relu`` (default True), ``upsample`` (default True; False keeps the feature-map resolution).""")
+``relu`` (default True), ``upsample`` (default True; False keeps the feature-map resolution), ``weight_grad``
+(default True; False: the channel weights are constants in training, as in Captum and the published SIBNet code).""")
 deep_taylor = _public("deep_taylor", _deep_taylor_forward, """Deep Taylor decomposition (z+ rule, biases ignored).
 
 iNNvestigate ``deep_taylor`` semantics: z+ on every convolution and linear layer, BatchNorm passed
@@ -93,13 +95,14 @@ through, plain gradient through ReLU and pooling, concatenation splits, residual
 proportion to the summands. Options: ``stabilizer`` (1e-12), ``start`` ("one_hot" or "relu_logit"),
 ``recompute`` (what the backward of ``create_graph=True`` maps recomputes instead of keeping:
 "none" (default: keep everything, least time), "pointwise" or "all" (least memory); see
-:class:`~sibnet.saliency.rules.Rule`).""")
+:class:`~sibnet.saliency.rules.Rule`), ``contrast`` ("none", "clrp" or "sglrp": class-contrastive maps from
+the same pass, :mod:`sibnet.saliency.contrast`).""")
 lrp_epsilon = _public("lrp_epsilon", _lrp_epsilon_forward, """LRP-epsilon (biases included; BatchNorm as an affine layer).
 
-Options: ``eps`` (1e-6), ``start``, ``recompute`` (as deep_taylor).""")
+Options: ``eps`` (1e-6), ``start``, ``recompute``, ``contrast`` (as deep_taylor).""")
 lrp_alpha_beta = _public("lrp_alpha_beta", _lrp_alpha_beta_forward, """LRP-alpha-beta (default alpha=2, beta=1).
 
-Options: ``alpha``, ``beta`` (alpha - beta = 1), ``stabilizer``, ``start``, ``recompute``.""")
+Options: ``alpha``, ``beta`` (alpha - beta = 1), ``stabilizer``, ``start``, ``recompute``, ``contrast``.""")
 input_x_gradient = _public("input_x_gradient", input_x_gradient_forward,
                            """Input x gradient, summed over input channels.""")
 
@@ -119,7 +122,7 @@ def get(method: str | SaliencyMethod) -> SaliencyMethod:
         raise SibnetError(f"unknown saliency method {method!r}; available: {', '.join(available())}") from None
 
 
-_CHOICES = {"recompute": RECOMPUTE_MODES, "start": ("one_hot", "relu_logit")}
+_CHOICES = {"recompute": RECOMPUTE_MODES, "start": ("one_hot", "relu_logit"), "contrast": CONTRASTS}
 _NOT_OPTIONS = {"model", "x", "targets", "create_graph", "loop", "trace"}
 
 
@@ -144,6 +147,12 @@ def check_options(method: str | SaliencyMethod, options: dict | None) -> None:
             raise ConfigError(f"saliency option {key}={value!r}: choose one of {', '.join(_CHOICES[key])}")
 
 
+def takes_option(method: str | SaliencyMethod, option: str) -> bool:
+    """Whether the built-in ``method`` has the keyword option ``option`` (False for user callables)."""
+    forward = getattr(get(method), "forward_with_logits", None)
+    return forward is not None and option in inspect.signature(forward).parameters
+
+
 def register(name: str, method: SaliencyMethod) -> SaliencyMethod:
     """Make a user's method available by name (signature as the built-in methods)."""
     if not callable(method):
@@ -152,5 +161,5 @@ def register(name: str, method: SaliencyMethod) -> SaliencyMethod:
     return method
 
 
-__all__ = ["available", "check_options", "deep_taylor", "eval_norm", "get", "gradcam", "input_x_gradient", "lrp_alpha_beta",
+__all__ = ["available", "check_options", "takes_option", "deep_taylor", "eval_norm", "get", "gradcam", "input_x_gradient", "lrp_alpha_beta",
            "lrp_epsilon", "preserve_state", "register"]

@@ -96,15 +96,23 @@ def features_forward(model: nn.Module, x: torch.Tensor, layer=None):
 
 
 def gradcam_forward(model: nn.Module, x: torch.Tensor, *, targets=None, create_graph: bool = False, layer=None,
-                    relu: bool = True, upsample: bool = True, loop: bool = False):
-    """``(logits, maps)``: maps (B, K', *input spatial) (or at the feature resolution)."""
+                    relu: bool = True, upsample: bool = True, loop: bool = False, weight_grad: bool = True):
+    """``(logits, maps)``: maps (B, K', *input spatial) (or at the feature resolution).
+
+    ``weight_grad=False`` treats the channel weights as constants (no second-order pass): the maps'
+    gradient reaches the parameters only through the feature map, as with Captum's ``LayerGradCam``,
+    which takes its gradients without ``create_graph`` (the published SIBNet training code).
+    """
     leaf = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits, features = features_forward(model, leaf, layer)
         seeds = start_relevance(logits, targets)
-        grads = batched_vjp(logits, features, seeds, create_graph=create_graph, loop=loop)  # (K', B, C, *s)
+        grads = batched_vjp(logits, features, seeds, create_graph=create_graph and weight_grad,
+                            loop=loop)  # (K', B, C, *s)
     spatial = tuple(range(3, grads.dim()))
     weights = grads.mean(dim=spatial, keepdim=True)
+    if not weight_grad:
+        weights = weights.detach()
     cams = (weights * features.unsqueeze(0)).sum(dim=2)  # (K', B, *s)
     if relu:
         cams = cams.relu()

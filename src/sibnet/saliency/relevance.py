@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .batched import batched_vjp, start_relevance
+from .batched import _target_list, batched_vjp, start_relevance
+from .contrast import contrast_maps
 from .rules import (AddRule, CatRule, LinearOp, LinearRule, MaxPoolRule, NormRule, ReluRule, ReluUse, Rule,
                     norm_affine, relevance_enabled)
 
@@ -200,8 +201,12 @@ class RelevanceMode(TorchFunctionMode):
 
 
 def relevance_forward(model: nn.Module, x: torch.Tensor, rule: Rule, *, targets=None, create_graph: bool = False,
-                      start: str = "one_hot", loop: bool = False, trace: list | None = None):
+                      start: str = "one_hot", loop: bool = False, trace: list | None = None,
+                      contrast: str = "none"):
     """One forward and one batched relevance pass: ``(logits (B,K), maps (B,K',*spatial))``.
+
+    ``contrast`` ("none", "clrp", "sglrp"): class-contrastive maps (:mod:`.contrast`), combined
+    from the one-hot maps of all K classes of the same pass, then restricted to ``targets``.
 
     The logits carry the ordinary autograd graph (their gradient is PyTorch's own), so a training
     loss can use them; the maps are differentiable w.r.t. the parameters when ``create_graph``.
@@ -213,8 +218,13 @@ def relevance_forward(model: nn.Module, x: torch.Tensor, rule: Rule, *, targets=
         with RelevanceMode(rule) as mode:
             logits = model(leaf)
         mode.consumed_outside(logits)
-        seeds = start_relevance(logits, targets, scale=start)
+        contrastive = contrast != "none"
+        seeds = start_relevance(logits, None if contrastive else targets, scale="one_hot" if contrastive else start)
         with relevance_enabled(trace):
             relevance = batched_vjp(logits, leaf, seeds, create_graph=create_graph, loop=loop)
     maps = relevance.sum(dim=2).transpose(0, 1)
+    if contrastive:
+        maps = contrast_maps(maps, logits, contrast, start=start)
+        if targets is not None:
+            maps = maps[:, _target_list(targets, logits.shape[1])]
     return logits, maps

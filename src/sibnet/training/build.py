@@ -80,7 +80,9 @@ def sibnet_loss_factory(net: nn.Module, cfg: Config, task: str, class_weight) ->
                       class_weight=class_weight, use_cd=c.use_cd, use_sc=c.use_sc, embed=c.embed,
                       embed_grad=c.embed_grad, normalise=c.normalise, radius=c.radius,
                       threshold=c.threshold, background_cluster=c.background_cluster, embed_size=c.embed_size,
-                      sc_resolution=c.sc_resolution, sc_scale=c.sc_scale, saliency_options=dict(c.saliency_options) or None)
+                      sc_resolution=c.sc_resolution, sc_scale=c.sc_scale, saliency_options=dict(c.saliency_options) or None,
+                      balance=c.balance, balance_momentum=c.balance_momentum, cd_space=c.cd_space, cd_abs=c.cd_abs,
+                      contrast=c.contrast)
 
 
 # saliency methods whose maps are computed correctly under autocast (the relevance rules of

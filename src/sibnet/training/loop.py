@@ -49,7 +49,10 @@ from .logs import RunLogger
 from .rng import capture_rng, mix_seed, restore_rng
 from .sampling import EpochSampler, StreamBatchSampler, shard, unshard
 
-TERMS = ("total", "wce", "cd", "sc")
+TERMS = ("total", "wce", "cd", "sc")  # shown on the progress bar
+# logged per step and per epoch: the raw terms, each term's share of the total (lambda x term /
+# its balance normaliser) and the mean pairwise cosine of the batch's class maps
+LOGGED = TERMS + ("wce_w", "cd_w", "sc_w", "map_cos")
 
 
 @dataclass
@@ -165,7 +168,7 @@ def train_step(run: Run, batch: dict, unlabeled: dict | None = None) -> dict[str
     run.optimizer.zero_grad(set_to_none=True)
     with _autocast(run):
         total, terms = run.loss_fn(x, y)
-        logs = {k: float(terms[k]) for k in TERMS if k in terms}
+        logs = {k: float(terms[k]) for k in LOGGED if k in terms}
         if unlabeled is not None:
             u_total, u_terms = run.loss_fn(_to_device(unlabeled["image"], device), None)
             total = total + run.cfg.unlabeled.weight * u_total
@@ -260,6 +263,7 @@ def checkpoint_payload(run: Run, state: TrainState) -> dict | None:
         "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "rng": rng,
+        "loss": run.loss_fn.state_dict() if isinstance(run.loss_fn, nn.Module) else None,
         "state": state.to_dict(),
         "config": run.cfg.to_dict(),
     }
@@ -281,6 +285,8 @@ def restore_run(run: Run, ckpt: dict) -> TrainState:
         run.scheduler.load_state_dict(ckpt["scheduler"])
     if run.scaler is not None and ckpt.get("scaler") is not None:
         run.scaler.load_state_dict(ckpt["scaler"])
+    if isinstance(run.loss_fn, nn.Module) and ckpt.get("loss"):  # e.g. the loss balance's normalisers
+        run.loss_fn.load_state_dict(ckpt["loss"], strict=False)
     states = ckpt.get("rng") or []
     if len(states) == run.env.world_size:
         mine = states[run.env.rank]
@@ -369,6 +375,14 @@ def _end_epoch(run: Run, state: TrainState, logger: RunLogger, seconds: float) -
                               seed=cfg.train.seed, name="the training split")
     sync_buffers(run.model, run.env)
     auroc = validate(run)
+    maps = {}
+    if cfg.train.watch_maps:  # the same images on every rank: the same figures
+        from .collapse import collapse_metrics, collapse_warning
+
+        maps = collapse_metrics(run.model, run.loss_fn, run.val_set or run.train_set, run.env.device)
+        warning = collapse_warning(maps, state.epoch + 1)
+        if warning and run.env.is_main:
+            print(warning, file=sys.stderr)
     state.epoch += 1
     state.batch_in_epoch = 0
     if run.val_set is None:  # no validation: best.pt follows the latest epoch, no early stopping
@@ -379,6 +393,7 @@ def _end_epoch(run: Run, state: TrainState, logger: RunLogger, seconds: float) -
         state.stop_reason = f"early stopping: no better validation AUROC for {state.bad_epochs} epochs"
     row = {"epoch": state.epoch, "step": state.step, "lr": run.optimizer.param_groups[0]["lr"],
            **{f"train_{k}": v for k, v in means.items()}, "val_auroc": auroc,
+           **{f"val_{k}": v for k, v in maps.items()},
            "best_val_auroc": state.best_auroc, "seconds": round(seconds, 3)}
     state.history.append(row)
     state.running = {}

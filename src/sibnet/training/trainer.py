@@ -21,11 +21,17 @@ from .loop import TrainState, fit, restore_run
 from .rng import configure_determinism, mix_seed, seed_everything
 
 
+# keys added after runs were saved whose behaviour before was NOT today's default: what they were
+LEGACY_VALUES = {"loss": {"balance": "none", "contrast": "none"}}
+
+
 def with_config_defaults(saved: dict) -> dict:
     """A configuration dict saved by an earlier version, with the keys added since at their defaults.
 
-    A key that did not exist when a run or job was saved had, in effect, its default value then;
-    comparing against it keeps old runs resumable after new settings appear.
+    A key that did not exist when a run or job was saved had, in effect, its default value then
+    (or, for the keys in ``LEGACY_VALUES``, the behaviour of the versions before it: e.g. a run saved
+    before ``loss.balance`` existed trained on the raw terms, ``none``); comparing against it keeps
+    old runs resumable after new settings appear, and never relabels them.
     """
     def fill(record: dict, defaults: dict) -> dict:
         out = dict(record)
@@ -36,7 +42,10 @@ def with_config_defaults(saved: dict) -> dict:
                 out[key] = fill(out[key], value)
         return out
 
-    return fill(saved, Config().to_dict())
+    defaults = Config().to_dict()
+    for section, values in LEGACY_VALUES.items():
+        defaults[section] = {**defaults[section], **values}
+    return fill(saved, defaults)
 
 
 def check_resumable(saved: dict, cfg: Config, path: Path) -> None:

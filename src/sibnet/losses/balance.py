@@ -1,0 +1,107 @@
+"""Loss balance: each SIBNet term divided by a normaliser of its own before the lambdas weigh it.
+
+The raw terms differ by orders of magnitude (L_SC, a sum per map, is 10-300x the weighted BCE at
+32-128 px), so with the paper's lambdas (about 1) one term dominates. Modes:
+
+``none``        the raw terms (the paper's equation as written).
+``first_step``  each term divided by the magnitude of its own value at the first training step
+                (the published SIBNet training code: every term starts at 1).
+``running``     each term divided by a bias-corrected running mean of its magnitude,
+                ``m_t = beta m_(t-1) + (1 - beta) |L_t|``, normaliser ``m_t / (1 - beta^n)`` with n
+                the number of values seen (the current step's included, so the first step equals
+                ``first_step``).
+
+Conventions:
+* Normalisers are estimated from labeled training batches only (the model in train mode, gradients
+  enabled) and applied to every batch, SIBNet+ unlabeled batches included; they are detached
+  constants of each step.
+* Under ``torch.distributed`` the observed values are averaged over the ranks before they are used,
+  so every rank holds the same normalisers.
+* A term whose observed value is 0 or not finite has no normaliser yet (first_step: it takes the
+  first later value that is finite and nonzero; running: non-finite values are skipped, and a
+  running mean of 0 is not used). Until then the term enters the total unnormalised (divisor 1),
+  which for a zero term adds nothing; a one-line warning says so once per term.
+* The normalisers are buffers of :class:`LossBalance` (state_dict), saved in checkpoints and
+  restored on resume.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+BALANCES = ("none", "first_step", "running")
+TERM_NAMES = ("wce", "cd", "sc")
+
+
+def _all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return values
+
+
+class LossBalance(nn.Module):
+    """The normalisers of the terms ``wce``, ``cd``, ``sc`` (see the module doc)."""
+
+    def __init__(self, mode: str = "none", momentum: float = 0.99):
+        super().__init__()
+        if mode not in BALANCES:
+            raise ConfigError(f"balance: expected one of {', '.join(BALANCES)}, got {mode!r}")
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"balance_momentum: must be in [0, 1), got {momentum!r}")
+        self.mode, self.momentum = mode, float(momentum)
+        n = len(TERM_NAMES)
+        self.register_buffer("scale", torch.full((n,), math.nan, dtype=torch.float64))
+        self.register_buffer("running", torch.zeros(n, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros(n, dtype=torch.long))
+        self._warned: set[str] = set()
+
+    def update(self, values: dict[str, torch.Tensor]) -> None:
+        """Observe this step's values of the terms present (detached; averaged over ranks)."""
+        if self.mode == "none" or not values:
+            return
+        names = [k for k in TERM_NAMES if k in values]
+        observed = torch.stack([values[k].detach().double().abs().reshape(()) for k in names])
+        observed = _all_reduce_mean(observed.to(self.scale.device)).cpu()
+        for name, value in zip(names, observed.tolist()):
+            i = TERM_NAMES.index(name)
+            usable = math.isfinite(value)
+            if self.mode == "first_step":
+                if int(self.count[i]) == 0 and usable and value > 0:
+                    self.scale[i] = value
+                    self.count[i] = 1
+            elif usable:
+                self.count[i] += 1
+                self.running[i] = self.momentum * self.running[i] + (1 - self.momentum) * value
+                self.scale[i] = self.running[i] / (1 - self.momentum ** int(self.count[i]))
+            if not self._has_scale(i) and name not in self._warned:
+                self._warned.add(name)
+                warnings.warn(f"loss balance ({self.mode}): the term {name} is {value:g} at this step, so it has no "
+                              "normaliser yet; it enters the total unnormalised until it is finite and nonzero",
+                              RuntimeWarning, stacklevel=3)
+
+    def _has_scale(self, i: int) -> bool:
+        s = float(self.scale[i])
+        return math.isfinite(s) and s > 0
+
+    def divisor(self, name: str) -> float:
+        """What the term ``name`` is divided by (1 when there is no balance or no normaliser yet)."""
+        if self.mode == "none":
+            return 1.0
+        i = TERM_NAMES.index(name)
+        return float(self.scale[i]) if self._has_scale(i) else 1.0
+
+    def normalisers(self) -> dict[str, float]:
+        return {k: self.divisor(k) for k in TERM_NAMES}
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, momentum={self.momentum}"
