@@ -86,3 +86,22 @@ def test_bad_arguments_are_one_line_errors():
         marks_region(np.zeros((S, S)), threshold=2)
     with pytest.raises(DataError, match="nan or inf"):
         marks_share(np.full((1, 2, S, S), np.nan), img)
+
+
+def test_evaluate_reports_the_marks_share_on_busi_by_default(tmp_path):
+    from test_data_busi import _processed
+    from testnets import SmallCNN
+
+    from sibnet.data.busi import BUSI
+    from sibnet.evaluation.run import evaluate
+
+    torch.manual_seed(0)
+    ds = BUSI(_processed(tmp_path, n_per_class=(3, 2, 2)), image_size=32)
+    model = SmallCNN(num_classes=3)
+    result = evaluate(model, ds, method="input_x_gradient", n_boot=0)
+    marks = result["marks"]
+    direct = marks_share(result["maps"]["maps"], result["maps"]["images"], result["maps"]["labels"])
+    assert marks["n"] == direct["n"] > 0 and marks["mean"] == pytest.approx(direct["mean"])
+    assert set(marks["per_class"]) == {"benign", "malignant", "normal"}
+    assert sum(c["n"] for c in marks["per_class"].values()) == marks["n"]
+    assert evaluate(model, ds, method="input_x_gradient", n_boot=0, marks=False)["marks"] is None

@@ -31,6 +31,8 @@
   of the folder (before ``classes`` and ``n`` select). ``duplicate_bits=None`` makes every image its
   own group. Groups whose images carry different labels are listed in
   ``info.extra["conflicting_groups"]``.
+* ``info.extra["burned_in_marks"]`` is true: ``sibnet evaluate`` reports by default how much of the
+  saliency falls on the images' burned-in text and calipers (:mod:`sibnet.evaluation.marks`).
 * Validation: a label outside benign/malignant/normal, a missing image or mask file, an image that
   cannot be decoded, and a mask whose size differs from its image's are each a
   :class:`~sibnet.errors.DataError` naming the file (and the ``labels.csv`` line).
@@ -230,7 +232,7 @@ class BUSI(RecordDataset):
             notes.append(f"{len(conflicting)} near-duplicate group(s) carry different labels: "
                          + "; ".join(", ".join(g) for g in conflicting))
         info = DatasetInfo(name="busi", class_names=classes, task="multiclass", in_channels=1, has_masks=True,
-                           extra={"layout": layout, "mask_mode": mask_mode, "mask_channels": k,
+                           extra={"layout": layout, "burned_in_marks": True, "mask_mode": mask_mode, "mask_channels": k,
                                   "duplicate_bits": duplicate_bits, "near_duplicate_groups": n_groups,
                                   "images_in_shared_groups": grouped, "conflicting_groups": conflicting,
                                   "notes": notes})

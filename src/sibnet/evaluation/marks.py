@@ -36,7 +36,9 @@ from skimage.morphology import disk, white_tophat
 
 from ..errors import DataError
 
-__all__ = ["marks_region", "marks_share"]
+__all__ = ["FOOTPRINT", "THRESHOLD", "marks_region", "marks_share"]
+FOOTPRINT = 1
+THRESHOLD = 0.25
 
 
 def _array(x, name: str) -> np.ndarray:
@@ -57,7 +59,7 @@ def _check(footprint, threshold, dilate) -> None:
         raise DataError(f"argument 'dilate' must be an integer >= 0, got {dilate!r}")
 
 
-def marks_region(image, footprint: int = 1, threshold: float = 0.25, dilate: int = 0) -> np.ndarray:
+def marks_region(image, footprint: int = FOOTPRINT, threshold: float = THRESHOLD, dilate: int = 0) -> np.ndarray:
     """Boolean (H, W): the bright thin structures of ``image`` ((H, W) or (C, H, W)); see the module doc."""
     _check(footprint, threshold, dilate)
     x = _array(image, "image")
@@ -76,7 +78,7 @@ def marks_region(image, footprint: int = 1, threshold: float = 0.25, dilate: int
     return region
 
 
-def marks_share(maps, images, labels=None, *, footprint: int = 1, threshold: float = 0.25, dilate: int = 0) -> dict:
+def marks_share(maps, images, labels=None, *, footprint: int = FOOTPRINT, threshold: float = THRESHOLD, dilate: int = 0) -> dict:
     """Share of each map's positive mass on the marks region of its image.
 
     ``maps`` (N, K, H, W), ``images`` (N, C, H, W) of the same size (normalised or not). With
