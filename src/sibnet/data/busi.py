@@ -51,7 +51,7 @@ from skimage.transform import resize
 
 from ..errors import ConfigError, DataError
 from .base import DatasetInfo
-from .imageio import image_size, read_image
+from .imageio import image_size as header_size, read_image
 from .records import Record, RecordDataset, mask_files, nonempty
 from .tables import read_table
 
@@ -169,7 +169,7 @@ def _layout(root: Path) -> tuple[Path, str]:
 
 def _check_sizes(rec: Record, shape: tuple[int, int]) -> None:
     for path in mask_files(rec):
-        h, w = image_size(path)
+        h, w = header_size(path)
         if (h, w) != tuple(shape):
             raise DataError(f"{path}: mask is {w}x{h} (width x height) but its image {rec.image} is "
                             f"{shape[1]}x{shape[0]}")
