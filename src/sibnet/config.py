@@ -33,7 +33,7 @@ import yaml
 from .errors import ConfigError
 
 # datasets that read files and therefore need ``data.root`` (the others are generated in memory)
-DATASETS_NEEDING_ROOT = ("chexpert", "nih", "glas", "medmnist", "csv")
+DATASETS_NEEDING_ROOT = ("chexpert", "nih", "glas", "busi", "medmnist", "csv")
 
 
 @dataclass

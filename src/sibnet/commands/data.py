@@ -5,6 +5,8 @@
 mask of every split, applies every validation rule (missing, unreadable or truncated image, unknown
 label value, missing column, empty split, mask/image size mismatch, duplicate patient across
 splits), and exits 1 listing each problem with its file or row, 0 with "no problems" otherwise.
+Both print the loader's notes (``info.extra["notes"]``, e.g. BUSI's near-duplicate groups whose
+images carry different labels).
 Loader options are given as ``--option KEY=VALUE`` (the value is read as YAML: ``label_set=chexpert5``,
 ``labels=[Edema]``).
 """
@@ -19,8 +21,9 @@ import yaml
 
 from ..errors import ConfigError, DataError
 
-DATASETS = ("synthetic", "synthetic-glands", "chexpert", "nih", "glas", "medmnist", "csv")
+DATASETS = ("synthetic", "synthetic-glands", "chexpert", "nih", "glas", "busi", "medmnist", "csv")
 OFFICIAL_SPLITS = {"chexpert": ("train", "valid"), "nih": ("train", "test"), "glas": ("train", "testA", "testB"),
+                   "busi": ("train",),
                    "medmnist": ("train", "val", "test"), "csv": ("train", "val", "test"),
                    "synthetic": ("train", "val", "test"), "synthetic-glands": ("train", "val", "test")}
 NO_SPLIT_COLUMN = "needs a 'split' column"  # a CSV without one has only the training split
@@ -74,6 +77,8 @@ def summary(args) -> int:
         print(f"  {split}: {len(ds)} images, {len(set(ds.patients))} patients")
         for name, n in counts.items():
             print(f"    {name:<28} {n:>7}")
+        for note in ds.info.extra.get("notes", ()):
+            print(f"  note: {note}")
     if shown is None:
         raise DataError(f"{args.root}: no split of {args.dataset!r} has images")
     if args.grid:
@@ -118,6 +123,7 @@ def check(args) -> int:
                 problems.append(msg)
             continue
         problems += [f"{split}: {m}" for m in getattr(ds, "skipped", [])]
+        notes += [f"{split}: {note}" for note in ds.info.extra.get("notes", ())]
         rows = getattr(ds, "info").extra.get("rows_without_image")
         if rows:
             notes.append(f"{split}: {rows} label rows have no image in the folder (not used)")

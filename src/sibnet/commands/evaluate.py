@@ -4,7 +4,9 @@ The dataset, its root, options, image size and seed default to the checkpoint's 
 configuration (augmentation switched off); ``--dataset``/``--root``/``--split`` override them.
 Writes ``OUT/metrics.json`` (everything), ``OUT/metrics.csv`` (one row per label, then ``mean``),
 ``OUT/predictions.csv`` (id, probability and label of every class) and, where the dataset has
-masks and ``--method`` is not ``none``, ``OUT/agreement.csv``; prints readable tables.
+masks and ``--method`` is not ``none``, ``OUT/agreement.csv``; prints readable tables. With
+``--marks`` (default on for datasets with burned-in marks, such as BUSI), also the share of the
+labelled classes' maps on the bright thin marks of the images (:mod:`sibnet.evaluation.marks`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def register(subparsers) -> None:
     p.add_argument("--embed-size", default=None, metavar="N",
                    help="resolution (pixels, or 'full') at which the class distinctiveness embeds the maps "
                         "(default: the checkpoint's loss.embed_size, else 32)")
+    p.add_argument("--marks", action=argparse.BooleanOptionalAction, default=None,
+                   help="report the share of the saliency on burned-in marks (bright thin text and calipers; "
+                        "default: on for datasets that carry them, e.g. busi)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
@@ -127,7 +132,8 @@ def write_outputs(out: Path, result: dict, header: dict) -> dict:
         agreement["records"] = [{**r, "hd95": r["hd95"] if math.isfinite(r["hd95"]) else None}
                                 for r in result["agreement"]["records"]]
     doc = {**header, "classification": result["classification"], "agreement": agreement,
-           "distinctiveness": result.get("distinctiveness"), "n_uncertain_labels_masked": result["n_uncertain_masked"]}
+           "distinctiveness": result.get("distinctiveness"), "marks": result.get("marks"),
+           "n_uncertain_labels_masked": result["n_uncertain_masked"]}
     (out / "metrics.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
     _write_csv(out / "metrics.csv", to_rows(result["classification"]))
     rows = []
@@ -190,7 +196,7 @@ def run(args) -> int:
         print(f"BatchNorm statistics {bn_note}")
     result = evaluate(model, dataset, task=meta["task"], class_names=meta["class_names"], method=method,
                       n_boot=args.n_boot, seed=args.seed, max_maps=args.max_maps, batch_size=args.batch_size,
-                      device=args.device, embed_size=embed_size)
+                      device=args.device, embed_size=embed_size, marks=args.marks)
     out = Path(args.out) if args.out else ckpt_path.parent / f"eval-{args.split}"
     header = {"checkpoint": str(ckpt_path), "dataset": name, "split": args.split, "n_images": len(dataset),
               "image_size": int(meta["image_size"]), "model": meta["model_name"], "method": method,
@@ -214,6 +220,16 @@ def run(args) -> int:
         print(f"  embeddings {_num(distinct['embedding_cosine']['mean'], 5)} "
               f"(sd {_num(distinct['embedding_cosine']['sd'], 5)}; L_CD, maps embedded at "
               f"{distinct['embed_size'] or 'full'} px)")
+    on_marks = result.get("marks")
+    if on_marks is not None:
+        print(f"\nshare of the {method} maps on burned-in marks (bright thin text and calipers; labelled class, "
+              f"{on_marks['n']} maps; a uniform map would have the marks' area):")
+        print(f"  all        {_num(on_marks['mean'])} (sd {_num(on_marks['sd'])}); area {_num(on_marks['area_mean'])}, "
+              f"enrichment {_num(on_marks['enrichment'], 2)}")
+        for name, c in on_marks["per_class"].items():
+            print(f"  {name[:10]:<10} {_num(c['mean'])} ({c['n']} maps)")
+    elif args.marks and method is None:
+        print("\n(--marks needs a saliency method)")
     print(f"\nwritten: {out}/metrics.json, metrics.csv, predictions.csv"
           + (", agreement.csv" if result["agreement"] is not None else ""))
     return 0

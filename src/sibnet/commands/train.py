@@ -8,7 +8,7 @@ import sys
 
 FLAGS = [  # (flag, config key, type, help)
     ("--dataset", "data.name", str, "dataset name: synthetic (default), synthetic-glands, chexpert, nih, "
-                                    "glas, medmnist, csv"),
+                                    "glas, busi, medmnist, csv"),
     ("--root", "data.root", str, "folder of the dataset's files (needed by every dataset but the synthetic ones)"),
     ("--model", "model.name", str, "densenet121 (default), resnet18, resnet50, resnet101"),
     ("--pretrained", "model.pretrained", str, "local torchvision-style ImageNet state dict (.pth) to start from"),

@@ -1,4 +1,4 @@
-"""Datasets: real formats (CheXpert, NIH ChestX-ray14, GlaS, MedMNIST, generic CSV), the generated
+"""Datasets: real formats (CheXpert, NIH ChestX-ray14, GlaS, BUSI, MedMNIST, generic CSV), the generated
 synthetic sets, patient-wise splits, transforms and the preprocessed cache.
 
 Start with :func:`build_dataset` (``sibnet.data.registry``); every dataset follows the item
@@ -6,6 +6,7 @@ interface of :mod:`sibnet.data.base`.
 """
 
 from .base import DatasetInfo
+from .busi import BUSI
 from .cache import CachedDataset, default_cache_dir
 from .chexpert import CheXpert
 from .csv_dataset import CSVDataset
@@ -28,6 +29,6 @@ def __getattr__(name):  # the synthetic sets import lazily (they are heavier and
     raise AttributeError(f"module 'sibnet.data' has no attribute {name!r}")
 
 
-__all__ = ["DatasetInfo", "CachedDataset", "default_cache_dir", "CheXpert", "CSVDataset", "GlaS", "MedMNIST",
+__all__ = ["BUSI", "DatasetInfo", "CachedDataset", "default_cache_dir", "CheXpert", "CSVDataset", "GlaS", "MedMNIST",
            "NIHChestXray", "Record", "RecordDataset", "available", "build_dataset", "check_disjoint", "fold_split",
            "patient_split", "LightAugment", "worker_init", *_LAZY]

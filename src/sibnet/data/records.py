@@ -14,6 +14,8 @@ Masks (``mask_mode``) from a mask file, read as an integer label map (0 backgrou
 ``"class"``  -> ``mask`` (K, h, w): map > 0 in the channel of every class the image is labelled
 with (1), zeros elsewhere (the per-class expert mask of the item interface);
 ``instances=True`` adds ``instances`` (h, w) int64, the label map itself (0 background, 1..n).
+A record's ``mask`` may be a tuple of files (one image annotated in several): their label maps are
+merged by the pixel-wise maximum, which is their union for 0/255 masks.
 """
 
 from __future__ import annotations
@@ -41,9 +43,16 @@ class Record:
     patient: str
     label: np.ndarray  # (K,) float32
     image: Path | None = None
-    mask: Path | None = None
+    mask: Path | tuple[Path, ...] | None = None  # several files: merged (pixel-wise maximum)
     where: str = ""  # e.g. "train.csv line 12", for messages
     extra: dict = field(default_factory=dict)
+
+
+def mask_files(record: Record) -> tuple[Path, ...]:
+    """The record's mask file(s) as a tuple (empty without a mask)."""
+    if record.mask is None:
+        return ()
+    return tuple(record.mask) if isinstance(record.mask, (tuple, list)) else (record.mask,)
 
 
 def nonempty(records: list, source: str, split: str) -> list:
@@ -108,12 +117,15 @@ class RecordDataset(Dataset):
         arr, hi = read_image(rec.image, self.channels)
         out = {"image": resize_image(arr, hi, self.image_size)}
         if rec.mask is not None:
-            m = read_mask(rec.mask)
-            if m.shape != arr.shape[:2]:
-                raise DataError(f"{rec.mask}: mask is {m.shape[1]}x{m.shape[0]} (width x height) but its image "
-                                f"{rec.image} is {arr.shape[1]}x{arr.shape[0]}")
-            if m.max(initial=0) > np.iinfo(np.int32).max or m.min(initial=0) < 0:
-                raise DataError(f"{rec.mask}: mask values must be in 0..2**31-1")
+            m = None
+            for path in mask_files(rec):
+                one = read_mask(path)
+                if one.shape != arr.shape[:2]:
+                    raise DataError(f"{path}: mask is {one.shape[1]}x{one.shape[0]} (width x height) but its image "
+                                    f"{rec.image} is {arr.shape[1]}x{arr.shape[0]}")
+                if one.max(initial=0) > np.iinfo(np.int32).max or one.min(initial=0) < 0:
+                    raise DataError(f"{path}: mask values must be in 0..2**31-1")
+                m = one if m is None else np.maximum(m, one)
             out["mask_map"] = resize_labels(m.astype(np.int32), self.image_size)
         elif self.with_mask_files:  # an image without annotation: empty mask
             out["mask_map"] = np.zeros(self.image_size, dtype=np.int32)
@@ -129,7 +141,7 @@ class RecordDataset(Dataset):
         size and modification time."""
         parts: list = [type(self).__name__, str(self.root), self.image_size, self.channels, 1]
         for r in self.records:
-            for p in (r.image, r.mask):
+            for p in (r.image, *(mask_files(r) or (None,))):
                 if p is None:
                     parts.append(None)
                     continue

@@ -1,14 +1,15 @@
 """Datasets by name: ``build_dataset("nih", root=..., split="train", fold=0)``.
 
 Names: ``synthetic``, ``synthetic-glands`` (generated, no files needed), ``chexpert``, ``nih``,
-``glas``, ``medmnist``, ``csv``.
+``glas``, ``busi``, ``medmnist``, ``csv``.
 
 * Without ``fold``, ``split`` is one of the dataset's own splits (see each loader's doc; every
   file-based loader also has ``"all"``).
 * With ``fold`` (0..folds-1), ``"train"`` and ``"val"`` are the patient-wise ``folds``-fold split
   (:func:`sibnet.data.splits.fold_split`, 80/20 for 5 folds, shuffled with ``seed``) of the
   dataset's training pool (its ``"train"`` split), and ``"test"`` is the dataset's official test split
-  where one exists.
+  where one exists. A dataset with a ``fold_strata`` attribute (one class per item, e.g. ``busi``)
+  gets folds stratified by it.
 * ``cached=True`` wraps the result in :class:`sibnet.data.cache.CachedDataset` (``cache_dir``
   defaults to ``$SIBNET_CACHE`` or ``~/.cache/sibnet``).
 * Any other keyword goes to the loader; one it does not take is a ConfigError naming it.
@@ -32,6 +33,7 @@ _LOADERS = {
     "chexpert": ("sibnet.data.chexpert", "CheXpert"),
     "nih": ("sibnet.data.nih", "NIHChestXray"),
     "glas": ("sibnet.data.glas", "GlaS"),
+    "busi": ("sibnet.data.busi", "BUSI"),
     "medmnist": ("sibnet.data.medmnist", "MedMNIST"),
     "csv": ("sibnet.data.csv_dataset", "CSVDataset"),
 }
@@ -133,7 +135,9 @@ def build_dataset(name: str, *, root=None, split: str = "train", image_size=128,
             ds = make("test")
         else:
             pool = _ensure_patients(make("train"))
-            train_idx, val_idx = fold_split(list(pool.patients), k=folds, fold=fold, seed=seed)
+            strata = getattr(pool, "fold_strata", None)
+            train_idx, val_idx = fold_split(list(pool.patients), k=folds, fold=fold, seed=seed,
+                                            strata=None if strata is None else list(strata))
             ds = _subset(pool, train_idx if split == "train" else val_idx, split)
     _ensure_patients(ds)
     if cache:

@@ -10,17 +10,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from sklearn.model_selection import GroupKFold
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
 from ..errors import ConfigError, DataError
 
 
-def fold_split(patients: Sequence[str], k: int = 5, fold: int = 0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def fold_split(patients: Sequence[str], k: int = 5, fold: int = 0, seed: int = 0,
+               strata: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(train_idx, val_idx)`` of fold ``fold`` of a patient-wise k-fold split.
 
     Patients are shuffled with ``seed`` and dealt into ``k`` groups (scikit-learn's
     ``GroupKFold(shuffle=True)``); fold ``i`` validates on group ``i``, so with ``k=5`` about 80 %
     of the items train and 20 % validate, and the ``k`` validation sets partition the items.
+    With ``strata`` (one class per item), the groups are dealt so that each fold keeps the
+    classes' proportions as far as the patients allow (``StratifiedGroupKFold(shuffle=True)``);
+    patients still never straddle folds.
     """
     if not isinstance(k, int) or k < 2:
         raise ConfigError(f"folds must be an integer >= 2, got {k!r}")
@@ -30,8 +34,14 @@ def fold_split(patients: Sequence[str], k: int = 5, fold: int = 0, seed: int = 0
     n_patients = len(np.unique(groups))
     if n_patients < k:
         raise DataError(f"cannot make {k} patient-wise folds from {n_patients} patient(s)")
-    splitter = GroupKFold(n_splits=k, shuffle=True, random_state=int(seed))
-    for i, (tr, va) in enumerate(splitter.split(np.zeros(len(groups)), groups=groups)):
+    if strata is None:
+        splitter, y = GroupKFold(n_splits=k, shuffle=True, random_state=int(seed)), None
+    else:
+        y = np.asarray([str(c) for c in strata])
+        if y.shape != groups.shape:
+            raise ConfigError(f"strata has {len(y)} entries but there are {len(groups)} items")
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=int(seed))
+    for i, (tr, va) in enumerate(splitter.split(np.zeros(len(groups)), y, groups=groups)):
         if i == fold:
             return np.sort(tr), np.sort(va)
     raise AssertionError("unreachable")

@@ -2,6 +2,7 @@
 
 ``classification``  per-label AUROC / AUPRC with bootstrap intervals; ``mean_auroc`` for early stopping
 ``agreement``       saliency maps vs expert masks (convex-hull binarisation, Dice, HD95, SSIM)
+``marks``           the share of each map on burned-in marks (bright thin text and calipers)
 ``distinctiveness`` how alike the K class maps of an image are (maps and their embeddings: L_CD)
 ``overlap``         Dice, HD95 (MONAI convention) and set Hausdorff of binary masks
 ``glas``            the GlaS challenge's object- and pixel-level segmentation scores
@@ -15,6 +16,7 @@ from sibnet.evaluation.agreement import binarise_convex_hull, saliency_agreement
 from sibnet.evaluation.batchnorm import BN_STATS, recalibrate_batchnorm
 from sibnet.evaluation.classification import classification_metrics, mean_auroc, to_rows
 from sibnet.evaluation.distinctiveness import map_distinctiveness
+from sibnet.evaluation.marks import marks_region, marks_share
 from sibnet.evaluation.glas import glas_dataset_scores, glas_scores, label_instances
 from sibnet.evaluation.overlap import dice, hausdorff, hd95
 from sibnet.evaluation.probes import PROBES, evaluate_probes
@@ -36,6 +38,8 @@ __all__ = [
     "hd95",
     "label_instances",
     "map_distinctiveness",
+    "marks_region",
+    "marks_share",
     "mean_auroc",
     "mean_sd",
     "paired_difference",

@@ -12,6 +12,9 @@ Conventions
   agreement (DESIGN decision 9) scores each (image, class) pair whose label is 1 and whose expert
   mask is nonempty; the class distinctiveness (how alike the K maps of an image are, and their
   embeddings: L_CD) needs no masks. ``max_maps`` limits how many images (the first ones) get maps.
+* Marks (``marks=True``, default: where the dataset's ``info.extra["burned_in_marks"]`` is true, as
+  for BUSI): the share of each labelled class's map on the bright thin marks of its image
+  (:func:`sibnet.evaluation.marks.marks_share`), overall and per class.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..errors import SibnetError
 from .agreement import saliency_agreement
 from .classification import classification_metrics
 from .distinctiveness import map_distinctiveness
+from .marks import FOOTPRINT, THRESHOLD, marks_share
 
 
 @dataclass
@@ -108,13 +112,16 @@ def compute_maps(model: nn.Module, dataset, method, indices=None, batch_size: in
 def evaluate(model: nn.Module, dataset, *, task: str | None = None, class_names=None, method=None,
              n_boot: int = 1000, seed: int = 0, max_maps: int | None = None, batch_size: int = 32,
              device: str | torch.device = "cpu", saliency_options: dict | None = None,
-             embed_size: int | None = 32) -> dict:
+             embed_size: int | None = 32, marks: bool | None = None) -> dict:
     """Classification metrics with bootstrap intervals; with a saliency ``method``, the maps'
     class distinctiveness (:mod:`sibnet.evaluation.distinctiveness`, maps embedded at ``embed_size``)
     and, where masks exist, their agreement with them.
 
+    With ``marks`` (default: the dataset's ``info.extra["burned_in_marks"]``), also the share of the
+    labelled classes' maps on burned-in marks (:func:`marks_summary`).
+
     Returns ``{"classification": ..., "agreement": ... or None, "distinctiveness": ... or None,
-    "n_uncertain_masked", "predictions": Predictions, "maps": compute_maps(...) or None}``.
+    "marks": ... or None, "n_uncertain_masked", "predictions": Predictions, "maps": compute_maps(...) or None}``.
     """
     info = getattr(dataset, "info", None)
     task = task or (info.task if info is not None else "multilabel")
@@ -124,7 +131,9 @@ def evaluate(model: nn.Module, dataset, *, task: str | None = None, class_names=
     if pred.probs.shape[1] != y.shape[1]:
         raise SibnetError(f"the model has {pred.probs.shape[1]} outputs but the dataset has {y.shape[1]} labels")
     cls = classification_metrics(pred.probs, y, class_names=names or None, n_boot=n_boot, seed=seed)
-    agreement, maps, distinct = None, None, None
+    agreement, maps, distinct, on_marks = None, None, None, None
+    if marks is None:
+        marks = bool(getattr(info, "extra", {}).get("burned_in_marks", False))
     has_masks = bool(getattr(info, "has_masks", False))
     n = len(dataset) if max_maps is None else min(int(max_maps), len(dataset))
     method_name = method if isinstance(method, str) else getattr(method, "__name__", "custom")
@@ -139,7 +148,10 @@ def evaluate(model: nn.Module, dataset, *, task: str | None = None, class_names=
             distinct = map_distinctiveness(model, maps["maps"], maps["images"], embed_size=embed_size,
                                            batch_size=max(1, min(batch_size, 16)), device=device)
             distinct["method"] = method_name
-    return {"classification": cls, "agreement": agreement, "distinctiveness": distinct,
+        if marks:
+            on_marks = marks_summary(maps["maps"], maps["images"], maps["labels"], names)
+            on_marks["method"] = method_name
+    return {"classification": cls, "agreement": agreement, "distinctiveness": distinct, "marks": on_marks,
             "n_uncertain_masked": masked, "predictions": pred, "maps": maps}
 
 
@@ -155,3 +167,16 @@ def agreement_rows(agreement: dict) -> list[dict]:
                  "ssim": m["ssim"], "ssim_sd": None, "n_pairs": sum(r["n_pairs"] for r in rows),
                  "n_empty_maps": sum(r["n_empty_maps"] for r in rows)})
     return rows
+
+
+def marks_summary(maps, images, labels, class_names) -> dict:
+    """:func:`marks_share` of the labelled classes' maps: ``{"mean", "sd", "n", "area_mean",
+    "enrichment", "per_class": {name: {"mean", "n"}}, "footprint", "threshold"}``."""
+    out = marks_share(maps, images, labels)
+    share, y = out.pop("share"), np.asarray(labels)
+    out.pop("area")
+    per_class = {}
+    for j, name in enumerate(class_names or [f"class_{j}" for j in range(share.shape[1])]):
+        v = share[(y[:, j] == 1) & np.isfinite(share[:, j]), j]
+        per_class[str(name)] = {"mean": float(v.mean()) if v.size else None, "n": int(v.size)}
+    return {**out, "per_class": per_class, "footprint": FOOTPRINT, "threshold": THRESHOLD}
