@@ -185,6 +185,9 @@ def test_fold_of_the_checkpoint_gives_its_validation_split(tmp_path):
     (["--checkpoint", "{ckpt}", "--embed-size", "big"], "--embed-size"),
     (["--checkpoint", "{ckpt}", "--dataset", "synthetic-glands"], "classes"),
     (["--checkpoint", "{ckpt}", "--dataset", "nih"], "root"),
+    (["--checkpoint", "{ckpt}", "--method", "gradcam", "--contrast", "clrp"], "contrast"),
+    (["--checkpoint", "{ckpt}", "--saliency-option", "nokey"], "--saliency-option"),
+    (["--checkpoint", "{ckpt}", "--saliency-option", "stabilizer=[", "--method", "deep_taylor"], "YAML"),
 ])
 def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, args, needle):
     ckpt = tiny_checkpoint(tmp_path / "t.pt", n=8)
@@ -225,3 +228,25 @@ def test_batchnorm_statistics_re_estimated_on_the_training_split(tmp_path):
     got = torch.tensor([[float(r[f"prob:{c}"]) for c in names] for r in preds])
     torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(got, stored, atol=1e-3)
+
+
+def test_contrastive_maps_distinctiveness_matches_the_method(tmp_path):
+    """--contrast clrp: the maps' mean pairwise cosine is that of deep_taylor(contrast="clrp") maps."""
+    from sibnet.data.registry import build_dataset
+    from sibnet.saliency import deep_taylor
+    from sibnet.training.checkpoint import load_model_from_checkpoint
+
+    ckpt = tiny_checkpoint(tmp_path / "t.pt", n=8)
+    out = tmp_path / "o"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--contrast", "clrp", "--n-boot", "0", "--out", str(out)]) == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["saliency_options"] == {"contrast": "clrp"}
+    model, _ = load_model_from_checkpoint(ckpt)
+    ds = build_dataset("synthetic", split="test", image_size=32, seed=0, n=8)
+    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    m = deep_taylor(model.eval(), x, contrast="clrp").clamp_min(0)
+    m = m / (m.amax(dim=(2, 3), keepdim=True) + 1e-8)
+    f = torch.nn.functional.normalize(m.flatten(2), dim=2, eps=1e-8)
+    i, j = torch.triu_indices(5, 5, 1)
+    cos = (f @ f.transpose(1, 2))[:, i, j].mean(1)
+    assert doc["distinctiveness"]["map_cosine"]["mean"] == pytest.approx(cos.mean().item(), abs=1e-5)

@@ -41,6 +41,10 @@ def register(subparsers) -> None:
     p.add_argument("--method", default="deep_taylor",
                    help="saliency method for the agreement and the class distinctiveness (default deep_taylor; "
                         "'none' skips both)")
+    p.add_argument("--contrast", choices=("none", "clrp", "sglrp"), default="none",
+                   help="class-contrastive maps for deep_taylor, lrp_epsilon, lrp_alpha_beta (default none)")
+    p.add_argument("--saliency-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="another option of the saliency method (YAML value), e.g. start=relu_logit; repeatable")
     p.add_argument("--max-maps", type=int, default=None, metavar="N",
                    help="compute saliency maps for the first N images only (default all)")
     p.add_argument("--embed-size", default=None, metavar="N",
@@ -148,6 +152,26 @@ def write_outputs(out: Path, result: dict, header: dict) -> dict:
     return doc
 
 
+def saliency_options(texts: list[str], contrast: str = "none") -> dict:
+    """``--saliency-option KEY=VALUE`` (YAML values) and ``--contrast`` as the method's keyword options."""
+    import yaml
+
+    options = {}
+    for text in texts:
+        key, sep, raw = text.partition("=")
+        if not sep or not key.strip():
+            raise SibnetError(f"--saliency-option {text!r}: expected KEY=VALUE, e.g. start=relu_logit")
+        try:
+            options[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise SibnetError(f"--saliency-option {text!r}: the value is not valid YAML") from None
+    if contrast != "none":
+        if options.get("contrast", contrast) != contrast:
+            raise SibnetError(f"--contrast {contrast} and --saliency-option contrast={options['contrast']} disagree")
+        options["contrast"] = contrast
+    return options
+
+
 def _embed_size(value, config: dict):
     if value is None:
         loss = config.get("loss") or {}
@@ -174,10 +198,12 @@ def run(args) -> int:
     if args.max_maps is not None and args.max_maps < 0:
         raise SibnetError(f"--max-maps must be >= 0, got {args.max_maps}")
     method = None if args.method.lower() in ("none", "null", "") else args.method
+    options = saliency_options(args.saliency_option, args.contrast)
     if method is not None:
-        from ..saliency import get
+        from ..saliency import check_options, get
 
-        get(method)  # unknown names fail before any work
+        get(method)  # unknown names and options fail before any work
+        check_options(method, options)
     ckpt_path = Path(args.checkpoint)
     model, meta = load_model_from_checkpoint(ckpt_path, map_location=args.device)
     config = load_checkpoint(ckpt_path).get("config") or {}
@@ -196,10 +222,11 @@ def run(args) -> int:
         print(f"BatchNorm statistics {bn_note}")
     result = evaluate(model, dataset, task=meta["task"], class_names=meta["class_names"], method=method,
                       n_boot=args.n_boot, seed=args.seed, max_maps=args.max_maps, batch_size=args.batch_size,
-                      device=args.device, embed_size=embed_size, marks=args.marks)
+                      device=args.device, embed_size=embed_size, marks=args.marks, saliency_options=options)
     out = Path(args.out) if args.out else ckpt_path.parent / f"eval-{args.split}"
     header = {"checkpoint": str(ckpt_path), "dataset": name, "split": args.split, "n_images": len(dataset),
               "image_size": int(meta["image_size"]), "model": meta["model_name"], "method": method,
+              "saliency_options": options,
               "bn_stats": bn_note}
     write_outputs(out, result, header)
     print(f"{name}/{args.split}: {len(dataset)} images, {meta['model_name']} from {ckpt_path}")
@@ -214,7 +241,8 @@ def run(args) -> int:
         print("\n(no expert masks in this dataset: no saliency agreement)")
     distinct = result.get("distinctiveness")
     if distinct is not None:
-        print(f"\nclass distinctiveness of the {method} maps ({distinct['n_images']} images; mean pairwise cosine "
+        shown = method + "".join(f", {k}={v}" for k, v in options.items())
+        print(f"\nclass distinctiveness of the {shown} maps ({distinct['n_images']} images; mean pairwise cosine "
               "over the classes, 1 = alike):")
         print(f"  maps       {_num(distinct['map_cosine']['mean'])} (sd {_num(distinct['map_cosine']['sd'])})")
         print(f"  embeddings {_num(distinct['embedding_cosine']['mean'], 5)} "

@@ -76,6 +76,8 @@ def train_one(plan: DemoPlan, saliency: str | None, out: Path, datasets, progres
     loss = trainer.run.loss_fn
     summary["lambda_cd"] = None if saliency is None else float(loss.lambda_cd)
     summary["lambda_sc"] = None if saliency is None else float(loss.lambda_sc)
+    summary["balance"] = None if saliency is None else loss.balance.mode
+    summary["saliency_options"] = {} if saliency is None else dict(loss.saliency_options)
     return summary
 
 
@@ -180,12 +182,13 @@ def run_demo(out: str | Path = "runs/demo", plan: DemoPlan = DemoPlan(), progres
             f"{summaries[name]['best_val_auroc']:.3f} (epoch {summaries[name]['best_epoch']})")
     test = datasets[2]
     names = list(test.info.class_names)
+    options = summaries["SIBNet"]["saliency_options"]  # the maps SIBNet trained on, for both models
     for name in runs:
         log(f"evaluating {name} on the test split")
         model, meta = load_model_from_checkpoint(out / name.lower() / "best.pt")
         models[name] = model
         results[name] = evaluate(model, test, task=meta["task"], class_names=names, method=plan.method,
-                                 n_boot=plan.n_boot, seed=plan.seed, batch_size=32)
+                                 n_boot=plan.n_boot, seed=plan.seed, batch_size=32, saliency_options=options)
     cases = pick_cases(test, plan.cases)
     fig_dir = out / "figures"
     curves = training_curves({n: out / n.lower() / "metrics.csv" for n in runs})
@@ -216,7 +219,9 @@ def run_demo(out: str | Path = "runs/demo", plan: DemoPlan = DemoPlan(), progres
         f"(same initial weights and batch order) for {plan.epochs} epoch(s) each, batch size {plan.batch_size}, "
         f"Adam lr 1e-3, betas (0.93, 0.999), positive-class weights from the training labels. Baseline: "
         f"weighted BCE only. SIBNet: weighted BCE + {lam['lambda_cd']} L_CD + {lam['lambda_sc']} L_SC with "
-        f"{plan.method} saliency maps (the method's default weights). The checkpoint evaluated is each run's "
+        f"{_method_text(plan.method, options)} saliency maps (the method's default weights; loss balance "
+        f"{lam['balance']}: each term divided by its own value at the first step, then weighted). "
+        "The checkpoint evaluated is each run's "
         f"best.pt (best validation mean AUROC: baseline epoch {summaries['baseline']['best_epoch']}, SIBNet "
         f"epoch {summaries['SIBNet']['best_epoch']}).",
         f"Run on {platform.machine()} CPU with {torch_threads} torch threads: baseline training "
@@ -225,7 +230,7 @@ def run_demo(out: str | Path = "runs/demo", plan: DemoPlan = DemoPlan(), progres
         f"These are the numbers the runs gave, not tuned for either model. {plan.epochs} epoch(s) on "
         f"{plan.n_train} images of {plan.image_size} px is a demonstration of the pipeline, not a replication of "
         "the paper (320 px, thousands of images, many epochs): intervals are wide and the ranking of the two "
-        "models can change with the seed, the data size and the number of epochs."] + _loss_balance(out, lam))
+        "models can change with the seed, the data size and the number of epochs."])
     curves_section = Section("Training curves", [
         Figure(curves_png, caption="Per epoch, from each run's metrics.csv: mean training loss (total and its "
                                    "weighted BCE part) and validation mean AUROC."),
@@ -242,7 +247,8 @@ def run_demo(out: str | Path = "runs/demo", plan: DemoPlan = DemoPlan(), progres
         "test split unless given otherwise)",
         f"explain an image: sibnet explain --checkpoint {out / 'sibnet' / 'best.pt'} IMAGE.png"]])
     sections = [setup, classification_section(results, names, plan.n_boot), agreement_section(results, plan.method),
-                curves_section, cases_section, files]
+                loss_terms_section(out / "sibnet" / "metrics.csv", lam, results), curves_section, cases_section,
+                files]
     report = write_report(out / "report.html", sections, title="sibnet demo: baseline vs SIBNet DenseNet-121")
     summary = {
         "plan": asdict(plan), "seconds": total, "torch_threads": torch_threads, "report": str(report),
@@ -254,17 +260,50 @@ def run_demo(out: str | Path = "runs/demo", plan: DemoPlan = DemoPlan(), progres
     return summary
 
 
-def _loss_balance(out: Path, lam: dict) -> list[str]:
-    """A sentence on the size of the SIBNet terms against the weighted BCE in the first epoch."""
+def _method_text(method: str, options: dict) -> str:
+    return method + "".join(f" ({k} {v})" for k, v in options.items())
+
+
+def loss_terms_section(metrics_csv: Path, lam: dict, results: dict) -> Section:
+    """Per epoch of the SIBNet run: each term raw and its share of the total, and how alike and how
+    flat the class maps are; then the class maps' similarity of both final models on the test split."""
     from .figures import read_metrics_csv
 
-    m = read_metrics_csv(out / "sibnet" / "metrics.csv")
-    wce, cd, sc = (float(m[c][0]) if c in m else math.nan for c in ("train_wce", "train_cd", "train_sc"))
-    if not all(math.isfinite(v) for v in (wce, cd, sc)) or wce <= 0:
-        return []
-    return [f"Loss balance in SIBNet's first epoch (mean over its batches): weighted BCE {wce:.3f}, "
-            f"lambda_cd x L_CD = {lam['lambda_cd'] * cd:.3f}, lambda_sc x L_SC = {lam['lambda_sc'] * sc:.3f} "
-            f"({lam['lambda_sc'] * sc / wce:.0f} times the weighted BCE)."]
+    m = read_metrics_csv(metrics_csv)
+    n = len(m["epoch"])
+
+    def col(name, i, digits=3):
+        v = m.get(name)
+        return "–" if v is None or not np.isfinite(v[i]) else f"{v[i]:.{digits}f}"
+
+    rows = []
+    for i in range(n):
+        shares = [m.get(f"train_{k}_w", np.full(n, np.nan))[i] for k in ("wce", "cd", "sc")]
+        total = np.nansum(shares)
+        rows.append([int(m["epoch"][i]), col("train_wce", i), col("train_cd", i, 4), col("train_sc", i)]
+                    + [f"{100 * s / total:.0f}%" if total > 0 and np.isfinite(s) else "–" for s in shares]
+                    + [col("train_map_cos", i), col("val_map_cos", i), col("val_emb_cos", i, 4),
+                       col("val_flat_maps", i, 2)])
+    cols = ["epoch", "weighted BCE", "L_CD", "L_SC", "share BCE", f"share {lam['lambda_cd']}·L_CD",
+            f"share {lam['lambda_sc']}·L_SC", "map cos (train)", "map cos (val)", "embedding cos (val)",
+            "flat maps (val)"]
+    alike = []
+    for name, r in results.items():
+        d = r.get("distinctiveness")
+        if d is not None:
+            alike.append([name, f"{d['map_cosine']['mean']:.3f}", f"{d['embedding_cosine']['mean']:.4f}",
+                          d["n_images"]])
+    parts = [
+        "Each term of SIBNet's loss per epoch (mean over the epoch's batches): its raw value and its share of the "
+        "total after the loss balance and the lambdas. Then how alike the K class maps of an image are (mean "
+        "pairwise cosine of the normalised maps; 1: one map for every class) on the training batches and on 32 "
+        "validation images, the same for their embeddings by the model (what L_CD sees), and the share of flat "
+        "(uniform or zero) maps. A model whose maps collapse shows map cosine near 1 or many flat maps.",
+        Table(cols, rows, caption="From the SIBNet run's metrics.csv.")]
+    if alike:
+        parts.append(Table(["model", "map cos (test)", "embedding cos (test)", "images"], alike,
+                           caption="Both final models' maps on the test split (the same method and options)."))
+    return Section("Loss terms and class maps", parts)
 
 
 def _finite(obj):
