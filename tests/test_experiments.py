@@ -437,3 +437,58 @@ def test_identity_ignores_unused_loss_settings_of_the_baseline(tmp_path):
                 _check_identity(folder, ident)
         else:
             _check_identity(folder, ident)
+
+
+def test_own_splits_early_stopping_and_warm_start(tmp_path, monkeypatch):
+    """--folds 1: the dataset's own train/val/test splits; --patience: early stopping, best.pt evaluated;
+    warm-baseline starts from the finished baseline job's best.pt (and only at its first epoch)."""
+    import sibnet.experiments.jobs as jobs
+    from sibnet.training import load_checkpoint
+    from sibnet.training.checkpoint import load_model_from_checkpoint
+
+    runs, out = tmp_path / "runs", tmp_path / "tables"
+    args = ["experiment", "table1", "--dataset", "synthetic", "--image-size", "32", "--folds", "1", "--seeds", "1",
+            "--budget", "epochs=3", "--patience", "1", "--batch-size", "8", "--data-option", "n=16",
+            "--runs", str(runs), "--out", str(out)]
+    # the warm job alone first: its baseline is not finished, so it fails with a message saying so
+    assert main(args + ["--methods", "warm-baseline", "--report-only"]) == 0
+    with pytest.raises(Exception, match="not finished yet: run 'baseline' first"):
+        jobs.run_job(jobs.Study(dataset="synthetic", runs=runs, budget=jobs.parse_budget("epochs=3"), image_size=32,
+                                folds=1, batch_size=8, options={"n": 16}, patience=1),
+                     jobs.Job("warm-baseline", 0, 0))
+    calls = []
+    real = jobs.warm_start_weights
+
+    def spy(study, job):
+        calls.append(job.key)
+        weights = real(study, job)
+        calls.append(weights)
+        return weights
+
+    monkeypatch.setattr(jobs, "warm_start_weights", spy)
+    assert main(args + ["--methods", "baseline,warm-baseline"]) == 0
+    base = runs / "baseline" / "fold0-seed0"
+    done = json.loads((base / "done.json").read_text())
+    assert done["checkpoint"] == "best.pt" and done["eval_split"] == "test" and done["n_eval"] == 16
+    cfg = load_checkpoint(base / "last.pt")["config"]
+    assert cfg["data"]["fold"] is None and cfg["train"]["patience"] == 1
+    state = load_checkpoint(base / "last.pt")["state"]
+    best = load_checkpoint(base / "best.pt")["state"]["epoch"]
+    assert state["epoch"] == 3 or state["stop_reason"].startswith("early stopping")
+    # the evaluated probabilities are best.pt's on the official test split
+    from sibnet.data.registry import build_dataset
+    from sibnet.evaluation.run import predict
+
+    model, meta = load_model_from_checkpoint(base / "best.pt")
+    pred = predict(model, build_dataset("synthetic", split="test", image_size=32, seed=0, n=16), meta["task"])
+    assert np.allclose(np.load(base / "predictions.npz")["probs"], pred.probs, atol=1e-6)
+    assert best >= 1
+    # warm start: called once, with the baseline's best.pt weights
+    assert calls[0] == "warm-baseline/fold0-seed0" and len(calls) == 2
+    baseline_best = load_checkpoint(base / "best.pt")["model"]
+    assert all(torch.equal(calls[1][k], baseline_best[k]) for k in baseline_best)
+    warm = runs / "warm-baseline" / "fold0-seed0"
+    import yaml
+
+    assert yaml.safe_load((warm / "job.yaml").read_text())["warm_start"] == "baseline/fold0-seed0/best.pt"
+    assert "early stopping after 1 epochs" in (out / "table1.md").read_text()

@@ -202,8 +202,27 @@ def job_config(study: Study, job: Job) -> Config:
 
 def job_identity(study: Study, job: Job, cfg: Config) -> dict:
     method = get_method(job.method)
-    return {"method": job.method, "model": method.model, "fold": job.fold, "seed": job.seed,
-            "budget": str(study.budget), "eval_split": study.eval_split, "config": cfg.to_dict()}
+    identity = {"method": job.method, "model": method.model, "fold": job.fold, "seed": job.seed,
+                "budget": str(study.budget), "eval_split": study.eval_split, "config": cfg.to_dict()}
+    if method.warm_start is not None:
+        identity["warm_start"] = f"{Job(method.warm_start, job.fold, job.seed).key}/{study.checkpoint}"
+    return identity
+
+
+def warm_start_weights(study: Study, job: Job) -> dict | None:
+    """The model weights a warm-started job begins with (None for a job trained from scratch)."""
+    from ..training.checkpoint import load_checkpoint
+
+    method = get_method(job.method)
+    if method.warm_start is None:
+        return None
+    source = Job(method.warm_start, job.fold, job.seed)
+    done = read_done(source.folder(study))
+    path = source.folder(study) / study.checkpoint
+    if done is None or done.get("budget") != str(study.budget) or not path.is_file():
+        raise SibnetError(f"{job.key} starts from the finished {source.key} job's {study.checkpoint}, which is not "
+                          f"finished yet: run {method.warm_start!r} first (list it before {job.method!r} in --methods)")
+    return load_checkpoint(path)["model"]
 
 
 # ------------------------------------------------------------------ locks
@@ -471,6 +490,14 @@ def run_job(study: Study, job: Job, log=print) -> dict:
             step_cfg.train.epochs = next_epochs
             model = _build_model(method, cfg, info)
             resume = folder / "last.pt" if (folder / "last.pt").is_file() else None
+            if resume is None and method.warm_start is not None:
+                if model is None:
+                    from ..models.classifier import build_classifier
+
+                    model = build_classifier(cfg.model.name, info.in_channels, info.num_classes,
+                                             dropout=cfg.model.dropout)
+                    model.model_name = cfg.model.name
+                model.load_state_dict(warm_start_weights(study, job))
             Trainer(step_cfg, datasets=datasets, model=model).fit(resume=resume, overwrite=resume is None)
             ckpt = load_checkpoint(folder / "last.pt")
             state = ckpt["state"]

@@ -14,6 +14,13 @@ present (the default CheXpert tree's parents, Lung Opacity and Enlarged Cardiome
 among them), so there it is U-LSR plus the two-stage schedule; on NIH (no uncertain labels) it
 trains like the baseline. Its stage split is fixed by the study's budget, so a larger budget
 cannot continue a finished ``pham`` job (its configuration differs): use another ``--runs``.
+
+``warm-baseline`` and ``warm-sibnet`` re-use a converged model (the paper stresses re-using
+pre-trained models): each starts from the evaluated checkpoint of the ``baseline`` job of the same
+fold and seed (its weights; a fresh optimizer) and trains for the study's budget, with the weighted
+BCE alone (the control) or with SIBNet's loss. The baseline job must be finished first (list it
+before them in ``--methods``; with ``--jobs`` > 1 a warm job whose baseline is not finished fails
+with a message saying so and runs on the next call).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ class Method:
     overrides: dict = field(default_factory=dict)
     unlabeled: bool = False  # SIBNet+: needs the dataset's unlabeled pool
     implemented: bool = True
+    warm_start: str | None = None  # start from the evaluated checkpoint of this method's job (same fold, seed)
 
 
 BASELINE = "baseline"
@@ -52,6 +60,10 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            overrides={"loss.saliency": "deep_taylor", "loss.balance": "none"}),
     Method("sibnet-running", "SIBNet (DeepTaylor) with each term divided by its running mean (loss.balance running)",
            overrides={"loss.saliency": "deep_taylor", "loss.balance": "running"}),
+    Method("warm-baseline", "the baseline's evaluated model trained on with the weighted BCE alone for the study's "
+           "budget (the control of warm-sibnet)", overrides={"loss.saliency": None}, warm_start=BASELINE),
+    Method("warm-sibnet", "the baseline's evaluated model trained on with SIBNet's loss (the configuration's "
+           "defaults) for the study's budget", overrides={"loss.saliency": "deep_taylor"}, warm_start=BASELINE),
     Method("authors", "the published SIBNet training code's objective: GradCAM with constant channel weights, "
            "L_CD as |cos| of the maps themselves, every term divided by its first value, lambdas 1",
            overrides={"loss.saliency": "gradcam", "loss.saliency_options": {"weight_grad": False},
