@@ -34,18 +34,9 @@ from skimage.filters import threshold_otsu
 from skimage.metrics import structural_similarity
 
 from sibnet.errors import DataError
-from sibnet.evaluation.overlap import as_mask, dice, hd95
+from sibnet.evaluation.overlap import as_float, as_mask, dice, hd95
 
 __all__ = ["binarise_convex_hull", "dice", "hd95", "ssim", "saliency_agreement", "hull_of_points"]
-
-
-def _as_float(x, name: str) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x, dtype=np.float64)
-    if not np.isfinite(x).all():
-        raise DataError(f"argument {name!r} contains nan or inf")
-    return x
 
 
 def _threshold(s: np.ndarray, threshold) -> float:
@@ -97,7 +88,7 @@ def hull_of_points(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def binarise_convex_hull(saliency, threshold="otsu") -> np.ndarray:
     """Binarise a saliency map (H, W) by the convex hull of its pixels above ``threshold``."""
-    s = _as_float(saliency, "saliency")
+    s = as_float(saliency, "saliency")
     if s.ndim != 2:
         raise DataError(f"argument 'saliency' must be one (H, W) map, got shape {tuple(s.shape)}")
     t = _threshold(s, threshold)
@@ -147,7 +138,7 @@ def saliency_agreement(
     covers. ``mean`` is the unweighted mean of the per-class means over classes with any pair.
     HD95 is in pixels, or in the unit of ``spacing`` when given.
     """
-    m = _as_float(maps, "maps")
+    m = as_float(maps, "maps")
     g = as_mask(masks, "masks")
     y = labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels, dtype=float)
     if m.ndim != 4:

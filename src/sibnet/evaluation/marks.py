@@ -35,19 +35,11 @@ from scipy.ndimage import binary_dilation
 from skimage.morphology import disk, white_tophat
 
 from ..errors import DataError
+from .overlap import as_float
 
 __all__ = ["FOOTPRINT", "THRESHOLD", "marks_region", "marks_share"]
 FOOTPRINT = 1
 THRESHOLD = 0.25
-
-
-def _array(x, name: str) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x, dtype=np.float64)
-    if not np.isfinite(x).all():
-        raise DataError(f"argument {name!r} contains nan or inf")
-    return x
 
 
 def _check(footprint, threshold, dilate) -> None:
@@ -62,7 +54,7 @@ def _check(footprint, threshold, dilate) -> None:
 def marks_region(image, footprint: int = FOOTPRINT, threshold: float = THRESHOLD, dilate: int = 0) -> np.ndarray:
     """Boolean (H, W): the bright thin structures of ``image`` ((H, W) or (C, H, W)); see the module doc."""
     _check(footprint, threshold, dilate)
-    x = _array(image, "image")
+    x = as_float(image, "image")
     if x.ndim == 3:
         x = x.mean(0)
     if x.ndim != 2:
@@ -88,8 +80,8 @@ def marks_share(maps, images, labels=None, *, footprint: int = FOOTPRINT, thresh
          "mean", "sd", "n": summary of the shares, "area_mean": mean area of the images
          summarised, "enrichment": mean / area_mean}
     """
-    m = _array(maps, "maps")
-    x = _array(images, "images")
+    m = as_float(maps, "maps")
+    x = as_float(images, "images")
     if m.ndim != 4:
         raise DataError(f"argument 'maps' must have shape (N, K, H, W), got {tuple(m.shape)}")
     if x.ndim != 4 or x.shape[0] != m.shape[0] or x.shape[2:] != m.shape[2:]:

@@ -28,7 +28,17 @@ from scipy.ndimage import binary_erosion, distance_transform_edt
 
 from sibnet.errors import DataError
 
-__all__ = ["as_mask", "boundary", "dice", "hausdorff", "hd95"]
+__all__ = ["as_float", "as_mask", "boundary", "dice", "hausdorff", "hd95"]
+
+
+def as_float(x, name: str) -> np.ndarray:
+    """A float64 numpy array from a numpy array or tensor; nan or inf is a DataError naming ``name``."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise DataError(f"argument {name!r} contains nan or inf")
+    return x
 
 
 def as_mask(x, name: str = "mask") -> np.ndarray:
