@@ -11,9 +11,16 @@ Every score is oriented so that a HIGHER value means MORE SUSPICIOUS (less like 
 ``msp``          the negated maximum class probability (Hendrycks & Gimpel 2017). Multi-class: max
                  softmax. Multi-label: the mean over classes of max(p_k, 1 - p_k), the confidence of
                  each binary decision; the score is ``-msp`` (low confidence = suspicious).
-``energy``       the energy (Liu et al. 2020). Multi-class: ``-logsumexp(logits)``. Multi-label: the
-                 joint energy ``-sum_k softplus(logit_k)`` (the sum of the K binary energies,
-                 Wang et al. 2021); high = suspicious.
+``energy``       the energy (Liu et al. 2020); high = suspicious. Multi-class: ``-logsumexp(logits)``.
+                 Multi-label: the sum over classes of the energy of each binary decision with its two
+                 logits centred, ``-logsumexp(-f_k / 2, f_k / 2)``. A sigmoid output fixes the absent
+                 class's logit at 0 by convention, and the energy, unlike the probabilities, depends on
+                 that choice; centring makes it symmetric in present/absent (it then falls with |f_k|,
+                 like the multi-label MSP). The uncentred joint energy ``-sum_k softplus(f_k)``
+                 (Wang et al. 2021) calls images with confident NEGATIVE findings unfamiliar, which on
+                 chest radiographs (mostly negative labels) inverts it: on a synthetic-trained
+                 ResNet-18 its AUROC was 0.14 for errors vs correct images and 0.26 for NIH vs
+                 synthetic images.
 ``mahalanobis``  the squared Mahalanobis distance of the penultimate features (Lee et al. 2018), the
                  covariance estimated by scikit-learn's Ledoit-Wolf shrinkage. Multi-class:
                  class-conditional means with one shared covariance of the class-centred features,
@@ -29,7 +36,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
@@ -48,11 +54,12 @@ def msp_score(logits: torch.Tensor, task: str) -> torch.Tensor:
 
 
 def energy_score(logits: torch.Tensor, task: str) -> torch.Tensor:
-    """Energy (B,): ``-logsumexp`` (multi-class) or ``-sum softplus`` (multi-label)."""
+    """Energy (B,): ``-logsumexp`` (multi-class) or the sum of centred binary energies (multi-label)."""
     logits = logits.double()
     if task == "multiclass":
         return -torch.logsumexp(logits, 1)
-    return -F.softplus(logits).sum(1)
+    half = logits / 2
+    return -torch.logaddexp(-half, half).sum(1)
 
 
 def fit_gaussian(features: np.ndarray, labels: np.ndarray | None = None, task: str = "multilabel") -> dict:

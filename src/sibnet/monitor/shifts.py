@@ -3,9 +3,10 @@
 A shift is written ``KIND:VALUE``:
 
 ``noise:S``       Gaussian noise of sd S on the [0, 1] image, clipped (:func:`sibnet.evaluation.robustness.add_gaussian_noise`)
-``blur:S``        Gaussian blur of sd S pixels (kernel 2*ceil(3S)+1, ``torchvision`` ``gaussian_blur``)
-``contrast:F``    contrast scaled by F around the image's mean grey (``torchvision`` ``adjust_contrast``)
-``gamma:G``       intensities raised to the power G (``torchvision`` ``adjust_gamma``)
+``blur:S``        Gaussian blur of sd S pixels over the spatial axes (``scipy.ndimage.gaussian_filter``,
+                  reflected border, truncated at 4 sd)
+``contrast:F``    contrast scaled by F around the image's mean intensity: ``mean + F (x - mean)``, clipped to [0, 1]
+``gamma:G``       intensities raised to the power G
 
 These act on the images of a clean dataset (same images, same labels), seeded per image
 (``seed * 100003 + index``) so every model sees the same shifted images. The dataset's images
@@ -15,8 +16,6 @@ entirely) are built by the caller (see :mod:`sibnet.monitor.study`).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch.utils.data import Dataset
@@ -35,7 +34,7 @@ def parse_shift(text: str) -> tuple[str, str]:
 
 def shift_images(x: torch.Tensor, kind: str, value: float, seed: int = 0) -> torch.Tensor:
     """The (C, H, W) or (B, C, H, W) [0, 1] images ``x`` under the shift ``kind`` of strength ``value``."""
-    import torchvision.transforms.functional as TF
+    from scipy.ndimage import gaussian_filter
 
     from ..evaluation.robustness import add_gaussian_noise
 
@@ -44,22 +43,19 @@ def shift_images(x: torch.Tensor, kind: str, value: float, seed: int = 0) -> tor
     if kind == "blur":
         if value <= 0:
             raise ConfigError(f"blur: sd must be > 0, got {value}")
-        k = 2 * math.ceil(3 * value) + 1
-        return TF.gaussian_blur(x, kernel_size=[k, k], sigma=[float(value)] * 2)
+        sd = [0.0] * (x.ndim - 2) + [float(value)] * 2
+        out = gaussian_filter(x.detach().cpu().double().numpy(), sigma=sd, mode="reflect")
+        return torch.from_numpy(out).to(dtype=x.dtype, device=x.device).clamp(0, 1)
     if kind == "contrast":
         if value < 0:
             raise ConfigError(f"contrast: factor must be >= 0, got {value}")
-        return TF.adjust_contrast(x, float(value)) if x.shape[-3] in (1, 3) else _contrast(x, value)
+        mean = x.mean(dim=(-3, -2, -1), keepdim=True)
+        return (mean + float(value) * (x - mean)).clamp(0, 1)
     if kind == "gamma":
         if value <= 0:
             raise ConfigError(f"gamma: must be > 0, got {value}")
-        return TF.adjust_gamma(x, float(value))
+        return x.clamp(0, 1) ** float(value)
     raise ConfigError(f"unknown image shift {kind!r}; choose from {', '.join(IMAGE_SHIFTS)}")
-
-
-def _contrast(x, f):
-    mean = x.mean(dim=(-3, -2, -1), keepdim=True)
-    return (mean + f * (x - mean)).clamp(0, 1)
 
 
 class ShiftedDataset(Dataset):
