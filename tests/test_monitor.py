@@ -204,6 +204,13 @@ def test_cli_check_errors(cli_profile, tmp_path, capsys):
     assert main(["monitor", "check", "--profile", str(profile), "--images", str(bad), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "a.png" in err and err.count("\n") == 1
+    (bad / "a.png").unlink()
+    import PIL.Image
+
+    PIL.Image.fromarray(np.zeros((40, 40), np.uint8)).save(bad / "b.png")
+    assert main(["monitor", "check", "--profile", str(profile), "--images", str(bad), "--out",
+                 str(bad / "out")]) == 2
+    assert "inside the dataset folder" in capsys.readouterr().err and not (bad / "out").exists()
     assert main(["monitor", "check", "--profile", str(profile), "--dataset", "synthetic", "--out", str(out),
                  "image_size=48"]) == 2
     assert "48x48" in capsys.readouterr().err
