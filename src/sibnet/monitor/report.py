@@ -59,7 +59,8 @@ def check_sections(summary: dict, rows: list[dict], reference: dict, new: dict, 
         ref, s = np.asarray(reference[k]), np.asarray(new[k])
         t = per_score[k]
         score_rows.append([("★ " if k == primary else "") + k, float(np.median(ref)), float(np.median(s)),
-                           t["p_value"], bool(t["alarm"]), float(np.mean(np.asarray(rows_p(rows, k)) <= alpha))])
+                           f"{t['p_value']:.3g}", bool(t["alarm"]),
+                           float(np.mean(np.asarray(rows_p(rows, k)) <= alpha))])
     sections = [
         Section("Verdict", [intro, Table(["score", "reference median", "new median", "test p (all images)",
                                           "alarm", "share of images p <= alpha"], score_rows, digits=4,
@@ -67,7 +68,7 @@ def check_sections(summary: dict, rows: list[dict], reference: dict, new: dict, 
                                                  "the verdict uses the starred score.")]),
         Section("Score distributions", [histograms(reference, new, primary)]),
         Section("Batches", [Table(["batch", "first image", "last image", "n", "p-value", "alarm"],
-                                  [[b["batch"], b["first"], b["last"], b["n"], b["p_value"], b["alarm"]]
+                                  [[b["batch"], b["first"], b["last"], b["n"], f"{b['p_value']:.3g}", b["alarm"]]
                                    for b in summary["batches"]], digits=4)]),
     ]
     if suspicious_figures:
