@@ -90,7 +90,7 @@ def register(subparsers) -> None:
                        description="For each model: fit a profile on its validation split, score its clean test "
                        "split and shifted versions, and report per-image AUROC, batch detection rates and failure "
                        "prediction for every score; means and 95%% intervals over the models of a kind.")
-    s.add_argument("--model", action="append", required=True, metavar="KIND=CKPT",
+    s.add_argument("--model", action="append", default=[], metavar="KIND=CKPT",
                    help="a model and its kind (e.g. baseline=runs/b0/last.pt); repeatable")
     s.add_argument("--shift", action="append", default=None, metavar="KIND:VALUE",
                    help="noise:S, blur:S, contrast:F, gamma:G (on the test images), marker:flipped and "
@@ -102,7 +102,8 @@ def register(subparsers) -> None:
     s.add_argument("--alpha", type=float, default=0.05, help="false-alarm rate (default 0.05)")
     s.add_argument("--n-batches", type=int, default=200, help="random batches per rate (default 200)")
     s.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    s.add_argument("--out", required=True, help="folder of the tables")
+    s.add_argument("--out", required=True, help="folder of the tables (and monitor.json, every number)")
+    s.add_argument("--report-only", action="store_true", help="rewrite the tables from OUT/monitor.json")
     s.set_defaults(func=run_study)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -442,11 +443,23 @@ def run_study(args) -> int:
 
     from torch.utils.data import Subset
 
-    from ..experiments.tables import code_version, command_line, write_outputs
-    from ..monitor import SCORES
-    from ..monitor.study import evaluate_model, fmt_ci
+    from ..experiments.tables import code_version, command_line
+    from ..monitor.study import evaluate_model
     from .evaluate import dataset_for_checkpoint
 
+    out = Path(args.out)
+    if args.report_only:
+        path = out / "monitor.json"
+        if not path.is_file():
+            raise SibnetError(f"--report-only: {path} not found (run the study first)")
+        try:
+            study = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SibnetError(f"{path}: not a readable study ({exc})") from None
+        write_study_tables(out, study, rewritten_by=command_line())
+        return 0
+    if not args.model:
+        raise SibnetError("give at least one --model KIND=CKPT (or --report-only)")
     models = []
     for item in args.model:
         kind, sep, path = item.partition("=")
@@ -479,37 +492,66 @@ def run_study(args) -> int:
         r.update(kind=kind, checkpoint=path, dataset=name, seconds=time.time() - t0)
         results.append(r)
         print(f"{kind} {path}: done in {time.time() - t0:.0f} s; test error rate {r['error_rate']:.3f}")
-    kinds = list(dict.fromkeys(k for k, _ in models))
+    study = {"command": command_line(), "code": code_version(), "method": args.method, "alpha": args.alpha,
+             "n_shifted": args.n_shifted, "n_batches": args.n_batches, "shifts": specs, "results": results}
+    _atomic_write({out / "monitor.json": json.dumps(study, indent=1, allow_nan=True)})
+    write_study_tables(out, study)
+    return 0
+
+
+def write_study_tables(out: Path, study: dict, rewritten_by: str | None = None) -> None:
+    """``OUT/monitor.md`` and ``OUT/monitor.csv`` from a study (``OUT/monitor.json``)."""
+    from ..experiments.tables import write_outputs
+    from ..monitor import SCORES
+    from ..monitor.study import fmt_paired, fmt_range
+
+    results, specs, alpha = study["results"], study["shifts"], study["alpha"]
+    kinds = list(dict.fromkeys(r["kind"] for r in results))
     by_kind = {k: [r for r in results if r["kind"] == k] for k in kinds}
     counts = ", ".join(f"{k}: {len(v)} model(s)" for k, v in by_kind.items())
-    header = [f"command: `{command_line()}`", f"code: {code_version()}", f"models: {counts}",
-              f"saliency method {args.method}; reference = each model's validation split (half fits the estimates, "
-              f"half calibrates); clean = its test split; {args.n_shifted} images per shifted set; "
-              f"batch tests: one-sided Mann-Whitney U at alpha {args.alpha}, {args.n_batches} random batches per rate",
-              "cells: mean [95% t-interval] over the models of a kind (a single model: its value)",
-              "scores oriented so that higher = more suspicious: AUROC 0.5 = no signal, below 0.5 = the shift "
-              "moves the score the other way"]
-    sections, csv_rows = [], []
+    header = [f"command: `{study['command']}`", f"code: {study['code']}"]
+    if rewritten_by:
+        header.append(f"tables rewritten from monitor.json by `{rewritten_by}`")
+    header += [f"models: {counts}",
+               f"saliency method {study['method']}; reference = each model's validation split (half fits the "
+               f"estimates, half calibrates); clean = its test split; {study['n_shifted']} images per shifted set; "
+               f"batch tests: one-sided Mann-Whitney U at alpha {alpha}, {study['n_batches']} random batches per rate",
+               "cells: mean [min, max] over the models of a kind (a single model: its value); differences between "
+               "kinds: mean [95% t-interval] over models matched by training seed",
+               "scores oriented so that higher = more suspicious: AUROC 0.5 = no signal, below 0.5 = the shift "
+               "moves the score the other way"]
+
+    def cells(rs, get, digits=2):
+        return [fmt_range([get(r, sc) for r in rs], digits) for sc in SCORES]
+
+    sections = []
     for k in kinds:
-        rs = by_kind[k]
-        rows = [[spec] + [fmt_ci([r["auroc"][spec][sc] for r in rs]) for sc in SCORES] for spec in specs]
+        rows = [[spec] + cells(by_kind[k], lambda r, sc: r["auroc"][spec][sc]) for spec in specs]
         sections.append((f"Per-image AUROC, shifted vs clean test images: {k}", ["shift", *SCORES], rows))
     for b in ("16", "64"):
         for k in kinds:
             rs = by_kind[k]
-            rows = [["clean (false-alarm rate)"] + [fmt_ci([r["detection"]["clean"][sc][b] for r in rs]) for sc in SCORES]]
-            rows += [[spec] + [fmt_ci([r["detection"][spec][sc][b] for r in rs]) for sc in SCORES] for spec in specs]
-            sections.append((f"Batch detection rate at alpha {args.alpha}, batches of {b}: {k}", ["shift", *SCORES],
-                             rows))
+            rows = [["clean (false-alarm rate)"] + cells(rs, lambda r, sc: r["detection"]["clean"][sc][b])]
+            rows += [[spec] + cells(rs, lambda r, sc: r["detection"][spec][sc][b]) for spec in specs]
+            sections.append((f"Batch detection rate at alpha {alpha}, batches of {b}: {k}", ["shift", *SCORES], rows))
     rows = []
     for k in kinds:
         rs = by_kind[k]
-        rows.append([k, "AUROC (errors vs correct)"] + [fmt_ci([r["failure"][sc]["auroc"] for r in rs]) for sc in SCORES])
-        rows.append([k, "AURC (lower is better)"] + [fmt_ci([r["failure"][sc]["aurc"] for r in rs], 3) for sc in SCORES])
-        rows.append([k, "error rate / oracle AURC", fmt_ci([r["error_rate"] for r in rs], 3),
-                     fmt_ci([r["failure"]["oracle_aurc"] for r in rs], 3)] + [""] * (len(SCORES) - 2))
+        rows.append([k, "AUROC (errors vs correct)"] + cells(rs, lambda r, sc: r["failure"][sc]["auroc"]))
+        rows.append([k, "AURC (lower is better)"] + cells(rs, lambda r, sc: r["failure"][sc]["aurc"], 3))
+        rows.append([k, "error rate / oracle AURC", fmt_range([r["error_rate"] for r in rs], 3),
+                     fmt_range([r["failure"]["oracle_aurc"] for r in rs], 3)] + [""] * (len(SCORES) - 2))
     sections.append(("Failure prediction on the clean test images (an error: any label wrong at p = 0.5)",
                      ["models", "metric", *SCORES], rows))
+    if len(kinds) == 2 and len(by_kind[kinds[0]]) == len(by_kind[kinds[1]]):
+        a, b = by_kind[kinds[1]], by_kind[kinds[0]]
+        rows = [[spec] + [fmt_paired([r["auroc"][spec][sc] for r in a], [r["auroc"][spec][sc] for r in b])
+                          for sc in SCORES] for spec in specs]
+        rows.append(["failure AUROC"] + [fmt_paired([r["failure"][sc]["auroc"] for r in a],
+                                                    [r["failure"][sc]["auroc"] for r in b]) for sc in SCORES])
+        sections.append((f"Difference {kinds[1]} - {kinds[0]} in per-image AUROC (and failure AUROC)",
+                         ["shift", *SCORES], rows))
+    csv_rows = []
     for r in results:
         base = {"kind": r["kind"], "checkpoint": r["checkpoint"]}
         for spec in specs:
@@ -520,10 +562,7 @@ def run_study(args) -> int:
             csv_rows.append({**base, "shift": "clean", "score": sc, "detect16": r["detection"]["clean"][sc]["16"],
                              "detect64": r["detection"]["clean"][sc]["64"], "failure_auroc": r["failure"][sc]["auroc"],
                              "aurc": r["failure"][sc]["aurc"]})
-    out = Path(args.out)
     paths = write_outputs(out, "monitor", "Monitor scores: shift detection and failure prediction", header, sections,
                           ["kind", "checkpoint", "shift", "score", "auroc", "detect16", "detect64", "failure_auroc",
                            "aurc"], csv_rows)
-    _atomic_write({out / "monitor.json": json.dumps(results, indent=1, allow_nan=True)})
     print(f"written: {paths['markdown']}, {paths['csv']}, {out / 'monitor.json'}")
-    return 0

@@ -17,8 +17,10 @@ For one model (:func:`evaluate_model`):
   the least suspicious on, risk = the mean fraction of wrong labels among the accepted, averaged over
   every coverage 1/n .. n/n; lower is better; uncertain labels (-1) count as not wrong).
 
-Over models of one kind (:func:`summarise`): the mean and a 95% Student-t interval over the models
-(seeds); with one model, the value alone.
+Over models of one kind (:func:`fmt_range`): the mean and the range [min, max] over the models
+(seeds); with one model, the value alone. Between two kinds (:func:`fmt_paired`): the mean difference
+over models matched by position (same training seed) with its 95% Student-t interval
+(:func:`sibnet.evaluation.statistics.paired_difference`).
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ def mean_ci(values) -> tuple[float, float, float]:
 
 
 def fmt_ci(values, digits: int = 2) -> str:
+    """``"mean [lo, hi]"`` with the 95% t-interval."""
     m, lo, hi = mean_ci(values)
     if math.isnan(m):
         return "nan"
@@ -121,4 +124,27 @@ def fmt_ci(values, digits: int = 2) -> str:
     return f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-__all__ = ["aurc", "detection_rate", "errors_and_risk", "evaluate_model", "fmt_ci", "mean_ci"]
+def fmt_range(values, digits: int = 2) -> str:
+    """``"mean [min, max]"`` of the non-nan values (one value: the value)."""
+    v = np.asarray([x for x in values if not (isinstance(x, float) and math.isnan(x))], dtype=np.float64)
+    if v.size == 0:
+        return "nan"
+    if v.size == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{v.mean():.{digits}f} [{v.min():.{digits}f}, {v.max():.{digits}f}]"
+
+
+def fmt_paired(a, b, digits: int = 2) -> str:
+    """``"+d [lo, hi]"``: mean difference a - b over matched models and its 95% t-interval."""
+    from ..evaluation.statistics import paired_difference
+
+    d = paired_difference(a, b)
+    if d["n"] == 0:
+        return "n/a"
+    if d["n"] == 1 or math.isnan(d["ci"][0]):
+        return f"{d['mean_diff']:+.{digits}f}"
+    return f"{d['mean_diff']:+.{digits}f} [{d['ci'][0]:+.{digits}f}, {d['ci'][1]:+.{digits}f}]"
+
+
+__all__ = ["aurc", "detection_rate", "errors_and_risk", "evaluate_model", "fmt_ci", "fmt_paired", "fmt_range",
+           "mean_ci"]
