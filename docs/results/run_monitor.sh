@@ -24,3 +24,8 @@ for sh in noise:0.02 noise:0.05 noise:0.1 blur:0.7 blur:1.5 contrast:0.5 gamma:0
 done
 sibnet monitor study $MODELS $SHIFTS --other-root nih=$NIH --n-shifted 128 --n-clean 250 --device cpu \
   --out docs/results/monitor
+# the same models with DeepTaylor maps for the saliency scores (fewer and smaller shifted sets: ~18x a forward per image)
+SHIFTS=""
+for sh in noise:0.1 blur:1.5 contrast:0.5 gamma:2 marker:flipped difficulty:1 dataset:nih; do SHIFTS="$SHIFTS --shift $sh"; done
+sibnet monitor study $MODELS $SHIFTS --other-root nih=$NIH --n-shifted 64 --n-clean 128 --method deep_taylor \
+  --device cpu --out docs/results/monitor-deep-taylor
