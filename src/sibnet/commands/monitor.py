@@ -71,7 +71,8 @@ def register(subparsers) -> None:
                        "(alarms.json) and report.html.")
     c.add_argument("--profile", required=True, help="profile written by sibnet monitor fit")
     c.add_argument("--checkpoint", default=None, help="the model (default: the checkpoint the profile names)")
-    c.add_argument("--dataset", default=None, help="dataset name of the new images")
+    c.add_argument("--dataset", default=None, help="dataset name of the new images (default: the checkpoint's, "
+                   "with its options)")
     c.add_argument("--root", default=None, help="dataset folder (file-based datasets)")
     c.add_argument("--split", default="test", help="dataset split (default test)")
     c.add_argument("--images", default=None, metavar="DIR", help="a folder of image files instead of a dataset")
