@@ -219,3 +219,25 @@ def test_cli_check_errors(cli_profile, tmp_path, capsys):
                  "synthetic", "--out", str(out)]) == 2
     assert "state sha256" in capsys.readouterr().err
     assert not out.exists()  # nothing written by a failed check
+
+
+def test_study_tables_from_monitor_json(tmp_path):
+    from sibnet.monitor import SCORES
+
+    def result(kind, seed, auc):
+        rates = {sc: {"16": 0.05, "64": 0.04} for sc in SCORES}
+        return {"kind": kind, "checkpoint": f"{kind}{seed}.pt", "error_rate": 0.5,
+                "auroc": {"noise:0.1": {sc: auc + 0.01 * seed for sc in SCORES}},
+                "detection": {"clean": rates, "noise:0.1": rates},
+                "failure": {**{sc: {"auroc": 0.6, "aurc": 0.2} for sc in SCORES}, "oracle_aurc": 0.05}}
+
+    study = {"command": "sibnet monitor study ...", "code": "test", "method": "gradcam", "alpha": 0.05,
+             "n_shifted": 8, "n_batches": 10, "shifts": ["noise:0.1"],
+             "results": [result("baseline", s, 0.6) for s in range(2)] + [result("sibnet", s, 0.7) for s in range(2)]}
+    (tmp_path / "monitor.json").write_text(json.dumps(study))
+    assert main(["monitor", "study", "--report-only", "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "monitor.md").read_text()
+    assert "baseline: 2 model(s), sibnet: 2 model(s)" in md and "rewritten from monitor.json" in md
+    assert "| noise:0.1 | 0.60 [0.60, 0.61] |" in md  # mean [min, max] of 0.60 and 0.61
+    assert "Difference sibnet - baseline" in md and "+0.10" in md
+    assert main(["monitor", "study", "--report-only", "--out", str(tmp_path / "none")]) == 2
