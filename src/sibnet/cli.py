@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "sibnet.commands.data",
     "sibnet.commands.segment",
     "sibnet.commands.experiment",
+    "sibnet.commands.monitor",
 ]
 
 

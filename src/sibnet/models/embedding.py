@@ -35,6 +35,17 @@ def penultimate(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return watcher.features.flatten(1)
 
 
+def logits_and_penultimate(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(model(x), penultimate features (N, D))`` from one forward pass."""
+    watcher = _LastLinearInput()
+    with watcher:
+        logits = model(x)
+    if watcher.features is None:
+        raise SibnetError(f"{type(model).__name__} has no linear layer whose input could serve as the "
+                          "penultimate representation")
+    return logits, watcher.features.flatten(1)
+
+
 @contextlib.contextmanager
 def frozen_parameters(model: nn.Module):
     """Parameters do not record gradients inside the block (their flags are restored on exit)."""
