@@ -492,3 +492,28 @@ def test_own_splits_early_stopping_and_warm_start(tmp_path, monkeypatch):
 
     assert yaml.safe_load((warm / "job.yaml").read_text())["warm_start"] == "baseline/fold0-seed0/best.pt"
     assert "early stopping after 1 epochs" in (out / "table1.md").read_text()
+
+
+def test_agreement_table_with_contrastive_maps(study):
+    """table3 --saliency-option contrast=clrp: the contrastive maps' agreement, cached apart from the plain."""
+    from sibnet.data.registry import build_dataset
+    from sibnet.evaluation.agreement import saliency_agreement
+    from sibnet.evaluation.run import compute_maps
+    from sibnet.training.checkpoint import load_model_from_checkpoint
+
+    out = study["out"] / "clrp"
+    assert main(argv(study["runs"], out, table="table3",
+                     extra=("--max-maps", "6", "--saliency-option", "contrast=clrp"))) == 0
+    header, rows = read_csv_table(out / "table3.csv")
+    assert any("maps: deep_taylor contrast=clrp for every model" in h for h in header)
+    test = build_dataset("synthetic", split="test", image_size=32, fold=1, folds=2, seed=0, n=16)
+    per_run = []
+    for f in (0, 1):
+        model, meta = load_model_from_checkpoint(study["runs"] / "baseline" / f"fold{f}-seed0" / "last.pt")
+        maps = compute_maps(model, test, "deep_taylor", range(6), contrast="clrp")
+        per_run.append(saliency_agreement(maps["maps"], maps["masks"], maps["labels"],
+                                          class_names=meta["class_names"])["mean"]["dice"])
+    assert float({r["method"]: r for r in rows}["baseline"]["dice"]) == pytest.approx(np.mean(per_run))
+    folder = study["runs"] / "baseline" / "fold0-seed0"
+    assert (folder / "agreement-contrast-clrp.json").is_file()
+    assert main(argv(study["runs"], out, table="table3", extra=("--saliency-option", "contrast=no"))) == 2

@@ -69,6 +69,8 @@ def register(subparsers) -> None:
                                                   "random_forest)")
     p.add_argument("--saliency", default="deep_taylor", help="table3: saliency method applied to every model "
                                                              "(default deep_taylor)")
+    p.add_argument("--saliency-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="table3: an option of the saliency method (YAML value), e.g. contrast=clrp; repeatable")
     p.add_argument("--max-maps", type=int, default=100, help="table3: images per job whose maps are scored "
                                                              "(default 100)")
     p.add_argument("--bn-stats", choices=("stored", "train"), default="stored",
@@ -196,7 +198,13 @@ def run(args) -> int:
     else:
         from ..experiments.agreement import write_table3
 
-        paths = write_table3(study, methods, jobs, out, command, args.saliency, args.max_maps, args.bn_stats)
+        from ..saliency import check_options
+        from .evaluate import saliency_options
+
+        options = saliency_options(args.saliency_option)
+        check_options(args.saliency, options)
+        paths = write_table3(study, methods, jobs, out, command, args.saliency, args.max_maps, args.bn_stats,
+                             options)
     print(paths["markdown"])
     print(paths["csv"])
     return 0
@@ -234,6 +242,8 @@ def canonical_argv(args) -> list[str]:
         out += ["--probes", args.probes]
     if args.table == "table3":
         out += ["--saliency", args.saliency, "--max-maps", str(args.max_maps)]
+        for opt in args.saliency_option:
+            out += ["--saliency-option", opt]
     if args.table in ("table3", "table4", "table5") and args.bn_stats != "stored":
         out += ["--bn-stats", args.bn_stats]
     return out + list(args.overrides)

@@ -29,12 +29,12 @@ from .tables import PAIRED_NOTE, fmt_diff, models_line, study_header, write_outp
 SCORES = ("dice", "hd95", "ssim")
 
 
-def checkpoint_agreement(model, meta: dict, dataset, method: str, max_maps: int) -> dict:
+def checkpoint_agreement(model, meta: dict, dataset, method: str, max_maps: int, options: dict | None = None) -> dict:
     from ..evaluation.agreement import saliency_agreement
     from ..evaluation.run import compute_maps
 
     n = min(int(max_maps), len(dataset))
-    maps = compute_maps(model, dataset, method, range(n))
+    maps = compute_maps(model, dataset, method, range(n), **(options or {}))
     if maps["masks"] is None:
         raise SibnetError(f"table3: dataset {meta.get('dataset')!r} has no expert masks")
     agr = saliency_agreement(maps["maps"], maps["masks"], maps["labels"], class_names=meta["class_names"])
@@ -43,10 +43,18 @@ def checkpoint_agreement(model, meta: dict, dataset, method: str, max_maps: int)
                                                                 for c, v in agr["per_class"].items()}}
 
 
-def job_agreement(study: Study, job: Job, method: str, max_maps: int, bn_stats: str = "stored") -> dict:
+def maps_name(method: str, options: dict | None) -> str:
+    """``deep_taylor`` or ``deep_taylor contrast=clrp``: the maps' method and options, for headers."""
+    return method + "".join(f" {k}={v}" for k, v in sorted((options or {}).items()))
+
+
+def job_agreement(study: Study, job: Job, method: str, max_maps: int, bn_stats: str = "stored",
+                  options: dict | None = None) -> dict:
     folder = job.folder(study)
-    cache = eval_cache(folder, "agreement", bn_stats)
-    key = {"saliency": method, "max_maps": int(max_maps), "budget": str(study.budget)}
+    slug = "".join(f"-{k}-{v}" for k, v in sorted((options or {}).items()))
+    cache = eval_cache(folder, "agreement" + slug, bn_stats)
+    key = {"saliency": method, "max_maps": int(max_maps), "budget": str(study.budget),
+           "checkpoint": study.checkpoint, **({"options": options} if options else {})}
     if cache.is_file():
         old = json.loads(cache.read_text())
         if old.get("key") == key:
@@ -59,7 +67,7 @@ def job_agreement(study: Study, job: Job, method: str, max_maps: int, bn_stats: 
 
     def agreement(path=None):
         return checkpoint_agreement(*load_job_model(study, job, cfg, path, bn_stats, train), dataset, method,
-                                    max_maps)
+                                    max_maps, options)
 
     result = {"key": key, "split": split, "last": agreement(), "epochs": {}}
     for ep in sorted(folder.glob("epoch*.pt"), key=lambda p: int(p.stem[5:])):
@@ -71,9 +79,10 @@ def job_agreement(study: Study, job: Job, method: str, max_maps: int, bn_stats: 
 
 
 def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path, command: str, method: str,
-                 max_maps: int, bn_stats: str = "stored") -> dict:
+                 max_maps: int, bn_stats: str = "stored", options: dict | None = None) -> dict:
     done = collect(study, jobs)
-    res = {job: job_agreement(study, job, method, max_maps, bn_stats) for job in done}
+    res = {job: job_agreement(study, job, method, max_maps, bn_stats, options) for job in done}
+    method = maps_name(method, options)
     has_base = any(m.name == BASELINE for m in methods)
     rows, csv_rows, per_epoch = [], [], {}
     for m in methods:
@@ -119,4 +128,4 @@ def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path
     return paths
 
 
-__all__ = ["checkpoint_agreement", "job_agreement", "write_table3"]
+__all__ = ["checkpoint_agreement", "job_agreement", "maps_name", "write_table3"]
