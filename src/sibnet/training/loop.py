@@ -224,7 +224,8 @@ def train_step(run: Run, batch: dict, unlabeled: dict | None = None) -> dict[str
     logs["total"] = float(total.detach())
     if _nonfinite(run, logs["total"]):
         if run.cfg.train.nonfinite == "stop":
-            raise NonFiniteLoss({k: v for k, v in logs.items() if not math.isfinite(v)} or {"total": logs["total"]})
+            bad = {k: v for k, v in logs.items() if k != "total" and not math.isfinite(v)}
+            raise NonFiniteLoss(bad or {"total": logs["total"]})
         run.optimizer.zero_grad(set_to_none=True)
         return {"skipped_steps": 1.0}
     clip = run.cfg.optim.grad_clip
