@@ -284,7 +284,7 @@ def _nest(parts: list[str], value: Any) -> dict:
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {_shown(str(path))}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -371,16 +371,31 @@ def validate(cfg: Config) -> None:
     _check_root("data", cfg.data.name, cfg.data.root)
     if cfg.unlabeled.enabled and cfg.unlabeled.name is not None:
         _check_root("unlabeled", cfg.unlabeled.name, cfg.unlabeled.root)
-    if cfg.model.pretrained is not None and not Path(cfg.model.pretrained).is_file():
-        raise ConfigError(f"model.pretrained: file not found: {cfg.model.pretrained}")
+    if cfg.model.pretrained is not None and not _path_exists(cfg.model.pretrained, "model.pretrained", file=True):
+        raise ConfigError(f"model.pretrained: file not found: {_shown(cfg.model.pretrained)}")
     from .training.recipes import check_config
 
     check_config(cfg)  # train.recipe_options checked and completed (the stage split is fixed here)
 
 
+def _path_exists(path: str, key: str, file: bool = False) -> bool:
+    """Whether ``path`` exists (is a file); a path the system cannot even look up is a ConfigError."""
+    try:
+        return Path(path).is_file() if file else Path(path).exists()
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{key}: unusable path {_shown(path)} ({reason})") from None
+
+
+def _shown(path: str) -> str:
+    """A path for a one-line message: as it is, or quoted when it holds odd characters; long ones cut."""
+    text = path if path.isprintable() else repr(path)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def _check_root(section: str, name: str, root: str | None) -> None:
-    if root is not None and not Path(root).exists():
-        raise ConfigError(f"{section}.root: dataset path not found: {root}")
+    if root is not None and not _path_exists(root, f"{section}.root"):
+        raise ConfigError(f"{section}.root: dataset path not found: {_shown(root)}")
     if root is None and name.lower() in DATASETS_NEEDING_ROOT:
         raise ConfigError(f"{section}.root: dataset {name!r} needs a path to its files (--root DIR or "
                           f"{section}.root=DIR)")
