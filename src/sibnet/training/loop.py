@@ -252,7 +252,7 @@ def predict(model: nn.Module, loader, device: torch.device, task: str,
     model.eval()
     probs, labels = [], []
     try:
-        for batch in loader:
+        for batch in _one_line_errors(loader):
             x = _to_device(batch["image"], device)
             ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
             with ctx:
