@@ -17,7 +17,6 @@ The default suite runs modest ``max_examples``; the ``slow`` variants run many m
 from __future__ import annotations
 
 import io
-import math
 import tempfile
 from pathlib import Path
 
@@ -296,4 +295,17 @@ def test_the_properties_can_fail():
             check_config(["train.epochs=7"], {}, None)
     finally:
         config.validate = real
-    assert math.isfinite(1.0)
+
+
+def test_a_header_declaring_a_huge_image_is_one_line(tmp_path):
+    """Found by the image property: one flipped byte in a BMP header declares 183 million pixels,
+    which Pillow refuses with its own DecompressionBombError (not an OSError)."""
+    from sibnet.data.imageio import image_size, read_image
+
+    path = tmp_path / "flipped.bmp"
+    path.write_bytes(b"BMB\x00\x00\x00\x00\x00\x00\x00>\x00\x00\x00(\x00\x00\x00\x0b\x00\x00\x00\x01\x00\xff\x00"
+                     b"\x01\x00\x01\x00\x00\x00\x00\x00\x04\x00\x00\x00\xc4\x0e\x00\x00\xc4\x0e\x00\x00\x02\x00\x00"
+                     b"\x00\x02\x00\x00\x00\x00\x00\x00\x00\xff\xff\xff\x00z@\x00\x00")
+    for read in (read_image, image_size):
+        with pytest.raises(SibnetError, match=rf"^{path}: unreadable image \(Image size \(183828491 pixels\)"):
+            read(path)
