@@ -145,8 +145,11 @@ def test_cli_print_config(tmp_path):
 
 def test_cli_resume_flag_does_not_swallow_an_override():
     from sibnet.cli import build_parser
-    from sibnet.commands.train import resolve
+    from sibnet.commands.train import _settings, resolve
+    from sibnet.errors import SibnetError
 
-    args = build_parser().parse_args(["train", "--resume", "train.epochs=3"])
-    cfg = resolve(args)
-    assert cfg.train.epochs == 3 and args.resume == ""
+    args = build_parser().parse_args(["train", "--resume", "train.epochs=3", "out=/nonexistent/run"])
+    _settings(args)
+    assert args.overrides == ["train.epochs=3", "out=/nonexistent/run"] and args.resume == ""
+    with pytest.raises(SibnetError, match="no checkpoint at /nonexistent/run/last.pt"):
+        resolve(args)

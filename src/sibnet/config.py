@@ -79,6 +79,7 @@ class DataConfig:
     image_size: int = 128
     batch_size: int = 16
     num_workers: int = 0
+    seed: Optional[int] = None  # dataset draws and splits; null: train.seed
     options: dict = field(default_factory=dict)
 
 
@@ -122,6 +123,7 @@ class TrainConfig:
     recipe_options: dict = field(default_factory=dict)  # pham: stage1, lsr_range, hierarchy, ...
     bn_stats: Literal["stored", "train"] = "stored"  # train: re-estimate BatchNorm statistics at epoch ends
     watch_maps: bool = True  # epoch ends: how alike / flat the class maps are (sibnet.training.collapse)
+    nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss: stop the run, or skip that step
 
 
 @dataclass
@@ -143,6 +145,15 @@ class Config:
 RESUMABLE_CHANGES = ("out", "train.epochs", "train.max_steps", "train.patience", "train.progress",
                      "train.log_every", "train.device", "train.checkpoint_every", "data.num_workers",
                      "train.watch_maps")
+
+# dataset options that the loaders get from other keys (``data.options`` may not hold them)
+RESERVED_DATA_OPTIONS = {"root": "root", "split": "train_split/val_split", "fold": "fold", "folds": "folds",
+                         "image_size": "image_size", "size": "image_size", "seed": "seed"}
+
+
+def data_seed(cfg: "Config") -> int:
+    """The seed of the dataset draws and splits: ``data.seed``, or ``train.seed`` when it is null."""
+    return cfg.data.seed if cfg.data.seed is not None else cfg.train.seed
 
 
 def _plain(value: Any) -> Any:
@@ -280,7 +291,7 @@ def _nest(parts: list[str], value: Any) -> dict:
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {_shown(str(path))}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -300,13 +311,18 @@ def config_from_dict(data: dict, source: str = "") -> Config:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                settings: dict[str, Any] | None = None) -> Config:
-    """Defaults, then the YAML file at ``path``, then ``settings`` (dotted key -> value, e.g. from
-    command-line flags), then ``key.sub=value`` overrides (values parsed as YAML); validated."""
+                settings: dict[str, Any] | None = None, base: dict | None = None) -> Config:
+    """Defaults (or ``base``, a plain config dict such as a checkpoint's), then the YAML file at
+    ``path``, then ``settings`` (dotted key -> value, e.g. from command-line flags), then
+    ``key.sub=value`` overrides (values parsed as YAML); validated."""
     data: dict = {}
+    if base is not None:
+        _build(Config, base, "", "the checkpoint's configuration")
+        data = _merge(data, base)
     if path is not None:
-        data = read_yaml(path)
-        _build(Config, data, "", str(path))  # unknown keys / types reported with the file name
+        file_data = read_yaml(path)
+        _build(Config, file_data, "", str(path))  # unknown keys / types reported with the file name
+        data = _merge(data, file_data)
     for key, value in (settings or {}).items():
         data = _merge(data, _nest(key.split("."), value))
     for text in overrides:
@@ -326,6 +342,7 @@ def validate(cfg: Config) -> None:
         if value < 1:
             raise ConfigError(f"{key}: must be >= 1, got {value}")
     for key, value in {"data.num_workers": cfg.data.num_workers, "train.seed": cfg.train.seed,
+                       "data.seed": cfg.data.seed or 0,
                        "train.checkpoint_every": cfg.train.checkpoint_every,
                        "model.dropout": cfg.model.dropout, "optim.weight_decay": cfg.optim.weight_decay,
                        "train.min_delta": cfg.train.min_delta}.items():
@@ -354,19 +371,40 @@ def validate(cfg: Config) -> None:
     dev = cfg.train.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise ConfigError(f"train.device: expected auto, cpu, cuda or cuda:N, got {dev!r}")
+    for section, options in (("data", cfg.data.options), ("unlabeled", cfg.unlabeled.options)):
+        for key in options:
+            if key in RESERVED_DATA_OPTIONS:
+                where = f"unlabeled.{key}" if section == "unlabeled" and key in ("root", "split") \
+                    else "data." + RESERVED_DATA_OPTIONS[key]
+                raise ConfigError(f"{section}.options.{key}: the loader gets {key!r} from {where}; set it there")
     _check_root("data", cfg.data.name, cfg.data.root)
     if cfg.unlabeled.enabled and cfg.unlabeled.name is not None:
         _check_root("unlabeled", cfg.unlabeled.name, cfg.unlabeled.root)
-    if cfg.model.pretrained is not None and not Path(cfg.model.pretrained).is_file():
-        raise ConfigError(f"model.pretrained: file not found: {cfg.model.pretrained}")
+    if cfg.model.pretrained is not None and not _path_exists(cfg.model.pretrained, "model.pretrained", file=True):
+        raise ConfigError(f"model.pretrained: file not found: {_shown(cfg.model.pretrained)}")
     from .training.recipes import check_config
 
     check_config(cfg)  # train.recipe_options checked and completed (the stage split is fixed here)
 
 
+def _path_exists(path: str, key: str, file: bool = False) -> bool:
+    """Whether ``path`` exists (is a file); a path the system cannot even look up is a ConfigError."""
+    try:
+        return Path(path).is_file() if file else Path(path).exists()
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{key}: unusable path {_shown(path)} ({reason})") from None
+
+
+def _shown(path: str) -> str:
+    """A path for a one-line message: as it is, or quoted when it holds odd characters; long ones cut."""
+    text = path if path.isprintable() else repr(path)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def _check_root(section: str, name: str, root: str | None) -> None:
-    if root is not None and not Path(root).exists():
-        raise ConfigError(f"{section}.root: dataset path not found: {root}")
+    if root is not None and not _path_exists(root, f"{section}.root"):
+        raise ConfigError(f"{section}.root: dataset path not found: {_shown(root)}")
     if root is None and name.lower() in DATASETS_NEEDING_ROOT:
         raise ConfigError(f"{section}.root: dataset {name!r} needs a path to its files (--root DIR or "
                           f"{section}.root=DIR)")
@@ -385,4 +423,9 @@ def diff_configs(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    try:
+        Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    except OSError as exc:
+        from .errors import SibnetError
+
+        raise SibnetError(f"{path}: cannot write the configuration: {exc.strerror or exc}") from None

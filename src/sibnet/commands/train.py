@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from ..config import RESUMABLE_CHANGES
+
 FLAGS = [  # (flag, config key, type, help)
     ("--dataset", "data.name", str, "dataset name: synthetic (default), synthetic-glands, chexpert, nih, "
                                     "glas, busi, medmnist, csv"),
@@ -46,7 +48,8 @@ def register(subparsers) -> None:
         "  sibnet train --epochs 5 --out runs/sibnet\n"
         "  sibnet train --saliency none --out runs/baseline\n"
         "  sibnet train --config configs/nih.yaml --root ../shared/data/nih-cxr14 train.epochs=20\n"
-        "  sibnet train --out runs/sibnet --resume\n"
+        "  sibnet train --resume runs/sibnet/last.pt   # the run's own settings and folder\n"
+        "  sibnet train --out runs/sibnet --resume auto   # continue if OUT holds a run, else start\n"
         "  torchrun --nproc_per_node=2 -m sibnet train --device cpu --out runs/ddp")
     p.add_argument("--config", metavar="FILE", help="YAML configuration file")
     for flag, key, typ, text in FLAGS:
@@ -56,7 +59,10 @@ def register(subparsers) -> None:
                    help="SIBNet+: add the dataset's unlabeled SPLIT (e.g. 'unlabeled') as an unlabeled pool "
                         "[unlabeled.enabled, unlabeled.split]; another dataset: unlabeled.name=NAME unlabeled.root=DIR")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
-                   help="continue a run exactly from CKPT (default: OUT/last.pt)")
+                   help="continue a run exactly from CKPT (default: OUT/last.pt) with the checkpoint's "
+                        "configuration, in its folder (--out elsewhere: the run's files are copied there "
+                        "first); flags may change only " + ", ".join(RESUMABLE_CHANGES) + ". 'auto': "
+                        "continue the newest checkpoint in OUT if there is one, else start a new run")
     p.add_argument("--overwrite", action="store_true", help="start again in an OUT that already holds a run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
     p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
@@ -64,10 +70,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def resolve(args) -> "Config":  # noqa: F821
+def _settings(args) -> dict:
     from pathlib import Path
-
-    from ..config import load_config
 
     if args.resume and "=" in args.resume and not Path(args.resume).exists():
         # `--resume key=value`: argparse took the first override for the optional CKPT
@@ -82,7 +86,53 @@ def resolve(args) -> "Config":  # noqa: F821
         settings["unlabeled.split"] = args.unlabeled
     if args.no_progress:
         settings["train.progress"] = False
-    return load_config(args.config, args.overrides, settings)
+    return settings
+
+
+def requested_out(args, settings: dict) -> str | None:
+    """The output folder the command line asks for (``--out``, ``out=...``, the config file's), if any."""
+    from ..config import parse_override, read_yaml
+
+    out = settings.get("out")
+    for text in args.overrides:
+        parts, value = parse_override(text)
+        if parts == ["out"]:
+            out = value
+    if out is None and args.config:
+        out = read_yaml(args.config).get("out")
+    return None if out is None else str(out)
+
+
+def resolve(args) -> "Config":  # noqa: F821
+    """The run's configuration; with ``--resume`` the checkpoint's, changed by the command line.
+
+    Sets ``args.resume_path`` (the checkpoint to continue, or None for a new run).
+    """
+    from pathlib import Path
+
+    from ..config import Config, load_config
+    from ..training.trainer import load_resumable, newest_checkpoint, with_config_defaults
+
+    settings = _settings(args)
+    args.resume_path = None
+    if args.resume is None:
+        return load_config(args.config, args.overrides, settings)
+    out = requested_out(args, settings)
+    if args.resume == "auto":
+        path = newest_checkpoint(out or Config().out)
+        if path is None:  # nothing to continue: a new run
+            return load_config(args.config, args.overrides, settings)
+        if path.name != "last.pt":
+            print(f"sibnet train: {Path(path).parent / 'last.pt'} is missing or unreadable; continuing from "
+                  f"{path}", file=sys.stderr)
+    else:
+        path = Path(args.resume or f"{out or Config().out}/last.pt")
+        if path.is_dir():
+            path = path / "last.pt"
+    saved = with_config_defaults(load_resumable(path)["config"])
+    saved["out"] = out if out is not None else str(path.parent)
+    args.resume_path = path
+    return load_config(args.config, args.overrides, settings, base=saved)
 
 
 def run(args) -> int:
@@ -94,10 +144,7 @@ def run(args) -> int:
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    resume = None
-    if args.resume is not None:
-        resume = args.resume or f"{cfg.out}/last.pt"
-    result = Trainer(cfg).fit(resume=resume, overwrite=args.overwrite)
+    result = Trainer(cfg).fit(resume=args.resume_path, overwrite=args.overwrite)
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:

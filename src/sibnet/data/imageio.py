@@ -43,9 +43,11 @@ def _read_pil(path: Path) -> Image.Image:
         raise _missing(path) from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: unreadable image (not a format Pillow can decode)") from None
+    except Image.DecompressionBombError as exc:  # a huge size in the header: often a corrupt file
+        raise DataError(f"{path}: unreadable image ({_first_line(exc)})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         kind = "truncated image" if "truncated" in str(exc).lower() else "unreadable image"
-        raise DataError(f"{path}: {kind} ({exc})") from None
+        raise DataError(f"{path}: {kind} ({_first_line(exc)})") from None
     return img
 
 
@@ -154,6 +156,11 @@ def image_size(path: str | Path) -> tuple[int, int]:
             w, h = img.size
     except FileNotFoundError:
         raise _missing(path) from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{path}: unreadable image ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: unreadable image ({_first_line(exc)})") from None
     return h, w
+
+
+def _first_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] if text else type(exc).__name__

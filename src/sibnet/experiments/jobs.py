@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import yaml
 
-from ..config import Config, config_from_dict, diff_configs
+from ..config import Config, config_from_dict, data_seed, diff_configs
 from ..errors import ConfigError, SibnetError
 from .methods import Method, get_method
 
@@ -403,7 +403,7 @@ def eval_dataset(study: Study, cfg: Config):
     from ..data.registry import build_dataset
 
     d = cfg.data
-    common = dict(root=d.root, image_size=d.image_size, fold=d.fold, folds=d.folds, seed=cfg.train.seed, **d.options)
+    common = dict(root=d.root, image_size=d.image_size, fold=d.fold, folds=d.folds, seed=data_seed(cfg), **d.options)
     if study.eval_split in ("auto", "test"):
         try:
             test = build_dataset(d.name, split="test", **common)
@@ -421,7 +421,7 @@ def train_split(cfg: Config):
 
     d = cfg.data
     return build_dataset(d.name, split="train", root=d.root, image_size=d.image_size, fold=d.fold, folds=d.folds,
-                         seed=cfg.train.seed, **d.options)
+                         seed=data_seed(cfg), **d.options)
 
 
 def load_job_model(study: Study, job: Job, cfg: Config, path: Path | None = None, bn_stats: str = "stored",

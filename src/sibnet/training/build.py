@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import Config
+from ..config import Config, data_seed
 from ..errors import ConfigError, SibnetError
 from .checkpoint import model_meta
 from .distributed import DistEnv
@@ -42,7 +42,7 @@ def build_datasets(cfg: Config) -> tuple[Any, Any, Any]:
     d = cfg.data
     recipe = build_recipe(cfg)
     options = recipe.data_options(d.name, dict(d.options)) if recipe is not None else d.options
-    common = dict(root=d.root, image_size=d.image_size, fold=d.fold, folds=d.folds, seed=cfg.train.seed)
+    common = dict(root=d.root, image_size=d.image_size, fold=d.fold, folds=d.folds, seed=data_seed(cfg))
     train = build_dataset(d.name, split=d.train_split, **common, **options)
     val = build_dataset(d.name, split=d.val_split, **common, **options) if d.val_split else None
     if recipe is not None:
@@ -54,7 +54,7 @@ def build_datasets(cfg: Config) -> tuple[Any, Any, Any]:
             unlabeled = build_dataset(d.name, split=u.split, **common, **{**d.options, **u.options})
         else:
             unlabeled = build_dataset(u.name, root=u.root, split=u.split, image_size=d.image_size,
-                                      seed=cfg.train.seed, **u.options)
+                                      seed=data_seed(cfg), **u.options)
         if len(unlabeled) == 0:
             raise ConfigError(f"unlabeled: the pool {u.name or d.name}/{u.split} is empty")
     return train, val, unlabeled

@@ -19,11 +19,13 @@ Layout written by :mod:`sibnet.training.loop`::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 import torch.nn as nn
@@ -35,21 +37,51 @@ VERSION = 1
 META_KEYS = ("model_name", "in_channels", "num_classes", "class_names", "task", "image_size")
 
 
-def save_checkpoint(path: str | Path, payload: dict) -> Path:
-    """Write ``payload`` to ``path`` atomically: a temporary file in the same folder, fsync, then
-    ``os.replace``; a reader never sees a half-written file and a crash leaves the old one."""
+PREVIOUS_SUFFIX = ".prev"  # last.pt's previous version is kept as last.prev.pt
+
+
+def previous_path(path: str | Path) -> Path:
+    """Where :func:`save_checkpoint` keeps the version of ``path`` it replaced (``last.prev.pt``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f"{path.stem}{PREVIOUS_SUFFIX}{path.suffix}")
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], *, keep_previous: bool = False,
+                 what: str = "file") -> Path:
+    """Write ``path`` atomically: ``write(fh)`` into a temporary file in the same folder, fsync,
+    then ``os.replace``; a reader never sees a half-written file and a crash (even SIGKILL) leaves
+    the old one. ``keep_previous``: the replaced version stays as :func:`previous_path` (hard-linked
+    before the swap, so ``path`` itself exists at every moment).
+
+    Any OS failure (no space left, read-only folder, ...) is a one-line :class:`SibnetError` naming
+    ``path``; the previous version is then left as it was.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if keep_previous and path.is_file():
+            prev, prev_tmp = previous_path(path), path.with_name(f".{previous_path(path).name}.tmp-{os.getpid()}")
+            if prev_tmp.exists():
+                prev_tmp.unlink()
+            try:
+                os.link(path, prev_tmp)
+            except OSError:  # a filesystem without hard links
+                shutil.copyfile(path, prev_tmp)
+            os.replace(prev_tmp, prev)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports failed writes as RuntimeError
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(str(exc))
+        kept = " (the previous version is intact)" if path.is_file() else ""
+        raise SibnetError(f"{path}: cannot write the {what}: {reason}{kept}") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for leftover in (tmp, path.with_name(f".{previous_path(path).name}.tmp-{os.getpid()}")):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -59,6 +91,19 @@ def save_checkpoint(path: str | Path, payload: dict) -> Path:
     except OSError:
         pass
     return path
+
+
+def remove_stale_temporaries(folder: str | Path) -> None:
+    """Delete the temporary files of :func:`atomic_write` calls that a killed process left behind."""
+    for leftover in Path(folder).glob(".*.tmp-*"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+
+
+def save_checkpoint(path: str | Path, payload: dict, keep_previous: bool = False) -> Path:
+    """Write ``payload`` to ``path`` atomically (see :func:`atomic_write`); ``keep_previous``
+    keeps the checkpoint it replaces as ``<name>.prev.pt``."""
+    return atomic_write(path, lambda fh: torch.save(payload, fh), keep_previous=keep_previous, what="checkpoint")
 
 
 def load_tensor_file(path: str | Path, map_location: Any = "cpu") -> Any:

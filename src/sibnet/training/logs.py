@@ -10,8 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
+
+from .checkpoint import atomic_write
 
 FIRST_COLUMNS = ["epoch", "step", "lr", "train_total", "train_wce", "train_cd", "train_sc", "val_auroc",
                  "best_val_auroc", "seconds"]
@@ -59,9 +60,8 @@ def write_metrics_csv(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _fmt(row.get(k)) for k in columns})
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    data = buf.getvalue().encode()
+    atomic_write(path, lambda fh: fh.write(data), what="metrics")
 
 
 def _fmt(value) -> str:

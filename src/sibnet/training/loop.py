@@ -16,7 +16,14 @@ Conventions
   augmenters' states and the :class:`TrainState`, so a resumed run continues exactly. Resuming
   from a mid-epoch checkpoint is exact with ``data.num_workers: 0`` (with workers, augmentation
   draws depend on which worker loads a batch); resuming from an epoch end is exact either way.
-  Resuming with another number of processes continues the run, but not bit for bit.
+  Resuming with another number of processes continues the run, but not bit for bit. The
+  ``last.pt`` that a checkpoint write replaces stays as ``last.prev.pt`` (a fallback should the
+  newer file ever be damaged).
+* A non-finite loss (NaN/inf, checked on the total; the terms are inspected only then) stops the
+  run with a message naming the step and the term (``train.nonfinite: stop``, the default; no
+  optimizer step is taken, so ``last.pt`` stays the last good checkpoint), or skips that step
+  (``skip``: no optimizer step; the step still counts towards ``train.max_steps``; the epoch's
+  ``skipped_steps`` go to ``metrics.csv``). On several processes the ranks agree on it.
 * A recipe (``train.recipe``, :mod:`.recipes`) may change each labeled batch before its step
   (e.g. the targets of a training stage); its hook depends only on the :class:`TrainState`, and
   the values it logs (e.g. ``stage``) join the loss terms in the step and epoch logs.
@@ -161,6 +168,50 @@ def unlabeled_batches(run: Run, start: int):
 
 # ------------------------------------------------------------------ one step, validation
 
+class NonFiniteLoss(SibnetError):
+    """A loss term went NaN or infinite (``train.nonfinite: stop``); ``.terms`` maps the terms to values."""
+
+    def __init__(self, terms: dict[str, float]):
+        self.terms = terms
+        super().__init__(f"the loss went non-finite in {', '.join(f'{k} ({v})' for k, v in terms.items())}")
+
+
+def _nonfinite(run: Run, total: float) -> bool:
+    """Whether this step's loss is NaN/inf on any rank (all ranks then skip or stop together)."""
+    bad = not math.isfinite(total)
+    if run.env.distributed:
+        bad = all_reduce_sum({"nonfinite": float(bad)}, run.env)["nonfinite"] > 0
+    return bad
+
+
+def _one_line_errors(batches):
+    """The batches of a DataLoader; a SibnetError that a worker process raised (which the DataLoader
+    re-raises with the worker's traceback as its message) keeps only its own one-line message."""
+    it = iter(batches)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except SibnetError as exc:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            if len(lines) < 2:
+                raise
+            prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+            raise type(exc)(lines[-1][len(prefix):] if lines[-1].startswith(prefix) else lines[-1]) from None
+        yield batch
+
+
+def _accumulate(state: TrainState, logs: dict[str, float]) -> None:
+    """Add a step's logged values to the running epoch sums (a skipped step only to its count)."""
+    if logs.get("skipped_steps"):
+        state.running["skipped_steps"] = state.running.get("skipped_steps", 0) + 1
+        return
+    for k, v in logs.items():
+        state.running[k] = state.running.get(k, 0.0) + v
+    state.running["count"] = state.running.get("count", 0) + 1
+
+
 def train_step(run: Run, batch: dict, unlabeled: dict | None = None) -> dict[str, float]:
     """One optimizer step on a labeled batch (plus an unlabeled one); returns the loss terms."""
     device = run.env.device
@@ -174,6 +225,12 @@ def train_step(run: Run, batch: dict, unlabeled: dict | None = None) -> dict[str
             total = total + run.cfg.unlabeled.weight * u_total
             logs.update({f"unlabeled_{k}": float(u_terms[k]) for k in ("cd", "sc", "total") if k in u_terms})
     logs["total"] = float(total.detach())
+    if _nonfinite(run, logs["total"]):
+        if run.cfg.train.nonfinite == "stop":
+            bad = {k: v for k, v in logs.items() if k != "total" and not math.isfinite(v)}
+            raise NonFiniteLoss(bad or {"total": logs["total"]})
+        run.optimizer.zero_grad(set_to_none=True)
+        return {"skipped_steps": 1.0}
     clip = run.cfg.optim.grad_clip
     if run.scaler is not None:
         run.scaler.scale(total).backward()
@@ -198,7 +255,7 @@ def predict(model: nn.Module, loader, device: torch.device, task: str,
     model.eval()
     probs, labels = [], []
     try:
-        for batch in loader:
+        for batch in _one_line_errors(loader):
             x = _to_device(batch["image"], device)
             ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
             with ctx:
@@ -272,7 +329,7 @@ def checkpoint_payload(run: Run, state: TrainState) -> dict | None:
 def save_run(run: Run, state: TrainState, best: bool = False) -> None:
     payload = checkpoint_payload(run, state)
     if payload is not None:
-        save_checkpoint(run.out / "last.pt", payload)
+        save_checkpoint(run.out / "last.pt", payload, keep_previous=True)
         if best:
             save_checkpoint(run.out / "best.pt", payload)
 
@@ -313,7 +370,7 @@ def _progress(run: Run, total: int, initial: int, epoch: int):
 
 def _means(running: dict) -> dict[str, float]:
     n = running.get("count", 0)
-    return {k: v / n for k, v in running.items() if k != "count"} if n else {}
+    return {k: v / n for k, v in running.items() if k not in ("count", "skipped_steps")} if n else {}
 
 
 def fit(run: Run, state: TrainState | None = None, logger: RunLogger | None = None) -> TrainState:
@@ -333,7 +390,7 @@ def fit(run: Run, state: TrainState | None = None, logger: RunLogger | None = No
                 aug.set_random_state(mix_seed(cfg.train.seed, epoch, env.rank, i))
             state.running = {}
         bar = _progress(run, n_batches, state.batch_in_epoch, epoch)
-        for batch in train_loader(run, epoch, state.batch_in_epoch):
+        for batch in _one_line_errors(train_loader(run, epoch, state.batch_in_epoch)):
             u_batch = None
             if u_iter is not None and state.step % cfg.unlabeled.every == 0:
                 u_batch = next(u_iter)
@@ -341,12 +398,17 @@ def fit(run: Run, state: TrainState | None = None, logger: RunLogger | None = No
             extra = {}
             if run.recipe is not None:  # a pure function of (state, batch): resumed runs see the same
                 batch, extra = run.recipe.batch(run, state, batch)
-            logs = {**train_step(run, batch, u_batch), **extra}
+            try:
+                logs = {**train_step(run, batch, u_batch), **extra}
+            except NonFiniteLoss as exc:
+                last = run.out / "last.pt"
+                raise SibnetError(f"training stopped at step {state.step + 1} (epoch {epoch + 1}, batch "
+                                  f"{state.batch_in_epoch + 1}): {exc}; " + (f"{last} stays the last good checkpoint"
+                                  if last.is_file() else "no checkpoint was written yet") + "; lower optim.lr or "
+                                  "the lambdas, or set train.nonfinite=skip to skip such steps") from None
             state.step += 1
             state.batch_in_epoch += 1
-            for k, v in logs.items():
-                state.running[k] = state.running.get(k, 0.0) + v
-            state.running["count"] = state.running.get("count", 0) + 1
+            _accumulate(state, logs)
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in _means(state.running).items() if k in TERMS})
             if state.step % cfg.train.log_every == 0:
@@ -363,7 +425,8 @@ def fit(run: Run, state: TrainState | None = None, logger: RunLogger | None = No
 
 def _end_epoch(run: Run, state: TrainState, logger: RunLogger, seconds: float) -> None:
     cfg = run.cfg
-    sums = all_reduce_sum({k: float(v) for k, v in state.running.items()}, run.env)
+    sums = all_reduce_sum({"skipped_steps": 0.0, **{k: float(v) for k, v in state.running.items()}}, run.env)
+    skipped = int(sums.pop("skipped_steps"))
     means = _means(sums)
     if means and not math.isfinite(means.get("total", 0.0)):
         raise SibnetError(f"training diverged in epoch {state.epoch + 1}: mean loss {means.get('total')} "
@@ -395,6 +458,8 @@ def _end_epoch(run: Run, state: TrainState, logger: RunLogger, seconds: float) -
            **{f"train_{k}": v for k, v in means.items()}, "val_auroc": auroc,
            **{f"val_{k}": v for k, v in maps.items()},
            "best_val_auroc": state.best_auroc, "seconds": round(seconds, 3)}
+    if cfg.train.nonfinite == "skip":
+        row["skipped_steps"] = skipped
     state.history.append(row)
     state.running = {}
     if run.scheduler is not None:

@@ -7,6 +7,7 @@ they join one process group (see :mod:`.distributed`).
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import torch.nn as nn
@@ -14,7 +15,7 @@ import torch.nn as nn
 from ..config import RESUMABLE_CHANGES, Config, diff_configs, dump_config
 from ..errors import ConfigError, SibnetError
 from .build import LossFactory, build_run
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, previous_path, remove_stale_temporaries
 from .distributed import barrier, cleanup, init_distributed
 from .logs import RunLogger
 from .loop import TrainState, fit, restore_run
@@ -58,6 +59,81 @@ def check_resumable(saved: dict, cfg: Config, path: Path) -> None:
                           f"{', '.join(RESUMABLE_CHANGES)} may change)")
 
 
+def _training_checkpoint(path: Path) -> dict:
+    ckpt = load_checkpoint(path)
+    if "state" not in ckpt or "optimizer" not in ckpt or "config" not in ckpt:
+        raise SibnetError(f"{path}: checkpoint lacks the training state needed to resume")
+    return ckpt
+
+
+def earlier_checkpoints(path: str | Path) -> list[tuple[Path, int]]:
+    """The other checkpoints beside ``path`` that a run can continue from (the kept previous
+    ``last.prev.pt``, ``best.pt``), readable ones only, as ``(path, step)``, latest step first."""
+    path = Path(path)
+    out = []
+    for other in (previous_path(path.parent / "last.pt"), path.parent / "best.pt", path.parent / "last.pt"):
+        if other.resolve() == path.resolve() or not other.is_file():
+            continue
+        try:
+            out.append((other, int(_training_checkpoint(other)["state"]["step"])))
+        except (SibnetError, KeyError, TypeError, ValueError):
+            continue
+    return sorted(out, key=lambda item: -item[1])
+
+
+def load_resumable(path: str | Path) -> dict:
+    """The checkpoint at ``path`` (a run's folder means its ``last.pt``), ready to resume; a missing,
+    truncated or corrupt file is refused naming it and the earlier checkpoint to continue from."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    try:
+        if not path.is_file():
+            raise SibnetError(f"--resume: no checkpoint at {path} (runs write <out>/last.pt)")
+        return _training_checkpoint(path)
+    except SibnetError as exc:
+        earlier = earlier_checkpoints(path)
+        if not earlier:
+            raise
+        options = " or ".join(f"{p} (step {step})" for p, step in earlier)
+        raise SibnetError(f"{exc}; the run can continue from {options}: sibnet train --resume {earlier[0][0]}") from None
+
+
+def newest_checkpoint(out: str | Path) -> Path | None:
+    """For ``--resume auto``: the readable checkpoint of the run in ``out`` with the most steps
+    (``last.pt``, else the kept ``last.prev.pt`` or ``best.pt``); None when ``out`` holds no run."""
+    out = Path(out)
+    last = out / "last.pt"
+    candidates = [p for p in (last, previous_path(last), out / "best.pt") if p.is_file()]
+    if not candidates:
+        return None
+    if last.is_file():
+        try:
+            _training_checkpoint(last)
+            return last
+        except SibnetError:
+            pass
+    earlier = earlier_checkpoints(last)
+    if not earlier:
+        load_resumable(candidates[0])  # raises, naming the file
+    return earlier[0][0]
+
+
+def copy_run_history(source: Path, out: Path) -> None:
+    """Copy a run's files (checkpoints, metrics.csv, config.yaml, tensorboard/) from ``source`` to ``out``."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for item in sorted(source.iterdir()):
+            if item.name.startswith(".") or item.name.endswith(".tmp"):
+                continue
+            if item.is_file():
+                shutil.copy2(item, out / item.name)
+            elif item.is_dir() and item.name == "tensorboard":
+                shutil.copytree(item, out / item.name, dirs_exist_ok=True)
+    except OSError as exc:
+        raise SibnetError(f"cannot copy the run in {source} to {out}: {exc.strerror or exc}") from None
+
+
 class Trainer:
     """Train a classifier as configured; parts may be injected (datasets, model, loss factory)."""
 
@@ -70,17 +146,18 @@ class Trainer:
         """Train (or continue the run in ``resume``); returns a summary dict."""
         cfg = self.cfg
         out = Path(cfg.out)
-        ckpt = None
+        ckpt, source = None, None
         if resume is not None:
             resume = Path(resume)
             if resume.is_dir():
                 resume = resume / "last.pt"
-            if not resume.is_file():
-                raise SibnetError(f"--resume: no checkpoint at {resume} (runs write <out>/last.pt)")
-            ckpt = load_checkpoint(resume)
-            if "state" not in ckpt or "optimizer" not in ckpt:
-                raise SibnetError(f"{resume}: checkpoint lacks the training state needed to resume")
+            ckpt = load_resumable(resume)
             check_resumable(ckpt.get("config", {}), cfg, resume)
+            if resume.parent.resolve() != out.resolve():  # continue elsewhere: the run's history first
+                source = resume.parent
+                if (out / "last.pt").exists() and not overwrite:
+                    raise SibnetError(f"{out} already holds another run (last.pt): choose another --out to "
+                                      f"continue {resume} in, or pass --overwrite")
         elif (out / "last.pt").exists() and not overwrite:
             raise SibnetError(f"{out} already holds a run (last.pt): pass --resume to continue it, "
                               "--overwrite to start again, or choose another --out")
@@ -93,7 +170,10 @@ class Trainer:
                 seed_everything(mix_seed(cfg.train.seed, env.rank))
             state = restore_run(run, ckpt) if ckpt is not None else TrainState()
             if env.is_main:
+                if source is not None:
+                    copy_run_history(source, out)
                 out.mkdir(parents=True, exist_ok=True)
+                remove_stale_temporaries(out)
                 dump_config(cfg, out / "config.yaml")
             barrier(env)
             logger = RunLogger(out, enabled=env.is_main, purge_step=state.step + 1 if ckpt is not None else None)
