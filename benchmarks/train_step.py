@@ -224,13 +224,14 @@ def worker(config: str, args) -> dict:
 
 
 def paired_worker(config: str, args) -> dict:
-    """``config``'s step and the baseline's, on two identical models in one process, timed in turn.
+    """``config``'s step and the reference's (``--reference``, default the baseline), on two identical
+    models in one process, timed in turn.
 
     Each repeat times baseline, ``config``, baseline; its ratio is ``config`` over the mean of the
     two baseline steps around it, so a slow phase of the machine (other tenants, frequency changes)
     enters numerator and denominator alike. Times only (memory: the separate runs).
     """
-    base, step = build_step("baseline", args), build_step(config, args)
+    base, step = build_step(args.reference, args), build_step(config, args)
     for _ in range(args.warmup):
         base()
         step()
@@ -257,11 +258,27 @@ LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 LIVE_MEMORY_UNSET = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 
+def print_paired(configs: list[str], args) -> None:
+    ref = args.reference
+    print(f"# paired: each configuration and {ref} in one process, timed in turn; ratio per repeat = "
+          f"step / mean of the {ref} steps before and after it")
+    print(f"{'configuration':<34} {'median ratio':>12} {'ratios (min-max)':>17} {'median ms':>10} {'reference ms':>12} "
+          f"{'fastest ms':>11} {'reference fastest':>17}")
+    for config in configs:
+        r = run_config(config, args, paired=True)
+        if "failed" in r:
+            print(f"{config:<34} FAILED ({r['failed']})", flush=True)
+            continue
+        print(f"{config:<34} {r['median_ratio']:11.2f}x {min(r['ratios']):8.2f}-{max(r['ratios']):.2f}x "
+              f"{r['median_ms']:10.1f} {r['baseline_median_ms']:12.1f} {r['fastest_ms']:11.1f} "
+              f"{r['baseline_fastest_ms']:17.1f}", flush=True)
+
+
 def run_config(config: str, args, paired: bool = False, live_memory: bool = False) -> dict:
     repeats, warmup = (2, 1) if live_memory else (args.repeats, args.warmup)
     cmd = [sys.executable, __file__, "--worker", config, "--size", str(args.size), "--batch", str(args.batch),
            "--classes", str(args.classes), "--repeats", str(repeats), "--warmup", str(warmup),
-           "--device", args.device] + (["--paired"] if paired else [])
+           "--device", args.device, "--reference", args.reference] + (["--paired"] if paired else [])
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     env = os.environ.copy()
@@ -297,12 +314,25 @@ def main() -> None:
                         "of 128 KiB or more to the system, and print that peak RSS (the peak of live tensors, "
                         "without what glibc's heap retains between steps; the step times of that run are "
                         "not comparable and are not shown)")
+    p.add_argument("--reference", default="baseline",
+                   help="--paired: the configuration each one is timed against (default baseline), e.g. "
+                        "deep_taylor@32 for the cost of contrast=clrp on top of it")
+    p.add_argument("--paired-only", action="store_true", help="skip the separate runs (and their memory figures)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps((paired_worker if args.paired else worker)(args.worker, args)))
+        return
+    if args.paired_only:
+        args.paired = True
+        print(machine_header("training step: forward + loss + backward + Adam step"))
+        print(f"# MONAI DenseNet121, 1 channel, K={args.classes}, batch {args.batch}, {args.size}x{args.size}; "
+              f"paired against {args.reference}")
+        t0 = time.perf_counter()
+        print_paired([c for c in (args.configs or []) if c != args.reference], args)
+        print(f"# total {time.perf_counter() - t0:.0f} s; load average (1, 5, 15 min) at end: {load_average()}")
         return
 
     configs = args.configs or default_configs(args.size)
@@ -355,18 +385,7 @@ def main() -> None:
             if "baseline" in live:
                 print(f"{config:<34} {live[config]:14.0f} {live[config] / live['baseline']:10.2f}x", flush=True)
     if args.paired:
-        print("# paired: each configuration and the baseline in one process, timed in turn; ratio per repeat = "
-              "step / mean of the baseline steps before and after it")
-        print(f"{'configuration':<34} {'median ratio':>12} {'ratios (min-max)':>17} {'median ms':>10} {'baseline ms':>12} "
-              f"{'fastest ms':>11} {'baseline fastest':>17}")
-        for config in [c for c in results if c != "baseline"]:
-            r = run_config(config, args, paired=True)
-            if "failed" in r:
-                print(f"{config:<34} FAILED ({r['failed']})", flush=True)
-                continue
-            print(f"{config:<34} {r['median_ratio']:11.2f}x {min(r['ratios']):8.2f}-{max(r['ratios']):.2f}x "
-                  f"{r['median_ms']:10.1f} {r['baseline_median_ms']:12.1f} {r['fastest_ms']:11.1f} "
-                  f"{r['baseline_fastest_ms']:17.1f}", flush=True)
+        print_paired([c for c in results if c != args.reference], args)
     print(f"# total {time.perf_counter() - t0:.0f} s; load average (1, 5, 15 min) at end: {load_average()}")
 
 

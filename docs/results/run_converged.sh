@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The synthetic study where the baseline converges (issue: SIBNet that does not collapse).
+# Synthetic chest radiographs at their full split sizes (1000 train / 250 val / 250 test; a different
+# draw per seed), 64 px, DenseNet-121, batch 16, early stopping after 4 epochs without a better
+# validation AUROC (at most 20 epochs; best.pt evaluated on the test split), 3 seeds.
+# Resumable: rerun to continue; finished jobs are skipped, interrupted ones resume exactly.
+#
+# CPU plan (2-core machine, measured in this study's first jobs, with other work on the machine):
+#   baseline       75-110 s per epoch; 20 epochs (it kept improving to epoch 19): ~30 min per seed
+#   sibnet (DeepTaylor + CLRP, first_step balance) ~150 s per epoch: up to ~50 min per seed
+#   sibnet-gradcam ~1.7x the baseline's step: ~50 min per seed at 20 epochs
+# Decisive comparison first (baseline, sibnet; 3 seeds: ~4 h), then the GradCAM and ablation
+# methods (no-cd, no-sc, sibnet-plain-dt, sibnet-raw, authors, sibnet-plus, warm-*), then shortcut on.
+# About two sessions of this machine for the first block; a GPU would do all of it in minutes.
+set -u
+cd "$(dirname "$0")/../.."
+COMMON="--dataset synthetic --image-size 64 --folds 1 --seeds 3 --budget epochs=20 --patience 4 --batch-size 16"
+METHODS=${METHODS:-baseline,sibnet}
+for variant in ${VARIANTS:-off}; do
+  if [ "$variant" = on ]; then OPT="--data-option shortcut=Cardiomegaly"; else OPT=""; fi
+  RUNS=runs/study15/shortcut-$variant
+  OUT=docs/results/synthetic-converged/shortcut-$variant
+  sibnet experiment table1 $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT
+  sibnet experiment table3 $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT --saliency deep_taylor \
+    --saliency-option contrast=clrp --max-maps 100
+  sibnet experiment table4 $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT
+done
