@@ -517,3 +517,27 @@ def test_agreement_table_with_contrastive_maps(study):
     folder = study["runs"] / "baseline" / "fold0-seed0"
     assert (folder / "agreement-contrast-clrp.json").is_file()
     assert main(argv(study["runs"], out, table="table3", extra=("--saliency-option", "contrast=no"))) == 2
+
+
+def test_a_study_may_choose_its_classifier_and_old_identities_still_match(tmp_path):
+    """model.name=resnet18 as a study override trains ResNet-18 for the plain methods (the attention
+    variants keep their DenseNet-121); a default study's identity still names densenet121."""
+    import sibnet.experiments.jobs as jobs
+    from sibnet.experiments.methods import get_method
+
+    study = jobs.Study(dataset="synthetic", runs=tmp_path, budget=jobs.parse_budget("epochs=1"), image_size=32,
+                       folds=2, options={"n": 8}, overrides=("model.name=resnet18",))
+    job = jobs.Job("baseline", 0, 0)
+    cfg = jobs.job_config(study, job)
+    assert cfg.model.name == "resnet18"
+    assert jobs._build_model(get_method("baseline"), cfg, None) is None  # the trainer builds model.name
+    assert jobs.job_identity(study, job, cfg)["model"] == "resnet18"
+    se = jobs.job_config(study, jobs.Job("se", 0, 0))
+
+    class Info:
+        in_channels, num_classes = 1, 5
+
+    assert jobs._build_model(get_method("se"), se, Info()).model_name == "densenet121-se"
+    plain = jobs.Study(dataset="synthetic", runs=tmp_path, budget=jobs.parse_budget("epochs=1"), image_size=32,
+                       folds=2, options={"n": 8})
+    assert jobs.job_identity(plain, job, jobs.job_config(plain, job))["model"] == "densenet121"

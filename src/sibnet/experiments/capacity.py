@@ -63,11 +63,12 @@ def capacity_method(base: Method | str, multiplier: float) -> Method:
     name = f"{CAPACITY_PREFIX}{base.name}-{m:g}"
     if not (math.isfinite(m) and MIN_MULTIPLIER <= m <= MAX_MULTIPLIER):
         raise _name_error(name, f"m = {m:g} is outside [{MIN_MULTIPLIER:g}, {MAX_MULTIPLIER:g}]")
-    if base.name.startswith(CAPACITY_PREFIX) or base.model not in SCALABLE_MODELS:
+    model = base.model or "densenet121"  # capacity scales the DenseNet-121 (a study's model.name does not apply)
+    if base.name.startswith(CAPACITY_PREFIX) or model not in SCALABLE_MODELS:
         raise _name_error(name, f"the base method {base.name!r} does not train a DenseNet-121 (plain, SE or CBAM) "
-                                f"(model {base.model}); only those can be width-scaled")
+                                f"(model {model}); only those can be width-scaled")
     return Method(name, f"{base.description}; DenseNet-121 width-scaled to about {m:g} x its parameters",
-                  model=width_name(m, base.model), overrides=dict(base.overrides), unlabeled=base.unlabeled)
+                  model=width_name(m, model), overrides=dict(base.overrides), unlabeled=base.unlabeled)
 
 
 def capacity_method_from_name(name: str) -> Method:

@@ -202,7 +202,7 @@ def job_config(study: Study, job: Job) -> Config:
 
 def job_identity(study: Study, job: Job, cfg: Config) -> dict:
     method = get_method(job.method)
-    identity = {"method": job.method, "model": method.model, "fold": job.fold, "seed": job.seed,
+    identity = {"method": job.method, "model": method.model or cfg.model.name, "fold": job.fold, "seed": job.seed,
                 "budget": str(study.budget), "eval_split": study.eval_split, "config": cfg.to_dict()}
     if method.warm_start is not None:
         identity["warm_start"] = f"{Job(method.warm_start, job.fold, job.seed).key}/{study.checkpoint}"
@@ -325,8 +325,9 @@ def _check_identity(folder: Path, identity: dict) -> None:
 
 
 def _build_model(method: Method, cfg: Config, info) -> torch.nn.Module | None:
-    """An injected model for non-default classifiers (attention variants); None: the trainer's own."""
-    if method.model == cfg.model.name:
+    """An injected model for the methods with a classifier of their own (attention variants, capacity
+    scaling); None: the trainer builds the configuration's ``model.name``."""
+    if method.model is None or method.model == cfg.model.name:
         return None
     from ..models.classifier import build_classifier
     from ..training.rng import seed_everything

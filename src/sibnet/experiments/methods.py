@@ -1,8 +1,9 @@
 """The methods compared in the paper's tables: name -> model and loss settings.
 
-Every method is a DenseNet-121 (plain, or with SE/CBAM attention after each dense block) trained
-by :class:`sibnet.training.Trainer`; a method only sets configuration keys (``overrides``, dotted
-keys as in ``sibnet train``) and the classifier name. Nothing else differs between methods of one
+Every method is the study's classifier (``model.name``, default DenseNet-121; a study may override
+it, e.g. ``model.name=resnet18``) or a DenseNet-121 with SE/CBAM attention after each dense block,
+trained by :class:`sibnet.training.Trainer`; a method only sets configuration keys (``overrides``,
+dotted keys as in ``sibnet train``) and, for the attention variants, the classifier name. Nothing else differs between methods of one
 study: data, folds, seeds, optimiser and budget are the study's.
 
 ``pham`` (Pham et al. 2020) is the DenseNet-121 with weighted BCE, no saliency terms, trained by
@@ -34,7 +35,8 @@ from ..errors import ConfigError
 class Method:
     name: str
     description: str
-    model: str = "densenet121"  # a name of sibnet.models.build_classifier
+    # a name of sibnet.models.build_classifier; None: the study's classifier (model.name, default densenet121)
+    model: str | None = None
     overrides: dict = field(default_factory=dict)
     unlabeled: bool = False  # SIBNet+: needs the dataset's unlabeled pool
     implemented: bool = True
