@@ -63,9 +63,9 @@ def collapse_warning(metrics: dict, epoch: int) -> str | None:
     if flat >= FLAT_SHARE:
         return (f"warning: epoch {epoch}: {flat:.0%} of the class maps are flat (uniform or zero) on "
                 f"{COLLAPSE_IMAGES} validation images: the saliency terms are being met trivially "
-                "(try loss.balance, lower loss.lambda_sc, or loss.saliency_options.contrast)")
+                "(try loss.balance=first_step, a lower loss.lambda_sc, or loss.contrast=clrp)")
     if cos >= IDENTICAL_COS:
         return (f"warning: epoch {epoch}: the class maps have become identical (mean pairwise cosine {cos:.3f} on "
                 f"{COLLAPSE_IMAGES} validation images): L_CD has nothing to separate "
-                "(try loss.saliency_options.contrast=clrp for relevance methods, or loss.balance)")
+                "(try loss.contrast=clrp with a relevance method, or loss.balance=first_step)")
     return None
