@@ -129,7 +129,7 @@ def check(args) -> int:
             notes.append(f"{split}: {rows} label rows have no image in the folder (not used)")
         loader = DataLoader(Decode(ds), batch_size=None, num_workers=args.workers, collate_fn=lambda x: x)
         for err in tqdm(loader, total=len(ds), desc=f"checking {split}", unit="img", file=sys.stderr,
-                        disable=args.quiet):
+                        disable=args.quiet or not sys.stderr.isatty()):
             if err:
                 problems.append(f"{split}: {err}")
     for n in notes:

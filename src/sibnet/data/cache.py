@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def build_cache(dataset, path: Path, *, workers: int = 0, progress: bool = False
         if progress:
             from tqdm import tqdm
 
-            it = tqdm(loader, total=n, desc="caching", unit="img")
+            it = tqdm(loader, total=n, desc="caching", unit="img", disable=not sys.stderr.isatty())
         for i, arrs in it:
             for k, v in arrs.items():
                 arrays[k][i] = v

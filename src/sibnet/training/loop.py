@@ -365,7 +365,7 @@ def _progress(run: Run, total: int, initial: int, epoch: int):
 
     return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{run.cfg.train.epochs}",
                 unit="batch", dynamic_ncols=True, leave=True, file=sys.stderr,
-                disable=not (run.env.is_main and run.cfg.train.progress))
+                disable=not (run.env.is_main and run.cfg.train.progress and sys.stderr.isatty()))
 
 
 def _means(running: dict) -> dict[str, float]:
