@@ -36,7 +36,8 @@ def child(out: str, batch: int, bn: bool, saliency: str) -> None:
                              loss_factory=sibnet_loss_factory if real else t.PlainLoss)
     result = trainer.fit()
     rank = int(os.environ.get("RANK", "0"))
-    torch.save({"model": trainer.run.model.state_dict(), "best_val_auroc": result["best_val_auroc"],
+    loss_state = trainer.run.loss_fn.state_dict() if isinstance(trainer.run.loss_fn, torch.nn.Module) else {}
+    torch.save({"model": trainer.run.model.state_dict(), "best_val_auroc": result["best_val_auroc"], "loss": loss_state,
                 "history": trainer.state.history, "world": int(os.environ.get("WORLD_SIZE", "1"))},
                Path(out) / f"rank{rank}.pt")
 
@@ -68,6 +69,9 @@ def test_two_ranks_identical_weights_and_gathered_metrics(tmp_path):
     r0, r1 = load(out / "rank0.pt"), load(out / "rank1.pt")
     assert r0["world"] == r1["world"] == 2
     t.assert_same_weights(r0["model"], r1["model"])
+    if saliency != "stand-in":  # the loss balance's normalisers: averaged over the ranks' different batches
+        assert torch.isfinite(r0["loss"]["balance.scale"]).all()
+        assert torch.equal(r0["loss"]["balance.scale"], r1["loss"]["balance.scale"])
     # rank 0 alone wrote the run's files; 24 items / 2 ranks / batch 2 = 6 steps per epoch
     ckpt = torch.load(out / "last.pt", weights_only=True)
     assert ckpt["state"]["step"] == 12 and len(ckpt["rng"]) == 2
