@@ -67,7 +67,15 @@ def test_second_invocation_runs_nothing(study, capsys):
     assert {str(p): (p / "last.pt").stat().st_mtime_ns for p in job_files(study["runs"])} == study["stamps"]
     assert main(argv(study["runs"], study["out"], table="status")) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4 and all(ln.startswith("done") and "(1 epoch(s) finished)" in ln for ln in lines)
+    assert len(lines) == 4 and all(ln.startswith("done") and "(1 epoch(s) finished; best val AUROC" in ln
+                                   for ln in lines)
+    import csv
+
+    for ln in lines:  # the best validation AUROC as the job's metrics.csv has it; the maps' cosine for SIBNet
+        key = ln.split()[1]
+        rows = list(csv.DictReader(open(study["runs"] / key / "metrics.csv")))
+        assert f"best val AUROC {float(rows[0]['val_auroc']):.4f} at epoch 1" in ln
+        assert ("class-map cosine" in ln) == key.startswith("sibnet")
 
 
 def test_metrics_against_sklearn(study):

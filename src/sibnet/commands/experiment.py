@@ -148,9 +148,7 @@ def run(args) -> int:
     command = command_line(canonical_argv(args))
     if args.table == "status":
         for job in jobs:
-            metrics = job.folder(study) / "metrics.csv"
-            epochs = max(0, len(metrics.read_text().splitlines()) - 1) if metrics.is_file() else 0
-            print(f"{job_status(study, job):8s} {job.key}  ({epochs} epoch(s) finished)")
+            print(f"{job_status(study, job):8s} {job.key}  {_progress_line(job.folder(study) / 'metrics.csv')}")
         return 0
     if args.table in ("lambda-grid", "capacity"):
         failed = []
@@ -247,6 +245,30 @@ def canonical_argv(args) -> list[str]:
     if args.table in ("table3", "table4", "table5") and args.bn_stats != "stored":
         out += ["--bn-stats", args.bn_stats]
     return out + list(args.overrides)
+
+
+def _progress_line(metrics) -> str:
+    """``(N epoch(s) finished; best val AUROC ... at epoch E; class maps' cosine ...)`` from a job's metrics.csv."""
+    import csv
+    import math
+
+    rows = list(csv.DictReader(open(metrics, newline=""))) if metrics.is_file() else []
+    text = f"({len(rows)} epoch(s) finished"
+
+    def num(row, key):
+        try:
+            return float(row.get(key) or "nan")
+        except ValueError:
+            return math.nan
+
+    scored = [r for r in rows if math.isfinite(num(r, "val_auroc"))]
+    if scored:
+        best = max(scored, key=lambda r: num(r, "val_auroc"))
+        text += f"; best val AUROC {num(best, 'val_auroc'):.4f} at epoch {best['epoch']}"
+    if rows and math.isfinite(num(rows[-1], "val_map_cos")):
+        text += f"; last epoch's class-map cosine {num(rows[-1], 'val_map_cos'):.3f} (embeddings " \
+                f"{num(rows[-1], 'val_emb_cos'):.3f})"
+    return text + ")"
 
 
 def _floats(text: str, flag: str) -> tuple[float, ...]:
