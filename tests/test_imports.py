@@ -1,0 +1,31 @@
+"""Every module of the package imports on its own, first, in a clean interpreter (no import cycle
+hidden by the order in which other modules happened to be imported)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+CODE = r"""
+import importlib, json, pkgutil, sys
+import sibnet
+names = sorted(m.name for m in pkgutil.walk_packages(sibnet.__path__, "sibnet.") if not m.name.endswith("__main__"))
+failed = {}
+for name in names:
+    for key in [k for k in sys.modules if k == "sibnet" or k.startswith("sibnet.")]:
+        del sys.modules[key]
+    try:
+        importlib.import_module(name)
+    except Exception as exc:  # noqa: BLE001 - reported by the test
+        failed[name] = f"{type(exc).__name__}: {exc}"
+print(json.dumps({"n": len(names), "failed": failed}))
+"""
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter():
+    res = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["n"] > 50
+    assert out["failed"] == {}
