@@ -11,7 +11,7 @@ def start_relevance(logits: torch.Tensor, targets=None, *, scale: str = "one_hot
     ``scale="relu_logit"`` multiplies each seed by ``ReLU(logit_c)`` (iNNvestigate's display scaling).
     """
     num_outputs = logits.shape[1]
-    classes = _target_list(targets, num_outputs)
+    classes = target_list(targets, num_outputs)
     seeds = torch.zeros(len(classes), *logits.shape, dtype=logits.dtype, device=logits.device)
     for i, c in enumerate(classes):
         seeds[i, :, c] = 1.0
@@ -22,7 +22,8 @@ def start_relevance(logits: torch.Tensor, targets=None, *, scale: str = "one_hot
     return seeds
 
 
-def _target_list(targets, num_outputs: int) -> list[int]:
+def target_list(targets, num_outputs: int) -> list[int]:
+    """The requested class indices (all K when ``targets`` is None), each checked to lie in [0, K)."""
     if targets is None:
         return list(range(num_outputs))
     if isinstance(targets, int):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .batched import _target_list, batched_vjp, start_relevance
+from .batched import target_list, batched_vjp, start_relevance
 from .contrast import contrast_maps
 from .rules import (AddRule, CatRule, LinearOp, LinearRule, MaxPoolRule, NormRule, ReluRule, ReluUse, Rule,
                     norm_affine, relevance_enabled)
@@ -226,5 +226,5 @@ def relevance_forward(model: nn.Module, x: torch.Tensor, rule: Rule, *, targets=
     if contrastive:
         maps = contrast_maps(maps, logits, contrast, start=start)
         if targets is not None:
-            maps = maps[:, _target_list(targets, logits.shape[1])]
+            maps = maps[:, target_list(targets, logits.shape[1])]
     return logits, maps
