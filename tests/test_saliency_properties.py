@@ -9,7 +9,6 @@ from torch import nn
 from sibnet import saliency
 from sibnet.errors import SibnetError
 from sibnet.models import build_classifier
-from sibnet.saliency.rules import relevance_enabled
 
 from testnets import FunctionalCNN, SmallCNN
 

@@ -20,7 +20,7 @@ from scipy import stats
 
 from sibnet.errors import DataError
 
-__all__ = ["paired_difference", "mean_sd", "wilcoxon_floor"]
+__all__ = ["finite_mean", "finite_sd", "mean_sd", "paired_difference", "wilcoxon_floor"]
 
 #: below this many non-zero differences no two-sided Wilcoxon p can fall under 0.05
 MIN_WILCOXON_PAIRS = 6
@@ -91,6 +91,20 @@ def paired_difference(a, b, ci: float = 0.95) -> dict:
             notes.append(f"{nonzero} non-zero difference(s): the smallest attainable Wilcoxon p is "
                          f"{wilcoxon_floor(nonzero):.3g}")
     return out
+
+
+def finite_mean(values) -> float | None:
+    """The mean of the finite values (None when there is none)."""
+    a = np.asarray(values, float)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else None
+
+
+def finite_sd(values) -> float | None:
+    """The sample sd (ddof = 1) of the finite values (None with fewer than two)."""
+    a = np.asarray(values, float)
+    a = a[np.isfinite(a)]
+    return float(a.std(ddof=1)) if a.size > 1 else None
 
 
 def mean_sd(values, digits: int = 3, scale: float = 1.0) -> str:

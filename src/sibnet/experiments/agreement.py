@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SibnetError
-from ..evaluation.statistics import mean_sd
+from ..evaluation.statistics import finite_mean, finite_sd, mean_sd
 from .jobs import Job, Study, collect, eval_cache, eval_dataset, job_config, load_job_model, train_split
 from .methods import BASELINE, Method
-from .table1 import _mean, _sd, paired_vs_baseline
+from .table1 import paired_vs_baseline
 from .tables import PAIRED_NOTE, fmt_diff, models_line, study_header, write_outputs
 
 SCORES = ("dice", "hd95", "ssim")
@@ -92,7 +92,7 @@ def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path
         for k in SCORES:
             v = [np.nan if res[j]["last"][k] is None else res[j]["last"][k] for j in mine]
             row.append(mean_sd(v) if v else "n/a")
-            c[k], c[f"{k}_sd"] = _mean(v), _sd(v)
+            c[k], c[f"{k}_sd"] = finite_mean(v), finite_sd(v)
         if has_base and m.name != BASELINE:
             d = paired_vs_baseline({j: {"v": r["last"]["dice"]} for j, r in res.items()}, m.name, "v")
             row += list(fmt_diff(d))

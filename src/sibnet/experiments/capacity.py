@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..evaluation.statistics import mean_sd
+from ..evaluation.statistics import finite_mean, finite_sd, mean_sd
 from .jobs import Job, Study, collect, job_config, read_val_loss, train_split
 from .methods import CAPACITY_PREFIX, Method, get_method
-from .table1 import _mean, _sd
 from .tables import study_header, write_outputs
 
 DEFAULT_CAPACITIES = (0.2, 0.5, 1.0, 1.5, 2.0)
@@ -267,7 +266,7 @@ def write_capacity(study: Study, bases: list[Method], capacities, jobs: list[Job
                          "parameters": wd["parameters"] if wd else None, "parameter_ratio": wd["ratio"] if wd else None,
                          "runs": e["runs"], "jobs": e["jobs"],
                          **{f"{k}_{stat}": (f(e[k]) if e["runs"] else None)
-                            for k in ("val_loss", "eval_loss", "auroc") for stat, f in (("mean", _mean), ("sd", _sd))}})
+                            for k in ("val_loss", "eval_loss", "auroc") for stat, f in (("mean", finite_mean), ("sd", finite_sd))}})
     figs = []
     if any(e["runs"] for e in s["rows"]):
         figs.append(str(_figure(study, s, Path(out) / "fig12_capacity.png")))
@@ -294,8 +293,8 @@ def _figure(study: Study, s: dict, path: Path) -> Path:
         for i, b in enumerate(bases):
             pts = [e for e in s["rows"] if e["base"] == b and e["runs"]]
             x = [e["width"]["ratio"] if e.get("width") else e["multiplier"] for e in pts]
-            mean = [_mean(e[key]) for e in pts]
-            sd = [_sd(e[key]) or 0.0 for e in pts]
+            mean = [finite_mean(e[key]) for e in pts]
+            sd = [finite_sd(e[key]) or 0.0 for e in pts]
             colour = f"C{i % 10}"
             ax.errorbar(x, [np.nan if v is None else v for v in mean], yerr=sd, marker="o", ms=4, capsize=3,
                         color=colour, label=b)

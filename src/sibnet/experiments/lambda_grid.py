@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.statistics import mean_sd
+from ..evaluation.statistics import finite_mean, finite_sd, mean_sd
 from .jobs import Job, Study, collect
 from .methods import Method, lambda_method
-from .table1 import _mean, _sd
 from .tables import study_header, write_outputs
 
 DEFAULT_GRID = (0.0, 0.5, 1.0, 1.5, 2.0)
@@ -39,9 +38,9 @@ def write_lambda_grid(study: Study, values_cd, values_sc, jobs: list[Job], out: 
             n_total = sum(1 for jb in jobs if jb.method == name)
             row.append(f"{mean_sd(v)} [{len(v)}/{n_total}]" if v else f"n/a [0/{n_total}]")
             if v:
-                grid[i, j] = _mean(v) if _mean(v) is not None else np.nan
-            csv_rows.append({"lambda_cd": a, "lambda_sc": b, "runs": len(v), "auroc_mean": _mean(v) if v else None,
-                             "auroc_sd": _sd(v) if v else None})
+                grid[i, j] = finite_mean(v) if finite_mean(v) is not None else np.nan
+            csv_rows.append({"lambda_cd": a, "lambda_sc": b, "runs": len(v), "auroc_mean": finite_mean(v) if v else None,
+                             "auroc_sd": finite_sd(v) if v else None})
         rows.append(row)
     header = study_header(command, study, methods[:1] + methods[-1:], [
         f"grid: lambda_cd in {list(values_cd)}, lambda_sc in {list(values_sc)} (DeepTaylor saliency)",

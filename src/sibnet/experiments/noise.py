@@ -21,10 +21,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import SibnetError
-from ..evaluation.statistics import mean_sd
+from ..evaluation.statistics import finite_mean, finite_sd, mean_sd
 from .jobs import Job, Study, collect, eval_cache, eval_dataset, job_config, load_job_model
 from .methods import BASELINE, Method
-from .table1 import _mean, _sd, paired_vs_baseline
+from .table1 import paired_vs_baseline
 from .tables import PAIRED_NOTE, fmt_diff, models_line, study_header, write_outputs
 
 
@@ -90,9 +90,9 @@ def write_table4(study: Study, methods: list[Method], jobs: list[Job], out: Path
         for k in keys:
             v = [np.nan if r[k]["mean_auroc"] is None else r[k]["mean_auroc"] for r in mine.values()]
             row.append(mean_sd(v) if v else "n/a")
-            c[f"auroc_sigma_{k}"], c[f"auroc_sd_sigma_{k}"] = _mean(v), _sd(v)
-            means.append(_mean(v) if v else np.nan)
-            sds.append(_sd(v) or 0.0)
+            c[f"auroc_sigma_{k}"], c[f"auroc_sd_sigma_{k}"] = finite_mean(v), finite_sd(v)
+            means.append(finite_mean(v) if v else np.nan)
+            sds.append(finite_sd(v) or 0.0)
         if mine:
             series[m.name] = ([float(k) for k in keys], [np.nan if x is None else x for x in means], sds)
         if has_base and m.name != BASELINE:

@@ -21,10 +21,10 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from ..errors import SibnetError
-from ..evaluation.statistics import mean_sd
+from ..evaluation.statistics import finite_mean, finite_sd, mean_sd
 from .jobs import Job, Study, collect, eval_cache, eval_dataset, job_config, load_job_model, train_split
 from .methods import BASELINE, Method
-from .table1 import _mean, _sd, paired_vs_baseline
+from .table1 import paired_vs_baseline
 from .tables import PAIRED_NOTE, fmt_diff, models_line, study_header, write_outputs
 
 
@@ -94,7 +94,7 @@ def write_table5(study: Study, methods: list[Method], jobs: list[Job], out: Path
                 v = [np.nan if res[j][p]["mean_auroc"] is None else res[j][p]["mean_auroc"] for j in mine]
                 key = p
             row.append(mean_sd(v) if v else "n/a")
-            c[f"auroc_{key}"], c[f"auroc_sd_{key}"] = _mean(v), _sd(v)
+            c[f"auroc_{key}"], c[f"auroc_sd_{key}"] = finite_mean(v), finite_sd(v)
         rows.append(row)
         if has_base and m.name != BASELINE:
             drow = [m.name]

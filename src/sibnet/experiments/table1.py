@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.statistics import mean_sd, paired_difference
+from ..evaluation.statistics import finite_mean, finite_sd, mean_sd, paired_difference
 from .jobs import Job, Study, collect, read_val_loss
 from .methods import BASELINE, METHODS, Method
 from .tables import PAIRED_NOTE, fmt_diff, study_header, write_outputs
@@ -89,8 +89,8 @@ def write_table1(study: Study, methods: list[Method], jobs: list[Job], out: Path
         row = [m.name, f"{e['n']}/{e['total']}", mean_sd(e["mean_auroc"]) if e["n"] else "n/a",
                mean_sd(e["mean_auprc"]) if e["n"] else "n/a"]
         c = {"method": m.name, "description": m.description, "runs": e["n"], "jobs": e["total"],
-             "auroc_mean": _mean(e["mean_auroc"]), "auroc_sd": _sd(e["mean_auroc"]),
-             "auprc_mean": _mean(e["mean_auprc"]), "auprc_sd": _sd(e["mean_auprc"])}
+             "auroc_mean": finite_mean(e["mean_auroc"]), "auroc_sd": finite_sd(e["mean_auroc"]),
+             "auprc_mean": finite_mean(e["mean_auprc"]), "auprc_sd": finite_sd(e["mean_auprc"])}
         if has_base:
             if m.name == BASELINE:
                 row += ["(reference)", "", "(reference)", ""]
@@ -102,9 +102,9 @@ def write_table1(study: Study, methods: list[Method], jobs: list[Job], out: Path
                               f"diff_{short.lower()}_hi": d["ci"][1], f"p_{short.lower()}": d["p_wilcoxon"],
                               f"pairs_{short.lower()}": d["n"]})
         for lab in labels:
-            c[f"auroc_{lab}"] = _mean(e["per_label"][lab])
-            c[f"auroc_sd_{lab}"] = _sd(e["per_label"][lab])
-            c[f"auprc_{lab}"] = _mean(e["per_label_auprc"][lab])
+            c[f"auroc_{lab}"] = finite_mean(e["per_label"][lab])
+            c[f"auroc_sd_{lab}"] = finite_sd(e["per_label"][lab])
+            c[f"auprc_{lab}"] = finite_mean(e["per_label_auprc"][lab])
         main_rows.append(row)
         csv_rows.append(c)
     label_rows = [[m.name] + [mean_sd(s["methods"][m.name]["per_label"][lab]) if s["methods"][m.name]["n"] else "n/a"
@@ -124,18 +124,6 @@ def write_table1(study: Study, methods: list[Method], jobs: list[Job], out: Path
     paths["figures"] = figs
     paths["summary"] = s
     return paths
-
-
-def _mean(v):
-    a = np.asarray(v, float)
-    a = a[np.isfinite(a)]
-    return float(a.mean()) if a.size else None
-
-
-def _sd(v):
-    a = np.asarray(v, float)
-    a = a[np.isfinite(a)]
-    return float(a.std(ddof=1)) if a.size > 1 else None
 
 
 def _figures(study: Study, methods: list[Method], s: dict, out: Path) -> list[str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .figures import case_figure, save_figure, training_curves
+from .figures import case_figure, training_curves
 from .html import Figure, Section, Table, figure_png, write_report
 
 
@@ -163,7 +163,7 @@ def agreement_section(results: dict, method: str) -> Section:
 def run_demo(out: str | Path = "runs/demo", plan: DemoPlan = DemoPlan(), progress: bool = True,
              log=print) -> dict:
     """Train both models, evaluate them and write ``out/report.html``; returns the results summary."""
-    from ..evaluation.run import agreement_rows, compute_maps, evaluate
+    from ..evaluation.run import agreement_rows, evaluate
     from ..training.checkpoint import load_model_from_checkpoint
 
     out = Path(out)
