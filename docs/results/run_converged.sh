@@ -18,7 +18,7 @@ COMMON="--dataset synthetic --image-size 64 --folds 1 --seeds 3 --budget epochs=
 METHODS=${METHODS:-baseline,sibnet}
 for variant in ${VARIANTS:-off}; do
   if [ "$variant" = on ]; then OPT="--data-option shortcut=Cardiomegaly"; else OPT=""; fi
-  RUNS=runs/study15/shortcut-$variant
+  RUNS=$PWD/runs/study15/shortcut-$variant  # absolute: the jobs record the path they were started with
   OUT=docs/results/synthetic-converged/shortcut-$variant
   sibnet experiment table1 $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT
   sibnet experiment table3 $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT --saliency deep_taylor \
