@@ -232,8 +232,9 @@ class SIBNetLoss(nn.Module):
         weighted = {k: v * (lam[k] / self.balance.divisor(k)) for k, v in raw.items()}
         total = sum(weighted.values(), zero)
         terms = self._terms(raw, weighted, total, logits)
-        if maps.shape[1] > 1:
-            terms["map_cos"] = pairwise_cosine(normalise_maps(maps.detach()).flatten(2)).mean()
+        if maps.shape[1] > 1:  # the maps are normalised already unless normalise=False
+            shown = maps.detach() if self.normalise else normalise_maps(maps.detach())
+            terms["map_cos"] = pairwise_cosine(shown.flatten(2)).mean()
         return total, terms
 
     def distinctiveness(self, maps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

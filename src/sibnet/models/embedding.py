@@ -26,13 +26,7 @@ class _LastLinearInput(TorchFunctionMode):
 
 def penultimate(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(N, D) input of the last ``F.linear`` call of ``model(x)`` (e.g. DenseNet's pooled features)."""
-    watcher = _LastLinearInput()
-    with watcher:
-        model(x)
-    if watcher.features is None:
-        raise SibnetError(f"{type(model).__name__} has no linear layer whose input could serve as the "
-                          "penultimate representation")
-    return watcher.features.flatten(1)
+    return logits_and_penultimate(model, x)[1]
 
 
 def logits_and_penultimate(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
