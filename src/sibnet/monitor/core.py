@@ -70,7 +70,8 @@ def raw_scores(model: nn.Module, data, task: str, *, method=DEFAULT_METHOD, opti
     and ``maps`` with ``keep_maps``). ``check(x)`` is called on every batch before any work."""
     device = _device(model)
     parts: dict[str, list] = {}
-    labels, ids = [], []
+    labels: list[np.ndarray | None] = []
+    ids: list[str | None] = []
     for b in batches(data, batch_size):
         x = b["image"]
         if check is not None:
@@ -88,8 +89,8 @@ def raw_scores(model: nn.Module, data, task: str, *, method=DEFAULT_METHOD, opti
             progress(n)
     if not parts:
         raise ConfigError("monitor: no images to score")
-    out = {k: (torch.cat(v) if k == "maps" else np.concatenate(v)) for k, v in parts.items()}
-    out["labels"] = None if any(lab is None for lab in labels) else np.concatenate(labels)
+    out: dict = {k: (torch.cat(v) if k == "maps" else np.concatenate(v)) for k, v in parts.items()}
+    out["labels"] = None if any(lab is None for lab in labels) else np.concatenate([lab for lab in labels if lab is not None])
     out["ids"] = ids
     return out
 

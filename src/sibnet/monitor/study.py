@@ -76,7 +76,7 @@ def evaluate_model(model, task: str, reference, clean, shifted: dict, *, method=
     clean_s = score(model, profile, clean, batch_size=batch_size)
     if progress:
         progress("clean")
-    out = {"n_reference": profile.n_fit + profile.n_calibration, "n_calibration": profile.n_calibration,
+    out: dict = {"n_reference": profile.n_fit + profile.n_calibration, "n_calibration": profile.n_calibration,
            "n_clean": len(clean_s["ids"]), "auroc": {}, "detection": {}, "failure": {}, "n_shifted": {}}
     wrong, risk = errors_and_risk(clean_s["logits"], clean_s["labels"], task)
     out["error_rate"] = float(wrong.mean())
