@@ -15,7 +15,8 @@ from sibnet import saliency
 from sibnet.errors import ConfigError
 from sibnet.saliency.batched import batched_vjp
 from sibnet.saliency.relevance import RelevanceMode
-from sibnet.saliency.rules import Rule, relevance_enabled
+from sibnet.saliency.rules import Rule
+from sibnet.saliency.switch import relevance_enabled
 
 from testnets import SmallCNN
 
@@ -50,7 +51,7 @@ def reference(model, x, method, contrast, start):
             target[:, t] = 1.0 if start == "one_hot" else y[:, t] * (1 - y[:, t]) + 1e-8
             for i in others:
                 dual[:, i] = y[:, t] * y[:, i]
-        with relevance_enabled(None):
+        with relevance_enabled(mode.switch, None):
             r = batched_vjp(logits, leaf, torch.stack([target, dual]), create_graph=False)
         r_t, r_d = r[0].sum(1), r[1].sum(1)  # (B, H, W)
         s_t = r_t.flatten(1).sum(1).reshape(b, 1, 1)

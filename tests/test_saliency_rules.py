@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sibnet import saliency
-from sibnet.saliency.rules import LinearOp, RatioRelevance, Rule, _linear_relevance, stabilize
+from sibnet.saliency.linear_op import LinearOp
+from sibnet.saliency.rules import AlphaBeta, Epsilon, RatioRelevance, Rule, ZPlus, stabilize
 
 from testnets import DenseCNN
 
@@ -113,7 +114,7 @@ def test_sign_stacking_equals_two_passes(layer, kind):
     z_out = op.forward(x, w, bias)
     r = torch.randn((3 * x_shape[0],) + tuple(z_out.shape[1:]), dtype=D)
     rule = Rule(kind=kind, stabilizer=1e-6)
-    ours = _linear_relevance(rule, op, x, w, bias, z_out, r, nonneg=False, dtype=x.dtype)
+    ours = rule.linear(op, x, w, bias, z_out, r, nonneg=False)
 
     def part(w_a, w_b, b):
         xp, xn = x.clamp(min=0), x.clamp(max=0)
@@ -205,6 +206,53 @@ def test_bad_recompute_is_named():
         saliency.deep_taylor(DenseCNN(), torch.randn(1, 1, 8, 8), recompute="some")
 
 
+def test_rule_factory_builds_the_named_rule_with_its_own_options():
+    assert Rule() == ZPlus()
+    assert Rule(kind="epsilon", eps=1e-3, stabilizer=5.0, norm="affine") == Epsilon(eps=1e-3, norm="affine")
+    assert Rule(kind="alpha_beta", alpha=3.0, beta=2.0, eps=7.0, recompute="all") == \
+        AlphaBeta(alpha=3.0, beta=2.0, recompute="all")
+    with pytest.raises(ValueError, match="unknown relevance rule 'z'; choose one of zplus, epsilon, alpha_beta"):
+        Rule(kind="z")
+    with pytest.raises(ValueError, match="recompute must be one of"):
+        Epsilon(recompute="some")
+
+
+def test_the_switch_belongs_to_its_pass():
+    """A pass's Functions read their own pass's switch: relevance while ``relevance_enabled`` runs for
+    that pass, also where autograd runs the backward on another thread; another pass's switch leaves
+    them computing the ordinary gradient."""
+    import threading
+
+    from sibnet.saliency.relevance import RelevanceMode
+    from sibnet.saliency.switch import relevance_enabled
+
+    torch.manual_seed(0)
+    model = DenseCNN(width=3).double().eval()
+    leaf = torch.randn(2, 1, 6, 6, dtype=D, requires_grad=True)
+    with RelevanceMode(ZPlus()) as a:
+        logits_a = model(leaf)
+    with RelevanceMode(ZPlus()):
+        logits_b = model(leaf)
+    seed = torch.zeros_like(logits_a)
+    seed[:, 0] = 1.0
+    plain = torch.autograd.grad(model(leaf), leaf, seed)[0]
+
+    def grad(logits):
+        return torch.autograd.grad(logits, leaf, seed, retain_graph=True)[0]
+
+    with relevance_enabled(a.switch):
+        r_a, g_b = grad(logits_a), grad(logits_b)
+        on_thread = {}
+        worker = threading.Thread(target=lambda: on_thread.setdefault("r", grad(logits_a)))
+        worker.start()
+        worker.join()
+    assert not a.switch.relevance
+    torch.testing.assert_close(g_b, plain, rtol=0, atol=0)
+    torch.testing.assert_close(grad(logits_a), plain, rtol=0, atol=0)
+    assert not torch.allclose(r_a, plain)
+    torch.testing.assert_close(on_thread["r"], r_a, rtol=0, atol=0)
+
+
 def test_cat_and_relu_rules_keep_pytorch_semantics():
     """The intercepted cat/ReLU calls return PyTorch's values and training gradients, in place where asked."""
     from sibnet.saliency.relevance import RelevanceMode
@@ -257,7 +305,7 @@ def test_saliency_options_are_checked_when_the_loss_is_built():
 def test_max_pool_relevance_is_pytorchs_gradient_for_all_classes(dims, geometry):
     """MaxPoolGrad: K relevance tensors scattered to the window winners at once, as autograd does
     one at a time; its derivative (gradcheck) and its vmap rule (against a loop)."""
-    from sibnet.saliency.rules import MaxPoolGrad
+    from sibnet.saliency.memory import MaxPoolGrad
 
     pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[dims - 1]
     torch.manual_seed(0)
@@ -328,14 +376,14 @@ class ReluConsumers(nn.Module):
 def test_relu_masks_are_skipped_only_where_they_change_nothing(monkeypatch, method):
     """The ReLU's mask is skipped in the relevance pass exactly where every consumer of its output
     multiplies by it; maps and second-order parameter gradients equal those with every mask applied."""
-    from sibnet.saliency import rules
+    from sibnet.saliency import memory
 
     torch.manual_seed(0)
     model = ReluConsumers().double().eval()
     x = torch.randn(2, 1, 8, 8, dtype=D)
     uses = []
-    init = rules.ReluUse.__init__
-    monkeypatch.setattr(rules.ReluUse, "__init__", lambda self: (init(self), uses.append(self))[0])
+    init = memory.ReluUse.__init__
+    monkeypatch.setattr(memory.ReluUse, "__init__", lambda self: (init(self), uses.append(self))[0])
 
     def run():
         model.zero_grad(set_to_none=True)
@@ -346,7 +394,7 @@ def test_relu_masks_are_skipped_only_where_they_change_nothing(monkeypatch, meth
 
     ours = run()
     assert ours[2] == [True, True, False, False, False]
-    monkeypatch.setattr(rules.ReluUse, "masks_nothing", property(lambda self: False))
+    monkeypatch.setattr(memory.ReluUse, "masks_nothing", property(lambda self: False))
     theirs = run()
     assert not any(theirs[2])
     assert ours[0].abs().sum() > 0
@@ -356,5 +404,5 @@ def test_relu_masks_are_skipped_only_where_they_change_nothing(monkeypatch, meth
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     # the pooling windows of zeros are there: without the mask at the max pooling the maps would differ
-    monkeypatch.setattr(rules.ReluUse, "masks_nothing", property(lambda self: True))
+    monkeypatch.setattr(memory.ReluUse, "masks_nothing", property(lambda self: True))
     assert not torch.allclose(run()[0], ours[0])

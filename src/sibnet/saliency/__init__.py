@@ -26,12 +26,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..errors import SibnetError
+from ..errors import ConfigError, SibnetError
+from .contrast import CONTRASTS
 from .gradcam import gradcam_forward
 from .gradient import input_x_gradient_forward
-from .contrast import CONTRASTS
 from .relevance import relevance_forward
-from .rules import RECOMPUTE_MODES, Rule
+from .rules import RECOMPUTE_MODES, AlphaBeta, Epsilon, ZPlus
 from .state import eval_norm, preserve_state
 
 SaliencyMethod = Callable[..., torch.Tensor]
@@ -62,14 +62,14 @@ def _check_input(model, x):
 
 def _deep_taylor_forward(model, x, *, targets=None, create_graph=False, stabilizer=1e-12, start="one_hot",
                          loop=False, trace=None, recompute="none", contrast="none"):
-    rule = Rule(kind="zplus", stabilizer=stabilizer, norm="pass", recompute=recompute)
+    rule = ZPlus(stabilizer=stabilizer, norm="pass", recompute=recompute)
     return relevance_forward(model, x, rule, targets=targets, create_graph=create_graph, start=start, loop=loop,
                              trace=trace, contrast=contrast)
 
 
 def _lrp_epsilon_forward(model, x, *, targets=None, create_graph=False, eps=1e-6, start="one_hot", loop=False,
                          trace=None, recompute="none", contrast="none"):
-    rule = Rule(kind="epsilon", eps=eps, norm="affine", recompute=recompute)
+    rule = Epsilon(eps=eps, norm="affine", recompute=recompute)
     return relevance_forward(model, x, rule, targets=targets, create_graph=create_graph, start=start, loop=loop,
                              trace=trace, contrast=contrast)
 
@@ -78,7 +78,7 @@ def _lrp_alpha_beta_forward(model, x, *, targets=None, create_graph=False, alpha
                             start="one_hot", loop=False, trace=None, recompute="none", contrast="none"):
     if alpha - beta != 1 or beta < 0:
         raise SibnetError(f"lrp_alpha_beta needs alpha - beta = 1 and beta >= 0, got alpha={alpha}, beta={beta}")
-    rule = Rule(kind="alpha_beta", alpha=alpha, beta=beta, stabilizer=stabilizer, norm="affine", recompute=recompute)
+    rule = AlphaBeta(alpha=alpha, beta=beta, stabilizer=stabilizer, norm="affine", recompute=recompute)
     return relevance_forward(model, x, rule, targets=targets, create_graph=create_graph, start=start, loop=loop,
                              trace=trace, contrast=contrast)
 
@@ -95,9 +95,10 @@ through, plain gradient through ReLU and pooling, concatenation splits, residual
 proportion to the summands. Options: ``stabilizer`` (1e-12), ``start`` ("one_hot" or "relu_logit"),
 ``recompute`` (what the backward of ``create_graph=True`` maps recomputes instead of keeping:
 "none" (default: keep everything, least time), "pointwise" or "all" (least memory); see
-:class:`~sibnet.saliency.rules.Rule`), ``contrast`` ("none", "clrp" or "sglrp": class-contrastive maps from
+:class:`~sibnet.saliency.rules.RelevanceRule`), ``contrast`` ("none", "clrp" or "sglrp": class-contrastive maps from
 the same pass, :mod:`sibnet.saliency.contrast`).""")
-lrp_epsilon = _public("lrp_epsilon", _lrp_epsilon_forward, """LRP-epsilon (biases included; BatchNorm as an affine layer).
+lrp_epsilon = _public("lrp_epsilon", _lrp_epsilon_forward,
+                      """LRP-epsilon (biases included; BatchNorm as an affine layer).
 
 Options: ``eps`` (1e-6), ``start``, ``recompute``, ``contrast`` (as deep_taylor).""")
 lrp_alpha_beta = _public("lrp_alpha_beta", _lrp_alpha_beta_forward, """LRP-alpha-beta (default alpha=2, beta=1).
@@ -129,8 +130,6 @@ _NOT_OPTIONS = {"model", "x", "targets", "create_graph", "loop", "trace"}
 def check_options(method: str | SaliencyMethod, options: dict | None) -> None:
     """Raise :class:`~sibnet.errors.ConfigError` naming an option the built-in ``method`` does not
     take, or a value outside an option's choices (user callables are not checked)."""
-    from ..errors import ConfigError
-
     fn = get(method)
     forward = getattr(fn, "forward_with_logits", None)
     if not options or forward is None:
@@ -161,5 +160,5 @@ def register(name: str, method: SaliencyMethod) -> SaliencyMethod:
     return method
 
 
-__all__ = ["available", "check_options", "takes_option", "deep_taylor", "eval_norm", "get", "gradcam", "input_x_gradient", "lrp_alpha_beta",
-           "lrp_epsilon", "preserve_state", "register"]
+__all__ = ["available", "check_options", "takes_option", "deep_taylor", "eval_norm", "get", "gradcam",
+           "input_x_gradient", "lrp_alpha_beta", "lrp_epsilon", "preserve_state", "register"]

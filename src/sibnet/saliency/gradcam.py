@@ -1,8 +1,9 @@
 """Grad-CAM for all K classes from one forward and one batched backward pass.
 
 ``weights_c = mean_{spatial} d logit_c / dA``, ``map_c = ReLU(sum_k weights_ck A_k)``, then bilinear
-upsampling to the input size (Captum's ``LayerGradCam(relu_attributions=True)`` followed by
-``LayerAttribution.interpolate(..., "bilinear")``). ``A`` is the feature map that feeds the
+upsampling to the input size (linear or trilinear for 1-D or 3-D inputs; for images, Captum's
+``LayerGradCam(relu_attributions=True)`` followed by ``LayerAttribution.interpolate(..., "bilinear")``,
+:func:`~sibnet.saliency.resize.resize_linear`). ``A`` is the feature map that feeds the
 model's global pooling, found by watching the forward pass (module or functional pooling), or
 the output of a layer given as a module or a dotted name.
 """
@@ -16,6 +17,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import SibnetError
 from .batched import batched_vjp, start_relevance
+from .resize import resize_linear
 
 _ADAPTIVE = {F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
              F.adaptive_max_pool2d, F.adaptive_max_pool3d}
@@ -118,6 +120,5 @@ def gradcam_forward(model: nn.Module, x: torch.Tensor, *, targets=None, create_g
         cams = cams.relu()
     cams = cams.transpose(0, 1)
     if upsample and cams.shape[2:] != x.shape[2:]:
-        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[cams.dim() - 2]
-        cams = F.interpolate(cams, size=x.shape[2:], mode=mode)
+        cams = resize_linear(cams, x.shape[2:])
     return logits, cams

@@ -1,14 +1,17 @@
 """Relevance methods (deep Taylor, LRP-epsilon, LRP-alpha-beta) for unmodified PyTorch models.
 
-During one forward pass a :class:`~torch.overrides.TorchFunctionMode` wraps every
-``F.linear``/``F.conv{1,2,3}d`` output, every ``F.batch_norm`` output and every residual
+During one forward pass a :class:`~torch.overrides.TorchFunctionMode` (:class:`RelevanceMode`)
+wraps every ``F.linear``/``F.conv{1,2,3}d`` output, every ``F.batch_norm`` output and every residual
 addition of two activations in a rule Function (:mod:`sibnet.saliency.rules`). Everything else
 (ReLU, pooling, concatenation, reshaping, dropout) keeps its plain gradient, as iNNvestigate and
-Zennit do; ReLU and concatenation are wrapped too, only so that differentiating their backward
-again (``create_graph=True``) builds no full-size zero-filled tensors, and so that a ReLU whose
-every consumer multiplies its relevance by the ReLU's output (a linear layer, a residual addition)
-skips its mask, which changes nothing there (:class:`~sibnet.saliency.rules.ReluUse`). One vectorised backward
-pass seeded with K one-hot vectors then gives all K maps.
+Zennit do; ReLU, concatenation and max pooling are wrapped too (:mod:`sibnet.saliency.memory`),
+only so that differentiating their backward again (``create_graph=True``) builds no full-size
+zero-filled tensors, so that max pooling scatters the relevance of all classes at once, and so that
+a ReLU whose every consumer multiplies its relevance by the ReLU's output (a linear layer, a
+residual addition) skips its mask, which changes nothing there
+(:class:`~sibnet.saliency.memory.ReluUse`). One vectorised backward pass seeded with K one-hot
+vectors then gives all K maps. Every wrapped Function holds the pass's
+:class:`~sibnet.saliency.switch.RelevanceSwitch`, which that backward pass switches on.
 
 Because functions, not modules, are intercepted, functional calls inside ``forward`` and in-place
 ReLUs work, and no hook is ever registered on the model.
@@ -21,10 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .batched import target_list, batched_vjp, start_relevance
+from .batched import batched_vjp, start_relevance, target_list
 from .contrast import contrast_maps
-from .rules import (AddRule, CatRule, LinearOp, LinearRule, MaxPoolRule, NormRule, ReluRule, ReluUse, Rule,
-                    norm_affine, relevance_enabled)
+from .linear_op import LinearOp
+from .memory import CatFunction, MaxPoolFunction, ReluFunction, ReluUse
+from .rules import AddRule, LinearRule, NormRule, RelevanceRule, norm_affine
+from .switch import RelevanceSwitch, relevance_enabled
 
 _CONV = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
 _ADD_OUT = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}
@@ -32,28 +37,6 @@ _ADD_IN = {torch.Tensor.add_, torch.Tensor.__iadd__}
 _CAT = {torch.cat, torch.concat, torch.concatenate}
 _MAXPOOL = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3}
 _RELU = {F.relu: False, torch.relu: False, torch.Tensor.relu: False, torch.relu_: True, torch.Tensor.relu_: True}
-
-
-def _tuple(value, n):
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
-
-
-def _conv_geometry(dims, weight, stride=1, padding=0, dilation=1, groups=1) -> LinearOp:
-    stride, dilation = _tuple(stride, dims), _tuple(dilation, dims)
-    if isinstance(padding, str):
-        if padding == "valid":
-            padding = 0
-        elif padding == "same":
-            pads = []
-            for i in range(dims):
-                total = dilation[i] * (weight.shape[2 + i] - 1)
-                if total % 2 or stride[i] != 1:
-                    raise NotImplementedError(
-                        "relevance rules support padding='same' only where it is symmetric; "
-                        "give the convolution explicit integer padding")
-                pads.append(total // 2)
-            padding = tuple(pads)
-    return LinearOp(dims, stride, _tuple(padding, dims), dilation, int(groups))
 
 
 def _requires_grad(out) -> bool:
@@ -68,11 +51,19 @@ def _is_activation(t) -> bool:
 
 
 class RelevanceMode(TorchFunctionMode):
-    """Wraps linear, normalisation and residual-addition calls in rule Functions."""
+    """Wraps linear, normalisation and residual-addition calls in rule Functions (and concatenation,
+    ReLU and max pooling in the Functions of :mod:`sibnet.saliency.memory`).
 
-    def __init__(self, rule: Rule):
+    Args:
+        rule: the relevance rule of every linear, normalisation and residual-addition call.
+        switch: the switch that every wrapped Function holds (a new one by default); the backward
+            pass that should propagate relevance runs inside ``relevance_enabled(mode.switch)``.
+    """
+
+    def __init__(self, rule: RelevanceRule, switch: RelevanceSwitch | None = None):
         super().__init__()
         self.rule = rule
+        self.switch = RelevanceSwitch() if switch is None else switch
         self._relus = {}  # id(ReLU output) -> (output, ReluUse), for this forward pass only
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -132,32 +123,33 @@ class RelevanceMode(TorchFunctionMode):
                 or x.dim() != _MAXPOOL[func] + 2:
             return func(*args, **kwargs)  # with indices, or unbatched: PyTorch's own
         y, indices = func(**{**bound, "return_indices": True})
-        return MaxPoolRule.apply(x, y, indices)
+        return MaxPoolFunction.apply(x, y, indices, self.switch)
 
     def _conv(self, func, args, kwargs):
         y = func(*args, **kwargs)
         names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
         bound = dict(zip(names, args), **kwargs)
         x, weight, bias = bound["input"], bound["weight"], bound.get("bias")
-        op = _conv_geometry(_CONV[func], weight, *(bound[k] for k in names[3:] if k in bound))
-        return LinearRule.apply(x, weight, bias, y, self.rule, op)
+        op = LinearOp.conv(_CONV[func], weight, *(bound[k] for k in names[3:] if k in bound))
+        return LinearRule.apply(x, weight, bias, y, self.rule, op, self.switch)
 
     def _linear(self, args, kwargs):
         y = F.linear(*args, **kwargs)
         bound = dict(zip(("input", "weight", "bias"), args), **kwargs)
-        return LinearRule.apply(bound["input"], bound["weight"], bound.get("bias"), y, self.rule, LinearOp())
+        return LinearRule.apply(bound["input"], bound["weight"], bound.get("bias"), y, self.rule, LinearOp(),
+                                self.switch)
 
     def _batch_norm(self, args, kwargs):
         y = F.batch_norm(*args, **kwargs)
         names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
         bound = dict(zip(names, args), **kwargs)
         x = bound["input"]
-        if self.rule.norm == "pass":
+        if self.rule.passes_norm:
             scale = shift = x.new_zeros(())
         else:
             scale, shift = norm_affine(x, bound.get("running_mean"), bound.get("running_var"), bound.get("weight"),
                                        bound.get("bias"), bool(bound.get("training", False)), bound.get("eps", 1e-5))
-        return NormRule.apply(x, y, scale, shift, self.rule)
+        return NormRule.apply(x, y, scale, shift, self.rule, self.switch)
 
     @staticmethod
     def _is_residual(args, kwargs):
@@ -171,9 +163,9 @@ class RelevanceMode(TorchFunctionMode):
         if func in _ADD_IN:
             # in-place residual (``out += identity``): keep the in-place semantics for the caller
             a_value = a.clone()
-            out = AddRule.apply(a_value, b, a_value + b, self.rule)
+            out = AddRule.apply(a_value, b, a_value + b, self.rule, self.switch)
             return a.copy_(out)
-        return AddRule.apply(a, b, a + b, self.rule)
+        return AddRule.apply(a, b, a + b, self.rule, self.switch)
 
     def _relu(self, func, args, kwargs):
         bound = dict(zip(("input", "inplace"), args), **kwargs)
@@ -184,7 +176,7 @@ class RelevanceMode(TorchFunctionMode):
         if inplace and x._base is not None:
             return func(*args, **kwargs)  # in place on a view: PyTorch's own
         use = ReluUse()
-        out = ReluRule.apply(x, inplace, use)
+        out = ReluFunction.apply(x, inplace, use, self.switch)
         self._relus[id(out)] = (out, use)
         return out
 
@@ -197,12 +189,12 @@ class RelevanceMode(TorchFunctionMode):
                 or len({(t.dtype, t.device, t.dim()) for t in tensors if isinstance(t, torch.Tensor)}) != 1 \
                 or not all(isinstance(t, torch.Tensor) for t in tensors) or not isinstance(dim, int):
             return func(*args, **kwargs)  # out=, type promotion, legacy empty tensors: PyTorch's own cat
-        return CatRule.apply(dim % tensors[0].dim(), *tensors)
+        return CatFunction.apply(dim % tensors[0].dim(), *tensors)
 
 
-def relevance_forward(model: nn.Module, x: torch.Tensor, rule: Rule, *, targets=None, create_graph: bool = False,
-                      start: str = "one_hot", loop: bool = False, trace: list | None = None,
-                      contrast: str = "none"):
+def relevance_forward(model: nn.Module, x: torch.Tensor, rule: RelevanceRule, *, targets=None,
+                      create_graph: bool = False, start: str = "one_hot", loop: bool = False,
+                      trace: list | None = None, contrast: str = "none"):
     """One forward and one batched relevance pass: ``(logits (B,K), maps (B,K',*spatial))``.
 
     ``contrast`` ("none", "clrp", "sglrp"): class-contrastive maps (:mod:`.contrast`), combined
@@ -220,7 +212,7 @@ def relevance_forward(model: nn.Module, x: torch.Tensor, rule: Rule, *, targets=
         mode.consumed_outside(logits)
         contrastive = contrast != "none"
         seeds = start_relevance(logits, None if contrastive else targets, scale="one_hot" if contrastive else start)
-        with relevance_enabled(trace):
+        with relevance_enabled(mode.switch, trace):
             relevance = batched_vjp(logits, leaf, seeds, create_graph=create_graph, loop=loop)
     maps = relevance.sum(dim=2).transpose(0, 1)
     if contrastive:

@@ -1,10 +1,11 @@
 """Keep a model's state exactly as the caller left it around a saliency or embedding pass.
 
-What is preserved: every module's ``training`` flag, BatchNorm running statistics
-(``running_mean``, ``running_var``, ``num_batches_tracked``: the very tensor objects and values). Parameter ``.grad`` tensors
-are never touched because every pass uses :func:`torch.autograd.grad`, and no hook is left
-registered because the methods intercept functions with a :class:`TorchFunctionMode`
-(a user-given GradCAM layer gets a temporary hook that is removed in a ``finally``).
+What is preserved: every module's ``training`` flag, the running statistics of BatchNorm and
+InstanceNorm (``running_mean``, ``running_var``, ``num_batches_tracked``: the very tensor objects
+and values). Parameter ``.grad`` tensors are never touched because every pass uses
+:func:`torch.autograd.grad`, and no hook is left registered because the methods intercept
+functions with a :class:`TorchFunctionMode` (a user-given GradCAM layer gets a temporary hook that
+is removed in a ``finally``).
 """
 
 from __future__ import annotations
