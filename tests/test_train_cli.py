@@ -86,3 +86,22 @@ def test_overrides_may_stand_anywhere_on_the_line(capsys):
         with pytest.raises(SystemExit) as exc:
             parse_args(parser, argv)
         assert exc.value.code == 2 and f"unrecognized arguments: {named}" in capsys.readouterr().err
+
+
+def test_a_finished_run_is_the_start_of_a_sibnet_fine_tuning_run(tmp_path):
+    """The warm start the results recommend: `model.pretrained` takes a sibnet checkpoint as it is."""
+    from sibnet.models import build_classifier
+    from sibnet.models.pretrained import load_pretrained
+
+    base = tmp_path / "baseline"
+    sibnet_train("--saliency", "none", "--epochs", "1", "--out", str(base), *TINY)
+    trained = load_checkpoint(base / "best.pt")["model"]
+    model = build_classifier("resnet18", in_channels=1, num_classes=5)
+    report = load_pretrained(model, base / "best.pt", "resnet18")
+    assert report["loaded"] == len(trained) and not report["head_reinitialised"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in trained.items())
+    summary = sibnet_train("--saliency", "deep_taylor", "--epochs", "1", f"model.pretrained={base / 'best.pt'}",
+                           "--out", str(tmp_path / "warm"), *TINY)
+    assert summary["epochs"] == 1
+    rows = list(csv.DictReader(open(tmp_path / "warm" / "metrics.csv")))
+    assert float(rows[0]["train_cd"]) > 0
