@@ -16,8 +16,9 @@ Conventions
   on a CUDA device that supports it (else fp16 with a gradient scaler) for the baseline and
   GradCAM, and fp32 for the relevance methods (DeepTaylor, LRP) and on the CPU.
 * ``train.recipe`` (null: plain training; ``pham``: :mod:`sibnet.training.recipes`) changes what
-  the training steps see; its options are completed when the configuration is read (e.g. the
-  stage split of ``pham`` from the budget), so ``config.yaml`` records the split used.
+  the training steps see; its options are checked and completed when the configuration is read
+  (:mod:`sibnet.recipe_options`, e.g. the stage split of ``pham`` from the budget), so
+  ``config.yaml`` records the split used.
 * ``configs/default.yaml`` documents every key.
 """
 
@@ -32,8 +33,9 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, SibnetError
 from .loss_options import LossOptions, check_loss_options
+from .recipe_options import check_recipe_options
 
 # datasets that read files and therefore need ``data.root`` (the others are generated in memory)
 DATASETS_NEEDING_ROOT = ("chexpert", "nih", "glas", "busi", "medmnist", "csv")
@@ -361,9 +363,7 @@ def validate(cfg: Config) -> None:
         _check_root("unlabeled", cfg.unlabeled.name, cfg.unlabeled.root)
     if cfg.model.pretrained is not None and not _path_exists(cfg.model.pretrained, "model.pretrained", file=True):
         raise ConfigError(f"model.pretrained: file not found: {_shown(cfg.model.pretrained)}")
-    from .training.recipes import check_config
-
-    check_config(cfg)  # train.recipe_options checked and completed (the stage split is fixed here)
+    check_recipe_options(cfg.train)  # checked and completed (the stage split of pham is fixed here)
 
 
 def _path_exists(path: str, key: str, file: bool = False) -> bool:
@@ -405,6 +405,4 @@ def dump_config(cfg: Config, path: str | Path) -> None:
     try:
         Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     except OSError as exc:
-        from .errors import SibnetError
-
         raise SibnetError(f"{path}: cannot write the configuration: {exc.strerror or exc}") from None
