@@ -39,6 +39,10 @@ from .recipe_options import check_recipe_options
 
 # datasets that read files and therefore need ``data.root`` (the others are generated in memory)
 DATASETS_NEEDING_ROOT = ("chexpert", "nih", "glas", "busi", "medmnist", "csv")
+# where a model's BatchNorm statistics come from: as training leaves them, or re-estimated on the
+# training images with the final weights (``train.bn_stats``; ``--bn-stats`` of the evaluations)
+BnStats = Literal["stored", "train"]
+BN_STATS = typing.get_args(BnStats)
 
 
 @dataclass
@@ -105,7 +109,7 @@ class TrainConfig:
     progress: bool = True
     recipe: Optional[Literal["pham"]] = None  # null: plain training; see sibnet.training.recipes
     recipe_options: dict = field(default_factory=dict)  # pham: stage1, lsr_range, hierarchy, ...
-    bn_stats: Literal["stored", "train"] = "stored"  # train: re-estimate BatchNorm statistics at epoch ends
+    bn_stats: BnStats = "stored"  # train: re-estimate BatchNorm statistics at epoch ends
     watch_maps: bool = True  # epoch ends: how alike / flat the class maps are (sibnet.training.collapse)
     nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss: stop the run, or skip that step
 
