@@ -52,7 +52,7 @@ class ModelConfig:
     dropout: float = 0.0  # DenseNet only
 
 
-# the ``loss`` section: the option table of SIBNetLoss (each option's type, default, check and help)
+# the ``loss`` section is the option table of SIBNetLoss, LossOptions (the name LossConfig stays for its users)
 LossConfig = LossOptions
 
 
@@ -117,7 +117,7 @@ class TrainConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: LossOptions = field(default_factory=LossOptions)
     data: DataConfig = field(default_factory=DataConfig)
     unlabeled: UnlabeledConfig = field(default_factory=UnlabeledConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
