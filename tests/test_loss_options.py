@@ -80,7 +80,8 @@ def test_the_configuration_names_the_key_with_its_section():
     for override, message in [("loss.radius=0", "loss.radius: expected an integer from 1 to 7"),
                               ("loss.threshold=median", "loss.threshold: expected 'otsu', 'mean'"),
                               ("loss.embed_size=4", "loss.embed_size: expected None or an integer >= 8"),
-                              ("loss.saliency=deep_taylor loss.sc_resolution=features", "loss.sc_resolution='features'")]:
+                              ("loss.saliency=deep_taylor loss.sc_resolution=features",
+                               "loss.sc_resolution='features'")]:
         with pytest.raises(ConfigError, match=None) as err:
             load_config(None, override.split())
         assert message in str(err.value)
