@@ -29,3 +29,14 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["n"] > 50
     assert out["failed"] == {}
+
+
+def test_the_configuration_layer_imports_nothing_above_it():
+    """docs/architecture.md, layer 0: the configuration (with the loss and recipe option tables it
+    checks) imports nothing of the package but the errors."""
+    code = ("import json, sys, sibnet.config; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('sibnet'))))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout) == ["sibnet", "sibnet.config", "sibnet.errors", "sibnet.loss_options",
+                                      "sibnet.recipe_options"]

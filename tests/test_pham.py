@@ -137,7 +137,7 @@ def test_prepare_relabels_train_and_val_and_counts_uncertain_as_positive():
     assert torch.equal(item["label"], torch.from_numpy(t2.labels[3])) and item["id"] == "3"
     hard = np.where(unc, 1.0, y)
     pos, neg = (hard == 1).sum(0), (hard == 0).sum(0)
-    from sibnet.training.build import dataset_labels
+    from sibnet.training.labels import dataset_labels
     np.testing.assert_allclose(class_weights_from_labels(dataset_labels(t2)).numpy(), neg / pos, rtol=1e-6)
     vy = val.labels
     assert np.isnan(v2.labels[vy == -1]).all() and np.array_equal(v2.labels[vy != -1], vy[vy != -1])
@@ -224,7 +224,8 @@ def test_chexpert_training_pool_read_with_uncertain_labels_kept(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from test_data_chexpert import make_chexpert
 
-    from sibnet.training.build import build_datasets, dataset_labels
+    from sibnet.training.build import build_datasets
+    from sibnet.training.labels import dataset_labels
 
     root = make_chexpert(tmp_path)
     common = ["data.name=chexpert", f"data.root={root}", "data.fold=0", "data.folds=3", "data.image_size=8",

@@ -8,14 +8,17 @@ Conventions
 * Every key is checked: an unknown key, a value of the wrong type, a choice outside its list or a
   dataset/pretrained path that does not exist raises :class:`~sibnet.errors.ConfigError` with a
   one-line message naming the key (and the file it came from).
-* ``loss.saliency: null`` (or ``none``) trains the plain baseline (weighted BCE/CE only).
+* ``loss`` is the option table of the loss, :class:`sibnet.loss_options.LossOptions` (each option's
+  type, default, check and help, defined once for the configuration and ``SIBNetLoss``).
+  ``loss.saliency: null`` (or ``none``) trains the plain baseline (weighted BCE/CE only).
   ``loss.lambda_cd``/``lambda_sc`` left ``null`` take the saliency method's default from the loss.
 * ``train.device: auto`` picks CUDA when available; ``train.precision: auto`` means bf16 autocast
   on a CUDA device that supports it (else fp16 with a gradient scaler) for the baseline and
   GradCAM, and fp32 for the relevance methods (DeepTaylor, LRP) and on the CPU.
 * ``train.recipe`` (null: plain training; ``pham``: :mod:`sibnet.training.recipes`) changes what
-  the training steps see; its options are completed when the configuration is read (e.g. the
-  stage split of ``pham`` from the budget), so ``config.yaml`` records the split used.
+  the training steps see; its options are checked and completed when the configuration is read
+  (:mod:`sibnet.recipe_options`, e.g. the stage split of ``pham`` from the budget), so
+  ``config.yaml`` records the split used.
 * ``configs/default.yaml`` documents every key.
 """
 
@@ -30,10 +33,16 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, SibnetError
+from .loss_options import LossOptions, check_loss_options
+from .recipe_options import check_recipe_options
 
 # datasets that read files and therefore need ``data.root`` (the others are generated in memory)
 DATASETS_NEEDING_ROOT = ("chexpert", "nih", "glas", "busi", "medmnist", "csv")
+# where a model's BatchNorm statistics come from: as training leaves them, or re-estimated on the
+# training images with the final weights (``train.bn_stats``; ``--bn-stats`` of the evaluations)
+BnStats = Literal["stored", "train"]
+BN_STATS = typing.get_args(BnStats)
 
 
 @dataclass
@@ -43,29 +52,8 @@ class ModelConfig:
     dropout: float = 0.0  # DenseNet only
 
 
-@dataclass
-class LossConfig:
-    saliency: Optional[str] = "deep_taylor"  # deep_taylor | gradcam | lrp_epsilon | lrp_alpha_beta | null
-    lambda_cd: Optional[float] = None
-    lambda_sc: Optional[float] = None
-    use_cd: bool = True
-    use_sc: bool = True
-    embed: Literal["maps", "image"] = "maps"
-    embed_grad: Literal["all", "maps"] = "all"
-    normalise: bool = True
-    radius: int = 4
-    threshold: Union[str, float] = "otsu"
-    background_cluster: bool = False
-    embed_size: Optional[int] = 32
-    sc_resolution: Literal["input", "features"] = "input"
-    sc_scale: Literal["sum", "pair_mean"] = "sum"  # pair_mean: an option outside the paper
-    saliency_options: dict = field(default_factory=dict)
-    class_weight: bool = True  # positive / class weights from the training labels
-    balance: Literal["none", "first_step", "running"] = "first_step"  # sibnet.losses.balance
-    balance_momentum: float = 0.99  # running: the running mean's momentum
-    cd_space: Literal["embedding", "maps"] = "embedding"  # L_CD on the maps' embeddings (eq. 1) or the maps
-    cd_abs: bool = False  # L_CD as mean |cos| (the published code) instead of cos
-    contrast: Literal["auto", "none", "clrp", "sglrp"] = "auto"  # auto: clrp for the relevance methods
+# the ``loss`` section is the option table of SIBNetLoss, LossOptions (the name LossConfig stays for its users)
+LossConfig = LossOptions
 
 
 @dataclass
@@ -121,7 +109,7 @@ class TrainConfig:
     progress: bool = True
     recipe: Optional[Literal["pham"]] = None  # null: plain training; see sibnet.training.recipes
     recipe_options: dict = field(default_factory=dict)  # pham: stage1, lsr_range, hierarchy, ...
-    bn_stats: Literal["stored", "train"] = "stored"  # train: re-estimate BatchNorm statistics at epoch ends
+    bn_stats: BnStats = "stored"  # train: re-estimate BatchNorm statistics at epoch ends
     watch_maps: bool = True  # epoch ends: how alike / flat the class maps are (sibnet.training.collapse)
     nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss: stop the run, or skip that step
 
@@ -129,7 +117,7 @@ class TrainConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: LossOptions = field(default_factory=LossOptions)
     data: DataConfig = field(default_factory=DataConfig)
     unlabeled: UnlabeledConfig = field(default_factory=UnlabeledConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -333,7 +321,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def validate(cfg: Config) -> None:
-    """Value checks beyond types (ranges, paths that must exist)."""
+    """Value checks beyond types (ranges, the loss options' checks, paths that must exist); spells a
+    null ``loss.saliency`` as None and completes ``train.recipe_options`` in place."""
     positive = {"data.image_size": cfg.data.image_size, "data.batch_size": cfg.data.batch_size,
                 "data.folds": cfg.data.folds, "train.epochs": cfg.train.epochs,
                 "train.log_every": cfg.train.log_every, "unlabeled.every": cfg.unlabeled.every,
@@ -353,21 +342,17 @@ def validate(cfg: Config) -> None:
     if not all(0 <= b < 1 for b in cfg.optim.betas):
         raise ConfigError(f"optim.betas: each must be in [0, 1), got {list(cfg.optim.betas)}")
     for key, value in {"train.max_steps": cfg.train.max_steps, "train.patience": cfg.train.patience,
-                       "unlabeled.batch_size": cfg.unlabeled.batch_size,
-                       "loss.embed_size": cfg.loss.embed_size}.items():
+                       "unlabeled.batch_size": cfg.unlabeled.batch_size}.items():
         if value is not None and value < 1:
             raise ConfigError(f"{key}: must be >= 1 or null, got {value}")
-    for key, value in {"loss.lambda_cd": cfg.loss.lambda_cd, "loss.lambda_sc": cfg.loss.lambda_sc,
-                       "optim.grad_clip": cfg.optim.grad_clip}.items():
-        if value is not None and value < 0:
-            raise ConfigError(f"{key}: must be >= 0 or null, got {value}")
-    if not 0 <= cfg.loss.balance_momentum < 1:
-        raise ConfigError(f"loss.balance_momentum: must be in [0, 1), got {cfg.loss.balance_momentum}")
+    if cfg.optim.grad_clip is not None and cfg.optim.grad_clip < 0:
+        raise ConfigError(f"optim.grad_clip: must be >= 0 or null, got {cfg.optim.grad_clip}")
+    if isinstance(cfg.loss.saliency, str) and cfg.loss.saliency.lower() in ("none", "null", ""):
+        cfg.loss.saliency = None
+    check_loss_options(cfg.loss, "loss.")
     if cfg.data.fold is not None and not 0 <= cfg.data.fold < cfg.data.folds:
         raise ConfigError(f"data.fold: must be in 0..{cfg.data.folds - 1} (data.folds={cfg.data.folds}), "
                           f"got {cfg.data.fold}")
-    if isinstance(cfg.loss.saliency, str) and cfg.loss.saliency.lower() in ("none", "null", ""):
-        cfg.loss.saliency = None
     dev = cfg.train.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         raise ConfigError(f"train.device: expected auto, cpu, cuda or cuda:N, got {dev!r}")
@@ -382,9 +367,7 @@ def validate(cfg: Config) -> None:
         _check_root("unlabeled", cfg.unlabeled.name, cfg.unlabeled.root)
     if cfg.model.pretrained is not None and not _path_exists(cfg.model.pretrained, "model.pretrained", file=True):
         raise ConfigError(f"model.pretrained: file not found: {_shown(cfg.model.pretrained)}")
-    from .training.recipes import check_config
-
-    check_config(cfg)  # train.recipe_options checked and completed (the stage split is fixed here)
+    check_recipe_options(cfg.train)  # checked and completed (the stage split of pham is fixed here)
 
 
 def _path_exists(path: str, key: str, file: bool = False) -> bool:
@@ -426,6 +409,4 @@ def dump_config(cfg: Config, path: str | Path) -> None:
     try:
         Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     except OSError as exc:
-        from .errors import SibnetError
-
         raise SibnetError(f"{path}: cannot write the configuration: {exc.strerror or exc}") from None

@@ -17,7 +17,9 @@ import json
 import math
 from pathlib import Path
 
+from ..config import BN_STATS
 from ..errors import SibnetError
+from ..saliency.contrast import CONTRASTS
 
 
 def register(subparsers) -> None:
@@ -41,7 +43,7 @@ def register(subparsers) -> None:
     p.add_argument("--method", default="deep_taylor",
                    help="saliency method for the agreement and the class distinctiveness (default deep_taylor; "
                         "'none' skips both)")
-    p.add_argument("--contrast", choices=("none", "clrp", "sglrp"), default="none",
+    p.add_argument("--contrast", choices=CONTRASTS, default="none",
                    help="class-contrastive maps for deep_taylor, lrp_epsilon, lrp_alpha_beta (default none)")
     p.add_argument("--saliency-option", action="append", default=[], metavar="KEY=VALUE",
                    help="another option of the saliency method (YAML value), e.g. start=relu_logit; repeatable")
@@ -57,7 +59,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
-    p.add_argument("--bn-stats", choices=("stored", "train"), default="stored",
+    p.add_argument("--bn-stats", choices=BN_STATS, default="stored",
                    help="BatchNorm statistics: stored (the running averages training left, default) or train "
                         "(re-estimated with the checkpoint's weights on its own training split first)")
     p.add_argument("--out", default=None, help="output folder (default: CKPT's folder/eval-SPLIT)")
@@ -106,9 +108,9 @@ def classification_table(cls: dict) -> str:
 
     lines = [f"{'label':<22} {'AUROC':>7} {'95% CI':>15} {'AUPRC':>7} {'95% CI':>15} {'n':>6} {'pos':>5}"]
     for r in to_rows(cls):
-        lines.append(f"{r['label'][:22]:<22} {_num(r['auroc']):>7} {_num(r['auroc_lo']) + '-' + _num(r['auroc_hi']):>15} "
-                     f"{_num(r['auprc']):>7} {_num(r['auprc_lo']) + '-' + _num(r['auprc_hi']):>15} {r['n']:>6} "
-                     f"{r['n_pos']:>5}")
+        auroc_ci, auprc_ci = (_num(r[f"{m}_lo"]) + "-" + _num(r[f"{m}_hi"]) for m in ("auroc", "auprc"))
+        lines.append(f"{r['label'][:22]:<22} {_num(r['auroc']):>7} {auroc_ci:>15} "
+                     f"{_num(r['auprc']):>7} {auprc_ci:>15} {r['n']:>6} {r['n_pos']:>5}")
     return "\n".join(lines)
 
 

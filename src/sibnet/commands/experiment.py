@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..config import BN_STATS
+
 TABLES = ("table1", "table3", "table4", "table5", "lambda-grid", "capacity", "status")
 DEFAULT_METHODS = "baseline,se,cbam,sibnet,sibnet-gradcam,sibnet-lrp,no-cd,no-sc,image-embed"
 CAPACITY_METHODS = "baseline,sibnet"
@@ -73,7 +75,7 @@ def register(subparsers) -> None:
                    help="table3: an option of the saliency method (YAML value), e.g. contrast=clrp; repeatable")
     p.add_argument("--max-maps", type=int, default=100, help="table3: images per job whose maps are scored "
                                                              "(default 100)")
-    p.add_argument("--bn-stats", choices=("stored", "train"), default="stored",
+    p.add_argument("--bn-stats", choices=BN_STATS, default="stored",
                    help="table3-5: BatchNorm statistics of the evaluated models: stored (the running averages "
                         "training left, default) or train (re-estimated with the final weights on each fold's "
                         "training split; results cached beside the stored ones)")
@@ -195,7 +197,6 @@ def run(args) -> int:
         paths = write_table5(study, methods, jobs, out, command, probes, bn_stats=args.bn_stats)
     else:
         from ..experiments.agreement import write_table3
-
         from ..saliency import check_options
         from .evaluate import saliency_options
 

@@ -20,13 +20,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader
 
+from ..config import BN_STATS
 from ..errors import SibnetError
 
 __all__ = ["BN_STATS", "recalibrate_batchnorm"]
-
-#: where an evaluated model's BatchNorm statistics come from: as stored by training, or re-estimated
-#: on the training images with the final weights
-BN_STATS = ("stored", "train")
 
 
 def recalibrate_batchnorm(model: nn.Module, dataset, *, batch_size: int = 16, seed: int = 0,

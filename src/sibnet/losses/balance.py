@@ -31,17 +31,16 @@ import math
 import warnings
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from ..errors import ConfigError
+from ..loss_options import Balance, LossOptions, check_option, choices
 
-BALANCES = ("none", "first_step", "running")
+BALANCES = choices(Balance)
 TERM_NAMES = ("wce", "cd", "sc")
 
 
 def _all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         values = values.clone()
         dist.all_reduce(values)
@@ -52,12 +51,10 @@ def _all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
 class LossBalance(nn.Module):
     """The normalisers of the terms ``wce``, ``cd``, ``sc`` (see the module doc)."""
 
-    def __init__(self, mode: str = "none", momentum: float = 0.99):
+    def __init__(self, mode: str = "none", momentum: float = LossOptions.balance_momentum):
         super().__init__()
-        if mode not in BALANCES:
-            raise ConfigError(f"balance: expected one of {', '.join(BALANCES)}, got {mode!r}")
-        if not 0.0 <= momentum < 1.0:
-            raise ConfigError(f"balance_momentum: must be in [0, 1), got {momentum!r}")
+        check_option("balance", mode)
+        check_option("balance_momentum", momentum)
         self.mode, self.momentum = mode, float(momentum)
         n = len(TERM_NAMES)
         self.register_buffer("scale", torch.full((n,), math.nan, dtype=torch.float64))

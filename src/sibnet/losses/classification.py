@@ -1,4 +1,5 @@
-"""The classification term L_WCE with class weights from training-set label counts (DESIGN decision 5).
+"""The classification term L_WCE with class weights from training-set label counts (docs/design.md,
+Losses: 'L_WCE').
 
 - Multi-label tasks: :func:`weighted_bce`, binary cross-entropy on the logits with a per-class
   positive weight ``pos_weight = N_neg / N_pos`` (as ``torch.nn.BCEWithLogitsLoss``). Targets are

@@ -1,4 +1,4 @@
-"""Clusters of saliency maps for the spatial-coherence term (DESIGN decision 4).
+"""Clusters of saliency maps for the spatial-coherence term (docs/design.md, Losses: 'L_SC').
 
 A cluster is a connected component (8- or 4-connectivity) of the pixels of one map that lie
 strictly above the map's threshold (foreground = ``map > t``, as scikit-image binarises with
@@ -23,14 +23,13 @@ Two labelling paths that give the same partition: ``scipy.ndimage.label`` on the
 
 from __future__ import annotations
 
-from numbers import Real
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
 from sibnet.errors import ConfigError
+from sibnet.loss_options import LossOptions, check_option
 from sibnet.losses.normalise import check_maps
 
 NBINS = 256
@@ -40,15 +39,17 @@ def _flat(maps: torch.Tensor) -> torch.Tensor:
     return maps.detach().reshape(-1, maps.shape[-2] * maps.shape[-1])
 
 
-def otsu_threshold(maps: torch.Tensor) -> torch.Tensor:
+def otsu_threshold(maps: torch.Tensor, *, checked: bool = False) -> torch.Tensor:
     """Per-map Otsu thresholds (B, K) of a (B, K, H, W) tensor, batched on the maps' device.
 
     Reproduces ``skimage.filters.threshold_otsu(map, nbins=256)`` (scikit-image 0.26) step by
     step in the maps' dtype: ``np.histogram`` binning over [min, max] (``np.linspace`` edges, the
     same index correction at the edges), float32 counts, cumulative class weights and means, the
     first arg-max of the between-class variance, its bin centre. Constant maps return their value.
+    ``checked``: the caller has checked ``maps`` already (:func:`check_maps` is skipped).
     """
-    check_maps(maps)
+    if not checked:
+        check_maps(maps)
     x = _flat(maps)
     n, p = x.shape
     if not torch.isfinite(x).all():
@@ -89,17 +90,17 @@ def otsu_threshold(maps: torch.Tensor) -> torch.Tensor:
     return threshold.reshape(maps.shape[:2])
 
 
-def thresholds(maps: torch.Tensor, threshold="otsu") -> torch.Tensor:
-    """The (B, K) thresholds of a (B, K, H, W) batch for ``threshold`` = "otsu" | "mean" | number."""
-    check_maps(maps)
-    if isinstance(threshold, str):
-        if threshold == "otsu":
-            return otsu_threshold(maps)
-        if threshold == "mean":
-            return maps.detach().mean(dim=(-2, -1))
-    elif isinstance(threshold, Real) and not isinstance(threshold, bool) and np.isfinite(threshold):
-        return torch.full(maps.shape[:2], float(threshold), dtype=maps.dtype, device=maps.device)
-    raise ConfigError(f"threshold: expected 'otsu', 'mean' or a finite number, got {threshold!r}")
+def thresholds(maps: torch.Tensor, threshold=LossOptions.threshold, *, checked: bool = False) -> torch.Tensor:
+    """The (B, K) thresholds of a (B, K, H, W) batch for ``threshold`` = "otsu" | "mean" | number.
+    ``checked``: the caller has checked ``maps`` already."""
+    if not checked:
+        check_maps(maps)
+    check_option("threshold", threshold)
+    if threshold == "otsu":
+        return otsu_threshold(maps, checked=True)
+    if threshold == "mean":
+        return maps.detach().mean(dim=(-2, -1))
+    return torch.full(maps.shape[:2], float(threshold), dtype=maps.dtype, device=maps.device)
 
 
 def _structure(connectivity: int) -> np.ndarray:
@@ -188,19 +189,22 @@ def _compact(labels: torch.Tensor) -> torch.Tensor:
     return inverse + 1
 
 
-def clusters(maps: torch.Tensor, threshold="otsu", connectivity: int = 8,
-             background_cluster: bool = False, method: str = "auto") -> torch.Tensor:
+def clusters(maps: torch.Tensor, threshold=LossOptions.threshold, connectivity: int = 8,
+             background_cluster: bool = LossOptions.background_cluster, method: str = "auto", *,
+             checked: bool = False) -> torch.Tensor:
     """Cluster labels (B, K, H, W) of a batch of maps (computed on the detached maps).
 
     ``method``: "auto" (scipy for CPU tensors, torch otherwise), "scipy" or "torch". See the module
-    docstring for the threshold methods and the label numbering.
+    docstring for the threshold methods and the label numbering. ``checked``: the caller has
+    checked ``maps`` already (:func:`check_maps` is skipped).
     """
-    check_maps(maps)
+    if not checked:
+        check_maps(maps)
     if method not in ("auto", "scipy", "torch"):
         raise ConfigError(f"method: expected 'auto', 'scipy' or 'torch', got {method!r}")
     _structure(connectivity)
     b, k, h, w = maps.shape
-    t = thresholds(maps, threshold)
+    t = thresholds(maps, threshold, checked=True)
     foreground = maps.detach() > t[..., None, None]
     stack = foreground.reshape(b * k, h, w)
     if method == "scipy" or (method == "auto" and maps.device.type == "cpu"):

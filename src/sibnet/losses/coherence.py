@@ -1,4 +1,4 @@
-"""Spatial coherence L_SC, eq. (2) of the paper, DESIGN decision 4.
+"""Spatial coherence L_SC, eq. (2) of the paper (docs/design.md, Losses: 'L_SC' and 'Scale of L_SC').
 
 For every map S (one image, one class), with cluster labels from :func:`sibnet.losses.clusters.clusters`:
 
@@ -26,20 +26,18 @@ from __future__ import annotations
 import torch
 
 from sibnet.errors import ConfigError
+from sibnet.loss_options import LossOptions, ScScale, check_option, choices
 from sibnet.losses.clusters import clusters
 from sibnet.losses.distinctiveness import check_reduction, reduce
 from sibnet.losses.normalise import check_maps
 
-MIN_RADIUS, MAX_RADIUS = 1, 7
+SCALES = choices(ScScale)
 
 
 def half_offsets(radius: int) -> list[tuple[int, int]]:
     """The offsets (dy, dx) of a (2r+1)^2 window with (dy, dx) > (0, 0) lexicographically."""
     return [(dy, dx) for dy in range(0, radius + 1) for dx in range(-radius, radius + 1)
             if dy > 0 or dx > 0]
-
-
-SCALES = ("sum", "pair_mean")
 
 
 def _windows(radius: int, h: int, w: int):
@@ -102,8 +100,8 @@ class _PairSums(torch.autograd.Function):
         return grad, None, None, None
 
 
-def coherence_from_labels(maps: torch.Tensor, labels: torch.Tensor, radius: int = 4,
-                          scale: str = "sum") -> torch.Tensor:
+def coherence_from_labels(maps: torch.Tensor, labels: torch.Tensor, radius: int = LossOptions.radius,
+                          scale: str = LossOptions.sc_scale) -> torch.Tensor:
     """The (B, K) per-map values of eq. (2) for given cluster labels (0 = no cluster).
 
     ``scale="sum"``: the sums of eq. (2); ``"pair_mean"``: each divided by its number of ordered
@@ -115,25 +113,25 @@ def coherence_from_labels(maps: torch.Tensor, labels: torch.Tensor, radius: int 
     return 2.0 * total
 
 
-def spatial_coherence(maps: torch.Tensor, radius: int = 4, threshold="otsu",
-                      background_cluster: bool = False, labels: torch.Tensor | None = None,
-                      reduction: str = "mean", scale: str = "sum") -> torch.Tensor:
+def spatial_coherence(maps: torch.Tensor, radius: int = LossOptions.radius, threshold=LossOptions.threshold,
+                      background_cluster: bool = LossOptions.background_cluster, labels: torch.Tensor | None = None,
+                      reduction: str = "mean", scale: str = LossOptions.sc_scale, *,
+                      checked: bool = False) -> torch.Tensor:
     """L_SC of a (B, K, H, W) batch of (normalised) saliency maps.
 
     ``radius`` r in 1..7 gives the (2r+1) x (2r+1) window (3x3 .. 15x15; the paper's 9x9 is r=4).
     ``threshold`` ("otsu" | "mean" | number) and ``background_cluster`` choose the clusters (see
     :mod:`sibnet.losses.clusters`); ``labels`` (a (B, K, H, W) integer tensor, 0 = no cluster, equal
-    labels = same cluster within a map) replaces that computation.
+    labels = same cluster within a map) replaces that computation. ``scale``: see the module doc.
+    ``checked``: the caller has checked ``maps`` already (:func:`check_maps` is skipped).
     """
-    check_maps(maps)
+    if not checked:
+        check_maps(maps)
     check_reduction(reduction)
-    if scale not in SCALES:
-        raise ConfigError(f"scale: expected one of {', '.join(SCALES)}, got {scale!r}")
-    if isinstance(radius, bool) or not isinstance(radius, int) or not MIN_RADIUS <= radius <= MAX_RADIUS:
-        raise ConfigError(f"radius: expected an integer from {MIN_RADIUS} to {MAX_RADIUS} "
-                          f"(windows 3x3 to 15x15), got {radius!r}")
+    check_option("sc_scale", scale, "scale")
+    check_option("radius", radius)
     if labels is None:
-        labels = clusters(maps, threshold=threshold, background_cluster=background_cluster)
+        labels = clusters(maps, threshold=threshold, background_cluster=background_cluster, checked=True)
     else:
         if not isinstance(labels, torch.Tensor) or labels.shape != maps.shape:
             shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__

@@ -1,4 +1,4 @@
-"""Class distinctiveness L_CD, eq. (1) of the paper, DESIGN decision 3.
+"""Class distinctiveness L_CD, eq. (1) of the paper (docs/design.md, Losses: 'L_CD').
 
 For each image, the K class maps are embedded (Z_c, one vector per class) and L_CD is the mean of
 the plain cosine similarity cos(Z_i, Z_j) over the K(K-1)/2 class pairs i < j (not its absolute
@@ -38,14 +38,16 @@ def reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
     return values
 
 
-def embed_maps(maps: torch.Tensor, embed: Embed) -> torch.Tensor:
+def embed_maps(maps: torch.Tensor, embed: Embed, *, checked: bool = False) -> torch.Tensor:
     """The (B, K, D) embeddings of a (B, K, H, W) batch of maps.
 
     ``embed`` is a callable taking the (B*K, H, W) stack of all maps (image-major: row b*K + c is
     class c of image b) and returning (B*K, D) features; it is called exactly once. A (B, K, D)
-    tensor is returned as it is (after a shape check).
+    tensor is returned as it is (after a shape check). ``checked``: the caller has checked ``maps``
+    already (:func:`~sibnet.losses.normalise.check_maps` is skipped).
     """
-    check_maps(maps)
+    if not checked:
+        check_maps(maps)
     b, k = maps.shape[:2]
     if isinstance(embed, torch.Tensor):
         z = embed
@@ -70,17 +72,19 @@ def pairwise_cosine(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return F.cosine_similarity(z[:, i], z[:, j], dim=-1, eps=eps)
 
 
-def class_distinctiveness(maps: torch.Tensor, embed: Embed, reduction: str = "mean") -> torch.Tensor:
+def class_distinctiveness(maps: torch.Tensor, embed: Embed, reduction: str = "mean", *,
+                          checked: bool = False) -> torch.Tensor:
     """L_CD of a (B, K, H, W) batch of (normalised) saliency maps.
 
     ``embed``: a callable (B*K, H, W) -> (B*K, D) (e.g. the model's encoder up to the pooled
     penultimate features, with the maps replicated to the input channels by the caller), or the
     already computed (B, K, D) embeddings. ``reduction``: "mean" (scalar, the mean over images of
     the per-image pair mean), "sum" (sum over images) or "none" (the (B,) per-image values).
-    Differentiable with respect to the maps and to whatever ``embed`` uses.
+    Differentiable with respect to the maps and to whatever ``embed`` uses. ``checked``: the caller
+    has checked ``maps`` already.
     """
     check_reduction(reduction)
-    z = embed_maps(maps, embed)
+    z = embed_maps(maps, embed, checked=checked)
     if not z.is_floating_point():
         raise ConfigError(f"embed: expected floating-point features, got {z.dtype}")
     if z.shape[1] < 2:

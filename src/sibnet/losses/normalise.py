@@ -1,4 +1,4 @@
-"""Saliency-map normalisation applied before the SIBNet loss terms (DESIGN decision 2).
+"""Saliency-map normalisation applied before the SIBNet loss terms (docs/design.md, Losses: 'Normalisation').
 
 Each (image, class) map is passed through a ReLU and divided by its own maximum plus ``eps``, so
 every map lies in [0, 1) and the losses cannot be lowered by merely shrinking the maps.
@@ -21,13 +21,15 @@ def check_maps(maps: torch.Tensor, name: str = "maps") -> None:
         raise ConfigError(f"{name}: expected a floating-point tensor, got {maps.dtype}")
 
 
-def normalise_maps(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def normalise_maps(maps: torch.Tensor, eps: float = 1e-8, *, checked: bool = False) -> torch.Tensor:
     """``relu(S) / (max_{h,w} relu(S) + eps)`` for every (image, class) map of a (B, K, H, W) batch.
 
     Differentiable (the gradient of the maximum goes to the arg-max pixel; ties share it as in
     ``torch.amax``). An all-zero or all-negative map becomes all zeros (no division by zero).
+    ``checked``: the caller has checked ``maps`` already (:func:`check_maps` is skipped).
     """
-    check_maps(maps)
+    if not checked:
+        check_maps(maps)
     if not eps > 0:
         raise ConfigError(f"eps: must be positive, got {eps!r}")
     positive = torch.relu(maps)

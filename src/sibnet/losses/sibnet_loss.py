@@ -1,13 +1,16 @@
 """``SIBNetLoss``: weighted cross-entropy + lambda1 L_CD + lambda2 L_SC for any classifier (eq. 3).
 
 One forward pass gives the logits and, through the saliency method, all K class maps
-(differentiable w.r.t. the parameters). The maps are normalised (DESIGN decision 2), embedded by
-the model's own encoder with BatchNorm in eval semantics and without updating any statistics
-(decision 3), and clustered on their detached values for L_SC (decision 4). An unlabeled batch
-(``y=None``) contributes only lambda1 L_CD + lambda2 L_SC (SIBNet+, decision 6).
+(differentiable w.r.t. the parameters). The maps are checked once, normalised (docs/design.md,
+Losses: 'Normalisation'), embedded by the model's own encoder with BatchNorm in eval semantics and
+without updating any statistics ('L_CD'), and clustered on their detached values for L_SC
+('L_SC'). An unlabeled batch (``y=None``) contributes only lambda1 L_CD + lambda2 L_SC (SIBNet+).
+The options are :class:`sibnet.loss_options.LossOptions`, each checked when the loss is built.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -15,15 +18,16 @@ from torch import nn
 
 from .. import saliency as saliency_pkg
 from ..errors import ConfigError
+from ..loss_options import LossOptions, check_loss_options
 from ..models.embedding import frozen_parameters, penultimate
 from ..saliency.state import eval_norm
-from .balance import BALANCES, LossBalance
-from .classification import weighted_bce, weighted_ce
-from .coherence import SCALES, spatial_coherence
+from .balance import LossBalance
+from .classification import TASKS, weighted_bce, weighted_ce
+from .coherence import spatial_coherence
 from .distinctiveness import class_distinctiveness, embed_maps, pairwise_cosine
-from .normalise import normalise_maps
+from .normalise import check_maps, normalise_maps
 
-#: (lambda1, lambda2) used when the caller gives none (DESIGN decision 7)
+#: (lambda1, lambda2) used when the caller gives none (docs/design.md, Losses: 'λ defaults')
 DEFAULT_LAMBDAS = {
     "deep_taylor": (1.2, 0.9),
     "gradcam": (1.4, 1.0),
@@ -31,11 +35,8 @@ DEFAULT_LAMBDAS = {
     "lrp_alpha_beta": (1.1, 0.8),
 }
 FALLBACK_LAMBDAS = (1.0, 1.0)
-#: the default loss balance (:mod:`sibnet.losses.balance`)
-DEFAULT_BALANCE = "first_step"
 #: what ``contrast="auto"`` means for a method that takes the option (the relevance methods)
 DEFAULT_CONTRAST = "clrp"
-CD_SPACES = ("embedding", "maps")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -43,11 +44,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _with_contrast(method, options: dict, contrast: str) -> dict:
-    """The saliency options with ``contrast`` resolved for ``method`` (see SIBNetLoss)."""
-    from ..saliency.contrast import CONTRASTS
-
-    if contrast not in CONTRASTS + ("auto",):
-        raise ConfigError(f"contrast: expected auto or one of {', '.join(CONTRASTS)}, got {contrast!r}")
+    """The saliency options with ``contrast`` (a checked option value) resolved for ``method`` (see SIBNetLoss)."""
     if "contrast" in options:
         return options
     takes = saliency_pkg.takes_option(method, "contrast")
@@ -67,34 +64,44 @@ class SIBNetLoss(nn.Module):
     Args:
         model: any classifier ``x (B,C,*spatial) -> logits (B,K)`` (a DistributedDataParallel wrapper
             is accepted: the saliency forward goes through it, the embedding pass uses its module).
-        saliency: a method name of :mod:`sibnet.saliency`, a callable with the same signature, or
-            ``None`` for the plain baseline (weighted cross-entropy only, no maps computed).
-        lambda_cd, lambda_sc: weights of L_CD and L_SC; ``None`` takes the method's default.
+        options: the loss options, :class:`sibnet.loss_options.LossOptions` (default: its defaults),
+            e.g. the configuration's ``cfg.loss``; its ``class_weight`` switch is the builder's (the
+            weights themselves are the ``class_weight`` argument here).
         task: "multilabel" (weighted BCE, ``class_weight`` = pos_weight) or "multiclass" (weighted CE).
-        use_cd, use_sc: the ablation switches.
-        embed: "maps" (Z_c embeds the map S_c) or "image" (Z_c embeds x * S_c).
-        embed_grad: "all" (gradients reach the maps and the encoder used to embed them) or "maps".
-        normalise: ReLU + divide by the per-map maximum before both terms.
-        radius, threshold, background_cluster: the L_SC neighbourhood and clustering.
-        embed_size: resolution (pixels) at which maps are embedded when the input is larger (default 32:
-            the embedding pass of the B·K maps dominates the step's cost; see docs/benchmarks.md);
-            ``None`` embeds at the input size.
-        sc_resolution: "input" or "features" (Grad-CAM only: L_SC on the feature-map-sized maps).
-        sc_scale: "sum" (eq. 2: the sum per map, DESIGN decision 4) or "pair_mean" (that sum divided
-            by the map's number of same-cluster pairs; an option outside the paper, see
-            :func:`sibnet.losses.spatial_coherence`).
-        saliency_options: extra keyword options for the saliency method.
-        balance: "none" (raw terms), "first_step" (each term divided by its own value at the first
-            training step, as the published SIBNet training code does) or "running" (by a
-            bias-corrected running mean of its value, ``balance_momentum``); see
-            :mod:`sibnet.losses.balance`. The lambdas weigh the balanced terms.
-        cd_space: "embedding" (L_CD on the model's embeddings of the maps, eq. 1) or "maps" (the
-            cosine of the flattened maps themselves, the published code's default).
-        cd_abs: L_CD as the mean of |cos| instead of cos (the published code's choice).
-        contrast: class-contrastive relevance (:mod:`sibnet.saliency.contrast`) for the methods that
-            take it (deep_taylor, lrp_epsilon, lrp_alpha_beta): "none", "clrp", "sglrp", or "auto"
-            (``DEFAULT_CONTRAST`` for those methods, "none" for the others, e.g. gradcam). A
-            ``contrast`` in ``saliency_options`` wins.
+        class_weight: (K,) class weights of the classification term (None: all 1).
+        **overrides: options by name, replacing those of ``options``, e.g. ``saliency="gradcam"``.
+
+    Every option is checked here (:func:`sibnet.loss_options.check_loss_options`, then the saliency
+    method's name and options); a bad one is a one-line ConfigError naming it. The options:
+
+    - saliency: a method name of :mod:`sibnet.saliency`, a callable with the same signature, or
+      ``None`` for the plain baseline (weighted cross-entropy only, no maps computed).
+    - lambda_cd, lambda_sc: weights of L_CD and L_SC; ``None`` takes the method's default
+      (``DEFAULT_LAMBDAS``).
+    - use_cd, use_sc: the ablation switches.
+    - embed: "maps" (Z_c embeds the map S_c) or "image" (Z_c embeds x * S_c).
+    - embed_grad: "all" (gradients reach the maps and the encoder used to embed them) or "maps".
+    - normalise: ReLU + divide by the per-map maximum before both terms.
+    - radius, threshold, background_cluster: the L_SC neighbourhood and clustering.
+    - embed_size: resolution (pixels) at which maps are embedded when the input is larger (small by
+      default: the embedding pass of the B·K maps dominates the step's cost; see docs/benchmarks.md);
+      ``None`` embeds at the input size.
+    - sc_resolution: "input" or "features" (Grad-CAM only: L_SC on the feature-map-sized maps).
+    - sc_scale: "sum" (eq. 2: the sum per map, docs/design.md, Losses: 'L_SC') or "pair_mean" (that
+      sum divided by the map's number of same-cluster pairs; an option outside the paper, see
+      :func:`sibnet.losses.spatial_coherence`).
+    - saliency_options: extra keyword options for the saliency method.
+    - balance: "none" (raw terms), "first_step" (each term divided by its own value at the first
+      training step, as the published SIBNet training code does) or "running" (by a
+      bias-corrected running mean of its value, ``balance_momentum``); see
+      :mod:`sibnet.losses.balance`. The lambdas weigh the balanced terms.
+    - cd_space: "embedding" (L_CD on the model's embeddings of the maps, eq. 1) or "maps" (the
+      cosine of the flattened maps themselves, the published code's default).
+    - cd_abs: L_CD as the mean of |cos| instead of cos (the published code's choice).
+    - contrast: class-contrastive relevance (:mod:`sibnet.saliency.contrast`) for the methods that
+      take it (deep_taylor, lrp_epsilon, lrp_alpha_beta): "none", "clrp", "sglrp", or "auto"
+      (``DEFAULT_CONTRAST`` for those methods, "none" for the others, e.g. gradcam). A
+      ``contrast`` in ``saliency_options`` wins.
 
     ``loss_fn(x, y) -> (total, terms)`` with ``terms`` holding detached scalars "wce", "cd", "sc"
     (raw), "wce_w", "cd_w", "sc_w" (each term's share of the total: lambda x term / normaliser),
@@ -102,54 +109,32 @@ class SIBNetLoss(nn.Module):
     detached "logits".
     """
 
-    def __init__(self, model: nn.Module, saliency="deep_taylor", lambda_cd: float | None = None,
-                 lambda_sc: float | None = None, *, task: str = "multilabel", class_weight=None,
-                 use_cd: bool = True, use_sc: bool = True, embed: str = "maps", embed_grad: str = "all",
-                 normalise: bool = True, radius: int = 4, threshold="otsu", background_cluster: bool = False,
-                 embed_size: int | None = 32, sc_resolution: str = "input", sc_scale: str = "sum",
-                 saliency_options: dict | None = None, balance: str = DEFAULT_BALANCE, balance_momentum: float = 0.99,
-                 cd_space: str = "embedding", cd_abs: bool = False, contrast: str = "auto"):
+    def __init__(self, model: nn.Module, options: LossOptions | None = None, *, task: str = "multilabel",
+                 class_weight=None, **overrides):
         super().__init__()
-        if task not in ("multilabel", "multiclass"):
+        if options is not None and not isinstance(options, LossOptions):
+            raise TypeError(f"SIBNetLoss: options must be a LossOptions, got {type(options).__name__} "
+                            "(pass the saliency method as saliency=...)")
+        o = dataclasses.replace(options if options is not None else LossOptions(), **overrides)
+        check_loss_options(o)
+        if task not in TASKS:
             raise ConfigError(f"task: expected 'multilabel' or 'multiclass', got {task!r}")
-        if embed not in ("maps", "image"):
-            raise ConfigError(f"embed: expected 'maps' or 'image', got {embed!r}")
-        if embed_grad not in ("all", "maps"):
-            raise ConfigError(f"embed_grad: expected 'all' or 'maps', got {embed_grad!r}")
-        if sc_resolution not in ("input", "features"):
-            raise ConfigError(f"sc_resolution: expected 'input' or 'features', got {sc_resolution!r}")
-        if sc_scale not in SCALES:
-            raise ConfigError(f"sc_scale: expected one of {', '.join(SCALES)}, got {sc_scale!r}")
-        if cd_space not in CD_SPACES:
-            raise ConfigError(f"cd_space: expected one of {', '.join(CD_SPACES)}, got {cd_space!r}")
-        if balance not in BALANCES:
-            raise ConfigError(f"balance: expected one of {', '.join(BALANCES)}, got {balance!r}")
-        if embed_size is not None and (not isinstance(embed_size, int) or embed_size < 8):
-            raise ConfigError(f"embed_size: expected None or an integer >= 8, got {embed_size!r}")
         # not registered as a submodule: the loss holds no parameters of its own, and its
         # state_dict/train()/to() never reach into the user's model
         object.__setattr__(self, "model", model)
-        self.task = task
-        self.method = None if saliency is None or not (use_cd or use_sc) else saliency_pkg.get(saliency)
-        name = saliency if isinstance(saliency, str) else None
-        default = DEFAULT_LAMBDAS.get(name, FALLBACK_LAMBDAS)
-        self.lambda_cd = float(default[0] if lambda_cd is None else lambda_cd)
-        self.lambda_sc = float(default[1] if lambda_sc is None else lambda_sc)
-        self.use_cd, self.use_sc = use_cd, use_sc
-        self.embed, self.embed_grad, self.normalise = embed, embed_grad, normalise
-        self.radius, self.threshold, self.background_cluster = radius, threshold, background_cluster
-        self.embed_size = embed_size
-        self.sc_scale = sc_scale
-        self.cd_space, self.cd_abs = cd_space, bool(cd_abs)
-        self.balance = LossBalance(balance, balance_momentum)
-        self.saliency_options = dict(saliency_options or {})
+        self.options, self.task = o, task
+        self.method = None if o.saliency is None or not (o.use_cd or o.use_sc) else saliency_pkg.get(o.saliency)
+        default = DEFAULT_LAMBDAS.get(o.saliency if isinstance(o.saliency, str) else None, FALLBACK_LAMBDAS)
+        self.lambda_cd = float(default[0] if o.lambda_cd is None else o.lambda_cd)
+        self.lambda_sc = float(default[1] if o.lambda_sc is None else o.lambda_sc)
+        self.embed_size = o.embed_size
+        self.balance = LossBalance(o.balance, o.balance_momentum)
+        self.saliency_options = dict(o.saliency_options or {})
         if self.method is not None:
-            self.saliency_options = _with_contrast(self.method, self.saliency_options, contrast)
+            self.saliency_options = _with_contrast(self.method, self.saliency_options, o.contrast)
             saliency_pkg.check_options(self.method, self.saliency_options)
-        self.sc_features = sc_resolution == "features"
+        self.sc_features = o.sc_resolution == "features"
         if self.sc_features:
-            if name != "gradcam":
-                raise ConfigError("sc_resolution='features' applies to the gradcam saliency method only")
             self.saliency_options["upsample"] = False
         if class_weight is not None:
             self.register_buffer("class_weight", torch.as_tensor(class_weight, dtype=torch.float32))
@@ -175,7 +160,7 @@ class SIBNetLoss(nn.Module):
         channels = x.shape[1]
 
         def embed(stack: torch.Tensor) -> torch.Tensor:
-            if self.embed == "image":
+            if self.options.embed == "image":
                 k = stack.shape[0] // x.shape[0]
                 inputs = x.repeat_interleave(k, dim=0) * stack.unsqueeze(1)
             else:
@@ -186,7 +171,7 @@ class SIBNetLoss(nn.Module):
                                        align_corners=False)
             try:
                 with eval_norm(encoder):
-                    if self.embed_grad == "maps":
+                    if self.options.embed_grad == "maps":
                         with frozen_parameters(encoder):
                             return penultimate(encoder, inputs)
                     return penultimate(encoder, inputs)
@@ -205,6 +190,8 @@ class SIBNetLoss(nn.Module):
         return weighted_ce(logits, y, self.class_weight)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        """``(total, terms)`` of a batch; ``y=None``: an unlabeled batch (L_CD and L_SC only, SIBNet+)."""
+        o = self.options
         zero = x.new_zeros(())
         if self.baseline:
             if y is None:
@@ -213,15 +200,16 @@ class SIBNetLoss(nn.Module):
             wce = self.classification_loss(logits, y)
             return wce, self._terms({"wce": wce}, {"wce": wce}, wce, logits)
         logits, maps = self.maps_and_logits(x)
-        if self.normalise:
-            maps = normalise_maps(maps)
+        check_maps(maps)  # once: the functional parts below are told so (checked=True)
+        if o.normalise:
+            maps = normalise_maps(maps, checked=True)
         raw = {}
         if y is not None:
             raw["wce"] = self.classification_loss(logits, y)
-        if self.use_sc:
-            raw["sc"] = spatial_coherence(maps, radius=self.radius, threshold=self.threshold,
-                                          background_cluster=self.background_cluster, scale=self.sc_scale)
-        if self.use_cd:
+        if o.use_sc:
+            raw["sc"] = spatial_coherence(maps, radius=o.radius, threshold=o.threshold,
+                                          background_cluster=o.background_cluster, scale=o.sc_scale, checked=True)
+        if o.use_cd:
             cd_maps = maps
             if self.sc_features:
                 cd_maps = F.interpolate(maps, size=x.shape[2:], mode="bilinear", align_corners=False)
@@ -233,20 +221,22 @@ class SIBNetLoss(nn.Module):
         total = sum(weighted.values(), zero)
         terms = self._terms(raw, weighted, total, logits)
         if maps.shape[1] > 1:  # the maps are normalised already unless normalise=False
-            shown = maps.detach() if self.normalise else normalise_maps(maps.detach())
+            shown = maps.detach() if o.normalise else normalise_maps(maps.detach(), checked=True)
             terms["map_cos"] = pairwise_cosine(shown.flatten(2)).mean()
         return total, terms
 
     def distinctiveness(self, maps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """L_CD of normalised maps: on their embeddings (eq. 1) or on the maps themselves; cos or |cos|."""
+        """L_CD of checked, normalised (B, K, H, W) maps: on their embeddings (eq. 1) or on the maps
+        themselves; cos or |cos|."""
+        o = self.options
         b, k = maps.shape[:2]
-        if self.cd_space == "embedding" and not self.cd_abs:
-            return class_distinctiveness(maps, self.embed_fn(x))
-        z = maps.reshape(b, k, -1) if self.cd_space == "maps" else embed_maps(maps, self.embed_fn(x))
+        if o.cd_space == "embedding" and not o.cd_abs:
+            return class_distinctiveness(maps, self.embed_fn(x), checked=True)
+        z = maps.reshape(b, k, -1) if o.cd_space == "maps" else embed_maps(maps, self.embed_fn(x), checked=True)
         if k < 2:
             return z.sum() * 0.0
         cos = pairwise_cosine(z)
-        return (cos.abs() if self.cd_abs else cos).mean()
+        return (cos.abs() if o.cd_abs else cos).mean()
 
     @staticmethod
     def _terms(raw: dict, weighted: dict, total, logits):
@@ -259,8 +249,9 @@ class SIBNetLoss(nn.Module):
     def extra_repr(self) -> str:
         if self.baseline:
             return f"baseline, task={self.task}"
+        o = self.options
         name = getattr(self.method, "__name__", repr(self.method))
-        return (f"saliency={name}, lambda_cd={self.lambda_cd}, lambda_sc={self.lambda_sc}, use_cd={self.use_cd}, "
-                f"use_sc={self.use_sc}, embed={self.embed}, embed_grad={self.embed_grad}, radius={self.radius}, "
-                f"threshold={self.threshold}, embed_size={self.embed_size}, sc_scale={self.sc_scale}, "
-                f"balance={self.balance.mode}, cd_space={self.cd_space}, cd_abs={self.cd_abs}")
+        return (f"saliency={name}, lambda_cd={self.lambda_cd}, lambda_sc={self.lambda_sc}, use_cd={o.use_cd}, "
+                f"use_sc={o.use_sc}, embed={o.embed}, embed_grad={o.embed_grad}, radius={o.radius}, "
+                f"threshold={o.threshold}, embed_size={o.embed_size}, sc_scale={o.sc_scale}, "
+                f"balance={self.balance.mode}, cd_space={o.cd_space}, cd_abs={o.cd_abs}")

@@ -30,7 +30,9 @@ from typing import Any, BinaryIO, Callable
 import torch
 import torch.nn as nn
 
+from .. import __version__
 from ..errors import SibnetError
+from ..models.classifier import build_classifier
 
 FORMAT = "sibnet-checkpoint"
 VERSION = 1
@@ -148,8 +150,6 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
 def model_meta(*, model_name: str, info, image_size: int, normalisation: dict | None = None,
                dataset: str = "", saliency: str | None = None) -> dict:
     """The ``meta`` entry: what is needed to rebuild and use the model without the training config."""
-    from .. import __version__
-
     return {
         "model_name": model_name,
         "in_channels": int(info.in_channels),
@@ -166,8 +166,6 @@ def model_meta(*, model_name: str, info, image_size: int, normalisation: dict | 
 
 def load_model_from_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the classifier stored in a checkpoint; returns ``(model in eval mode, meta)``."""
-    from ..models.classifier import build_classifier
-
     ckpt = load_checkpoint(path, map_location)
     meta = ckpt["meta"]
     absent = [k for k in META_KEYS if k not in meta]

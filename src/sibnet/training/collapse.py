@@ -21,6 +21,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..evaluation.distinctiveness import map_distinctiveness
+from ..losses.normalise import normalise_maps
+
 COLLAPSE_IMAGES = 32
 IDENTICAL_COS = 0.99
 FLAT_SD = 0.02
@@ -33,9 +36,6 @@ def _images(dataset, n: int) -> torch.Tensor:
 
 def collapse_metrics(model: torch.nn.Module, loss_fn, dataset, device, n_images: int = COLLAPSE_IMAGES) -> dict:
     """``{"map_cos", "emb_cos", "flat_maps"}`` of the model's class maps (empty without saliency terms)."""
-    from ..evaluation.distinctiveness import map_distinctiveness
-    from ..losses.normalise import normalise_maps
-
     method = getattr(loss_fn, "method", None)
     if method is None or dataset is None or len(dataset) == 0:
         return {}

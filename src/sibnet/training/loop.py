@@ -47,10 +47,14 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
 
 from ..config import Config
 from ..errors import SibnetError
+from ..evaluation.batchnorm import recalibrate_batchnorm
+from ..evaluation.classification import mean_auroc
 from .checkpoint import FORMAT, VERSION, save_checkpoint
+from .collapse import collapse_metrics, collapse_warning
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, sync_buffers
 from .logs import RunLogger
 from .rng import capture_rng, mix_seed, restore_rng
@@ -275,8 +279,6 @@ def validate(run: Run) -> float:
     """Mean validation AUROC over all ranks' shards (the same value on every rank)."""
     if run.val_set is None or len(run.val_set) == 0:
         return math.nan
-    from ..evaluation.classification import mean_auroc
-
     env = run.env
     part = Subset(run.val_set, shard(len(run.val_set), env.rank, env.world_size))
     loader = DataLoader(part, batch_size=run.cfg.data.batch_size, shuffle=False,
@@ -361,8 +363,6 @@ def _finished(run: Run, state: TrainState) -> bool:
 
 
 def _progress(run: Run, total: int, initial: int, epoch: int):
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{run.cfg.train.epochs}",
                 unit="batch", dynamic_ncols=True, leave=True, file=sys.stderr,
                 disable=not (run.env.is_main and run.cfg.train.progress and sys.stderr.isatty()))
@@ -432,16 +432,12 @@ def _end_epoch(run: Run, state: TrainState, logger: RunLogger, seconds: float) -
         raise SibnetError(f"training diverged in epoch {state.epoch + 1}: mean loss {means.get('total')} "
                           f"(terms {means}); lower optim.lr or the lambdas")
     if cfg.train.bn_stats == "train":  # the same images and order on every rank: the same statistics
-        from ..evaluation.batchnorm import recalibrate_batchnorm
-
         recalibrate_batchnorm(run.model, run.train_set, batch_size=max(2, cfg.data.batch_size),
                               seed=cfg.train.seed, name="the training split")
     sync_buffers(run.model, run.env)
     auroc = validate(run)
     maps = {}
     if cfg.train.watch_maps:  # the same images on every rank: the same figures
-        from .collapse import collapse_metrics, collapse_warning
-
         maps = collapse_metrics(run.model, run.loss_fn, run.val_set or run.train_set, run.env.device)
         warning = collapse_warning(maps, state.epoch + 1)
         if warning and run.env.is_main:

@@ -25,8 +25,8 @@ recipe is an object with four hooks, each a no-op in :class:`Recipe`:
    to the unconditional child tasks instead of keeping the features of the masked stage).
    ``S = round(stage1 x B)`` where ``B`` is the budget in optimizer steps, ``min(max_steps, epochs
    x batches per epoch)``; ``stage1_epochs``/``stage1_steps`` (``stage1`` times ``train.epochs``
-   / ``train.max_steps``) are fixed when the configuration is read and written to its
-   ``config.yaml``, so a job trained epoch by epoch keeps one split; ``S`` may fall inside an
+   / ``train.max_steps``) are fixed when the configuration is read (:mod:`sibnet.recipe_options`)
+   and written to its ``config.yaml``, so a job trained epoch by epoch keeps one split; ``S`` may fall inside an
    epoch. Metrics: ``train_stage`` (mean stage over the epoch's steps: 1, 2, or in between).
 3. U-LSR (the U-Ones variant): every uncertain training label (``-1``) becomes a soft target drawn
    uniformly from ``lsr_range`` (default [0.55, 0.85]), one draw per (image, label) of the training
@@ -48,6 +48,7 @@ stages then train the same loss.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import sys
@@ -58,16 +59,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..data.chexpert import apply_policy
+from ..data.registry import loader_class
 from ..errors import ConfigError
+from ..recipe_options import KEY, check_acyclic, pham_options
+from .labels import dataset_labels
+from .loop import batches_per_epoch
 
 CHEXPERT_HIERARCHY = {
     "Lung Opacity": ("Edema", "Consolidation", "Pneumonia", "Lung Lesion", "Atelectasis"),
     "Enlarged Cardiomediastinum": ("Cardiomegaly",),
     "Consolidation": ("Pneumonia",),
 }
-PHAM_DEFAULTS = {"stage1": 0.5, "stage1_epochs": None, "stage1_steps": None, "lsr_range": [0.55, 0.85],
-                 "hierarchy": "chexpert"}
-KEY = "train.recipe_options"
 _WARNED: set[str] = set()  # a job builds its run once per epoch: warn once per process
 
 
@@ -82,8 +85,6 @@ def _warn_once(message: str) -> None:
 def uncertain_soft_targets(labels, lsr_range=(0.55, 0.85), seed: int = 0) -> np.ndarray:
     """U-LSR: the ``-1`` entries of ``labels`` (N, K) replaced by uniform draws from ``lsr_range``
     (one per entry, ``numpy.random.default_rng(seed)``); other entries (0, 1, soft, nan) kept."""
-    from ..data.chexpert import apply_policy
-
     return apply_policy(np.asarray(labels, dtype=np.float32), "ones-lsr", tuple(lsr_range), seed)
 
 
@@ -101,7 +102,7 @@ def resolve_hierarchy(tree, class_names, strict: bool = False) -> tuple[dict[int
         if unknown:
             raise ConfigError(f"{KEY}.hierarchy: {', '.join(map(repr, unknown))} not among the dataset's labels "
                               f"({', '.join(names)})")
-    _check_acyclic(parents)
+    check_acyclic(parents)
     out, report = {}, {"unconditional": [], "partial": {}}
     for child in names:
         if child not in parents:
@@ -115,22 +116,6 @@ def resolve_hierarchy(tree, class_names, strict: bool = False) -> tuple[dict[int
         else:
             report["unconditional"].append(child)
     return out, report
-
-
-def _check_acyclic(parents: dict[str, list[str]]) -> None:
-    done: set[str] = set()
-
-    def visit(node: str, path: tuple[str, ...]) -> None:
-        if node in path:
-            raise ConfigError(f"{KEY}.hierarchy: a cycle {' -> '.join((*path[path.index(node):], node))}")
-        if node in done:
-            return
-        for p in parents.get(node, ()):
-            visit(p, (*path, node))
-        done.add(node)
-
-    for node in list(parents):
-        visit(node, ())
 
 
 def conditional_targets(targets: torch.Tensor, parents: dict[int, tuple[int, ...]]) -> torch.Tensor:
@@ -151,71 +136,13 @@ def stage1_steps(options: dict, batches_per_epoch: int) -> int:
     return int(math.floor(min(caps) + 0.5)) if caps else 0
 
 
-# ------------------------------------------------------------------ options
-
-def _number(options: dict, key: str, lo: float, hi: float | None = None):
-    v = options[key]
-    if v is None and key != "stage1":
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= lo or (hi is not None and v > hi):
-        bound = f"in [{lo:g}, {hi:g}]" if hi is not None else f">= {lo:g}"
-        raise ConfigError(f"{KEY}.{key}: expected a number {bound}, got {v!r}")
-    return float(v)
-
-
-def pham_options(options: dict, epochs: int, max_steps: int | None) -> dict:
-    """Checked and completed options of ``pham`` (see the module doc); ``stage1_epochs`` and
-    ``stage1_steps`` both unset: ``stage1`` times ``epochs`` / ``max_steps``."""
-    unknown = sorted(set(options) - set(PHAM_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"{KEY}: unknown key {unknown[0]!r} for recipe 'pham'; keys: {', '.join(PHAM_DEFAULTS)}")
-    o = {**PHAM_DEFAULTS, **options}
-    o["stage1"] = _number(o, "stage1", 0.0, 1.0)
-    o["stage1_epochs"] = _number(o, "stage1_epochs", 0.0)
-    o["stage1_steps"] = _number(o, "stage1_steps", 0.0)
-    if o["stage1_epochs"] is None and o["stage1_steps"] is None:
-        o["stage1_epochs"] = o["stage1"] * epochs
-        o["stage1_steps"] = o["stage1"] * max_steps if max_steps is not None else None
-    r = o["lsr_range"]
-    if not (isinstance(r, (list, tuple)) and len(r) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                               for v in r) and 0 <= r[0] <= r[1] <= 1):
-        raise ConfigError(f"{KEY}.lsr_range: expected [low, high] with 0 <= low <= high <= 1, got {r!r}")
-    o["lsr_range"] = [float(r[0]), float(r[1])]
-    h = o["hierarchy"]
-    if isinstance(h, str):
-        if h != "chexpert":
-            raise ConfigError(f"{KEY}.hierarchy: expected 'chexpert' or a mapping parent -> [children], got {h!r}")
-    elif isinstance(h, dict) and all(isinstance(p, str) and isinstance(c, (list, tuple)) and
-                                     all(isinstance(n, str) for n in c) for p, c in h.items()):
-        o["hierarchy"] = {p: list(c) for p, c in h.items()}
-        _check_acyclic({c: [p for p in h if c in h[p]] for cs in h.values() for c in cs})
-    else:
-        raise ConfigError(f"{KEY}.hierarchy: expected 'chexpert' or a mapping parent -> [children], got {h!r}")
-    return o
-
-
-def check_config(cfg) -> None:
-    """Config validation of ``train.recipe``/``train.recipe_options`` (completes them in place)."""
-    t = cfg.train
-    if t.recipe is None:
-        if t.recipe_options:
-            raise ConfigError(f"{KEY}: set, but train.recipe is null (choose a recipe, e.g. train.recipe=pham)")
-        return
-    t.recipe_options = pham_options(dict(t.recipe_options), t.epochs, t.max_steps)
-
-
-def build_recipe(cfg) -> "Recipe | None":
-    """The configured recipe object (None: plain training)."""
-    return None if cfg.train.recipe is None else RECIPES[cfg.train.recipe](cfg)
-
-
 # ------------------------------------------------------------------ datasets with other labels
 
 class Relabeled(Dataset):
     """``dataset`` whose items carry ``labels[i]`` instead of their own label (all else kept).
 
     ``class_weight_labels``: the matrix class weights are counted on
-    (:func:`sibnet.training.build.dataset_labels` prefers it), e.g. the hard labels of soft targets.
+    (:func:`sibnet.training.labels.dataset_labels` prefers it), e.g. the hard labels of soft targets.
     """
 
     def __init__(self, dataset, labels: np.ndarray, class_weight_labels: np.ndarray | None = None):
@@ -272,16 +199,10 @@ class PhamRecipe(Recipe):
 
     # -- data
     def data_options(self, name: str, options: dict) -> dict:
-        import inspect
-
-        from ..data.registry import loader_class
-
         takes = "uncertainty" in inspect.signature(loader_class(name).__init__).parameters
         return {**options, "uncertainty": "keep"} if takes and "uncertainty" not in options else options
 
     def prepare(self, train, val):
-        from .build import dataset_labels
-
         if train.info.task != "multilabel":
             raise ConfigError(f"train.recipe: 'pham' needs a multi-label dataset; {train.info.name!r} is "
                               f"{train.info.task}")
@@ -316,8 +237,6 @@ class PhamRecipe(Recipe):
 
     # -- loop
     def start(self, run, state) -> None:
-        from .loop import batches_per_epoch
-
         self.s1 = stage1_steps(self.options, batches_per_epoch(run))
         names = list(run.train_set.info.class_names)
         if run.env.is_main:
@@ -344,3 +263,8 @@ class PhamRecipe(Recipe):
 
 
 RECIPES = {"pham": PhamRecipe}
+
+
+def build_recipe(cfg) -> Recipe | None:
+    """The configured recipe object (None: plain training)."""
+    return None if cfg.train.recipe is None else RECIPES[cfg.train.recipe](cfg)
