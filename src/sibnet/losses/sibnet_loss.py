@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import saliency as saliency_pkg
 from ..errors import ConfigError
 from ..loss_options import LossOptions, check_loss_options
 from ..models.embedding import frozen_parameters, penultimate
+from ..saliency.resize import resize_linear
 from ..saliency.state import eval_norm
 from .balance import LossBalance
 from .classification import TASKS, weighted_bce, weighted_ce
@@ -166,9 +166,7 @@ class SIBNetLoss(nn.Module):
             else:
                 inputs = stack.unsqueeze(1).expand(-1, channels, *stack.shape[1:])
             if self.embed_size is not None and max(inputs.shape[2:]) > self.embed_size:
-                mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[inputs.dim() - 2]
-                inputs = F.interpolate(inputs, size=(self.embed_size,) * (inputs.dim() - 2), mode=mode,
-                                       align_corners=False)
+                inputs = resize_linear(inputs, (self.embed_size,) * (inputs.dim() - 2))
             try:
                 with eval_norm(encoder):
                     if self.options.embed_grad == "maps":
@@ -212,7 +210,7 @@ class SIBNetLoss(nn.Module):
         if o.use_cd:
             cd_maps = maps
             if self.sc_features:
-                cd_maps = F.interpolate(maps, size=x.shape[2:], mode="bilinear", align_corners=False)
+                cd_maps = resize_linear(maps, x.shape[2:])
             raw["cd"] = self.distinctiveness(cd_maps, x)
         if y is not None and self.model.training and torch.is_grad_enabled():
             self.balance.update(raw)

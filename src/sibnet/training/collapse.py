@@ -19,10 +19,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ..evaluation.distinctiveness import map_distinctiveness
 from ..losses.normalise import normalise_maps
+from ..saliency.resize import resize_linear
 
 COLLAPSE_IMAGES = 32
 IDENTICAL_COS = 0.99
@@ -49,7 +49,7 @@ def collapse_metrics(model: torch.nn.Module, loss_fn, dataset, device, n_images:
     if maps.shape[1] < 2:
         return {}
     if maps.shape[2:] != x.shape[2:]:
-        maps = F.interpolate(maps, size=x.shape[2:], mode="bilinear", align_corners=False)
+        maps = resize_linear(maps, x.shape[2:])
     flat = normalise_maps(maps).flatten(2).std(dim=2) < FLAT_SD
     alike = map_distinctiveness(model, maps.cpu(), x.cpu(), embed_size=getattr(loss_fn, "embed_size", 32),
                                 device=device)
