@@ -282,9 +282,9 @@ def write_capacity(study: Study, bases: list[Method], capacities, jobs: list[Job
 
 
 def _figure(study: Study, s: dict, path: Path) -> Path:
-    from ..report.figures import _pyplot, save_figure
+    from ..report.figures import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     panels = (("val_loss", "validation loss (weighted BCE)"), ("eval_loss", "evaluation loss (weighted BCE)"),
               ("auroc", "evaluation AUROC (mean over labels)"))
