@@ -44,7 +44,8 @@ def _loader(dataset, batch_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
 
 
-def _probs(logits: torch.Tensor, task: str) -> torch.Tensor:
+def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Softmax of the logits for single-label (``multiclass``) tasks, sigmoid otherwise (in float32)."""
     logits = logits.float()
     return torch.softmax(logits, 1) if task == "multiclass" else torch.sigmoid(logits)
 
@@ -60,7 +61,7 @@ def predict(model: nn.Module, dataset, task: str = "multilabel", batch_size: int
     try:
         with torch.no_grad():
             for batch in _loader(dataset, batch_size):
-                probs.append(_probs(model(batch["image"].to(device)), task).cpu())
+                probs.append(probabilities(model(batch["image"].to(device)), task).cpu())
                 labels.append(batch["label"].float())
                 ids.extend(str(i) for i in batch["id"])
     finally:
