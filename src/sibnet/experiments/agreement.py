@@ -82,6 +82,8 @@ def job_agreement(study: Study, job: Job, method: str, max_maps: int, bn_stats: 
 
 def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path, command: str, method: str,
                  max_maps: int, bn_stats: str = "stored", options: dict | None = None) -> dict:
+    """Write ``table3.md``, ``table3.csv`` and (with kept epochs) ``fig9_dice_per_epoch.png`` to ``out``
+    from the finished jobs; returns their paths plus ``agreement``, the per-job results."""
     done = collect(study, jobs)
     res = {job: job_agreement(study, job, method, max_maps, bn_stats, options) for job in done}
     method = maps_name(method, options)

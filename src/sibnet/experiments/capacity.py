@@ -169,20 +169,24 @@ def summarise_capacity(study: Study, bases: list[Method], capacities, jobs: list
     return {"rows": rows, "records": records, "recomputed": recomputed, "info": info}
 
 
-def write_capacity(study: Study, bases: list[Method], capacities, jobs: list[Job], out: Path, command: str) -> dict:
-    s = summarise_capacity(study, bases, capacities, jobs)
-    methods = capacity_methods(bases, capacities)
-    splits = sorted({sp for e in s["rows"] for sp in e["eval_splits"]})
+CSV_COLUMNS = ["method", "base_method", "multiplier", "growth_rate", "init_features", "parameters", "parameter_ratio",
+               "runs", "jobs", "val_loss_mean", "val_loss_sd", "eval_loss_mean", "eval_loss_sd", "auroc_mean",
+               "auroc_sd"]
+
+
+def _header_notes(s: dict, bases: list[Method], capacities, n_jobs: int) -> list[str]:
+    """The table's own header lines (after :func:`study_header`'s)."""
     extra = [f"capacities: m in {[float(f'{m:g}') for m in capacities]} x P, P = parameters of the standard "
              "DenseNet-121 for the dataset's channels and classes; width rule: sibnet.models.classifier "
              "(growth rate and initial features scaled by one width factor, depth unchanged)",
              f"base methods: {', '.join(b.name for b in bases)}",
-             f"finished jobs: {len(s['records'])} of {len(jobs)}",
+             f"finished jobs: {len(s['records'])} of {n_jobs}",
              "validation loss: weighted BCE of the fold's validation split after the last epoch (val_loss.csv); "
              "evaluation loss: the same weighted BCE on the evaluation split (class weights from the fold's training "
              "labels) from predictions.npz, or from the model's logits where float32 probabilities are too close "
              "to 0 or 1; AUROC: mean over labels on the evaluation split; "
              "each shown as mean (sd) over the finished runs (runs: finished/total)"]
+    splits = sorted({sp for e in s["rows"] for sp in e["eval_splits"]})
     if splits:
         extra.append(f"evaluation split: {', '.join(splits)}")
     if s["recomputed"]:
@@ -192,33 +196,39 @@ def write_capacity(study: Study, bases: list[Method], capacities, jobs: list[Job
         e0 = s["rows"][0]["width"]
         extra.append(f"P = {e0['reference']:,} parameters ({s['info'].in_channels} input channel(s), "
                      f"{s['info'].num_classes} classes)")
-    header = study_header(command, study, methods, extra)
+    return extra
+
+
+def _rows(e: dict) -> tuple[list, dict]:
+    """(Markdown row, CSV row) of one (base, m) entry of :func:`summarise_capacity`."""
+    wd = e.get("width")
+    md = [e["base"], f"{e['multiplier']:g}", f"{wd['growth_rate']} / {wd['init_features']}" if wd else "n/a",
+          f"{wd['parameters']:,} ({wd['ratio']:.3f})" if wd else "n/a", f"{e['runs']}/{e['jobs']}"]
+    md += [mean_sd(e[k], 4 if k != "auroc" else 3) if e["runs"] else "n/a" for k in ("val_loss", "eval_loss", "auroc")]
+    row = {"method": e["method"], "base_method": e["base"], "multiplier": e["multiplier"],
+           "growth_rate": wd["growth_rate"] if wd else None, "init_features": wd["init_features"] if wd else None,
+           "parameters": wd["parameters"] if wd else None, "parameter_ratio": wd["ratio"] if wd else None,
+           "runs": e["runs"], "jobs": e["jobs"],
+           **{f"{k}_{stat}": (f(e[k]) if e["runs"] else None) for k in ("val_loss", "eval_loss", "auroc")
+              for stat, f in (("mean", finite_mean), ("sd", finite_sd))}}
+    return md, row
+
+
+def write_capacity(study: Study, bases: list[Method], capacities, jobs: list[Job], out: Path, command: str) -> dict:
+    """Write ``capacity.md``, ``capacity.csv`` and (with a finished job) ``fig12_capacity.png`` to ``out``;
+    returns their paths plus ``summary`` (:func:`summarise_capacity`)."""
+    s = summarise_capacity(study, bases, capacities, jobs)
+    header = study_header(command, study, capacity_methods(bases, capacities),
+                          _header_notes(s, bases, capacities, len(jobs)))
     cols = ["method", "m", "growth / init features", "parameters (x P)", "runs", "validation loss",
             "evaluation loss", "evaluation AUROC"]
-    md_rows, csv_rows = [], []
-    for e in s["rows"]:
-        wd = e.get("width")
-        md_rows.append([e["base"], f"{e['multiplier']:g}",
-                        f"{wd['growth_rate']} / {wd['init_features']}" if wd else "n/a",
-                        f"{wd['parameters']:,} ({wd['ratio']:.3f})" if wd else "n/a", f"{e['runs']}/{e['jobs']}"]
-                       + [mean_sd(e[k], 4 if k != "auroc" else 3) if e["runs"] else "n/a"
-                          for k in ("val_loss", "eval_loss", "auroc")])
-        csv_rows.append({"method": e["method"], "base_method": e["base"], "multiplier": e["multiplier"],
-                         "growth_rate": wd["growth_rate"] if wd else None,
-                         "init_features": wd["init_features"] if wd else None,
-                         "parameters": wd["parameters"] if wd else None, "parameter_ratio": wd["ratio"] if wd else None,
-                         "runs": e["runs"], "jobs": e["jobs"],
-                         **{f"{k}_{stat}": (f(e[k]) if e["runs"] else None) for k in ("val_loss", "eval_loss", "auroc")
-                            for stat, f in (("mean", finite_mean), ("sd", finite_sd))}})
+    rows = [_rows(e) for e in s["rows"]]
     figs = []
     if any(e["runs"] for e in s["rows"]):
         figs.append(str(_figure(study, s, Path(out) / "fig12_capacity.png")))
-    csv_cols = ["method", "base_method", "multiplier", "growth_rate", "init_features", "parameters",
-                "parameter_ratio", "runs", "jobs", "val_loss_mean", "val_loss_sd", "eval_loss_mean", "eval_loss_sd",
-                "auroc_mean", "auroc_sd"]
     paths = write_outputs(out, "capacity", f"Capacity: methods with fewer or more parameters on {study.dataset}",
-                          header, [("Loss and AUROC against the parameter count", cols, md_rows)],
-                          csv_cols, csv_rows, figs)
+                          header, [("Loss and AUROC against the parameter count", cols, [md for md, _ in rows])],
+                          CSV_COLUMNS, [row for _, row in rows], figs)
     paths["figures"] = figs
     paths["summary"] = s
     return paths

@@ -28,6 +28,8 @@ def grid_methods(values_cd, values_sc) -> list[Method]:
 
 
 def write_lambda_grid(study: Study, values_cd, values_sc, jobs: list[Job], out: Path, command: str) -> dict:
+    """Write ``lambda_grid.md``, ``lambda_grid.csv`` and ``fig11_lambda_grid.png`` to ``out`` from the
+    finished jobs; returns their paths plus ``grid``, the mean AUROC per (lambda_sc, lambda_cd)."""
     methods = grid_methods(values_cd, values_sc)
     done = collect(study, jobs)
     grid = np.full((len(values_sc), len(values_cd)), np.nan)

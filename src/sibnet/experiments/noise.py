@@ -74,6 +74,8 @@ def job_noise(study: Study, job: Job, sigmas, bn_stats: str = "stored") -> dict:
 
 def write_table4(study: Study, methods: list[Method], jobs: list[Job], out: Path, command: str, sigmas,
                  log=print, bn_stats: str = "stored") -> dict:
+    """Write ``table4.md``, ``table4.csv`` and ``fig_noise.png`` to ``out`` from the finished jobs (``log``
+    is not used); returns their paths plus ``noise``, the per-job results."""
     done = collect(study, jobs)
     noise = {}
     for job in done:

@@ -78,6 +78,8 @@ def job_probes(study: Study, job: Job, probes, bn_stats: str = "stored") -> dict
 
 def write_table5(study: Study, methods: list[Method], jobs: list[Job], out: Path, command: str, probes,
                  bn_stats: str = "stored") -> dict:
+    """Write ``table5.md`` and ``table5.csv`` to ``out`` from the finished jobs; returns their paths plus
+    ``probes``, the per-job results."""
     done = collect(study, jobs)
     res = {job: job_probes(study, job, probes, bn_stats) for job in done}
     has_base = any(m.name == BASELINE for m in methods)
