@@ -137,8 +137,7 @@ def test_capacity_methods_from_names():
 
 
 def test_attention_bases_are_width_scaled():
-    from sibnet.experiments.capacity import capacity_method
-    from sibnet.experiments.methods import METHODS, Method, get_method
+    from sibnet.experiments.methods import METHODS, Method, capacity_method, get_method
     from sibnet.models.attention import CBAM
     from sibnet.models.classifier import build_classifier, densenet121_width, parameter_count
 
@@ -321,14 +320,14 @@ def test_table_equals_the_job_folders(study):
 def test_eval_loss_from_the_model(study):
     """The fallback for saturated probabilities gives the logits' loss (and the stored probabilities' where
     those are precise)."""
-    from sibnet.experiments.capacity import _class_weights, eval_loss_from_model, weighted_loss_from_probs
-    from sibnet.experiments.jobs import Job, Study, job_config, parse_budget
+    from sibnet.experiments.capacity import class_weights, eval_loss_from_model, weighted_loss_from_probs
+    from sibnet.experiments.study import Job, Study, job_config, parse_budget
 
     s = Study(dataset="synthetic", runs=study["runs"], budget=parse_budget("steps=1"), image_size=32, folds=2,
               seeds=(0,), batch_size=8, options={"n": 16})
     job = Job("capacity-baseline-0.5", 1, 0)
     cfg = job_config(s, job)
-    w, info = _class_weights(cfg)
+    w, info = class_weights(cfg)
     from_model = eval_loss_from_model(s, job, cfg, w, info.task)
     assert from_model == pytest.approx(_reference(study["runs"], job.method, 1)["eval_loss"], rel=1e-5)
     pred = np.load(job.folder(s) / "predictions.npz")

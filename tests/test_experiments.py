@@ -235,7 +235,7 @@ def test_bad_arguments(tmp_path, capsys, args, message):
 
 
 def _tiny_study(runs: Path, budget: str, batch_size: int = 8):
-    from sibnet.experiments.jobs import Study, parse_budget
+    from sibnet.experiments.study import Study, parse_budget
 
     return Study(dataset="synthetic", runs=runs, budget=parse_budget(budget), image_size=32, folds=2, seeds=(0,),
                  batch_size=batch_size, options={"n": 16})
@@ -243,7 +243,9 @@ def _tiny_study(runs: Path, budget: str, batch_size: int = 8):
 
 def test_larger_budget_continues_smaller_is_refused(tmp_path):
     from sibnet.errors import SibnetError
-    from sibnet.experiments.jobs import Job, job_status, read_val_loss, run_job
+    from sibnet.experiments.runner import run_job
+    from sibnet.experiments.store import job_status, read_val_loss
+    from sibnet.experiments.study import Job
 
     job = Job("baseline", 0, 0)
     one = _tiny_study(tmp_path, "epochs=1")
@@ -269,7 +271,8 @@ def test_job_saved_before_a_setting_existed_continues(tmp_path):
     import yaml
 
     from sibnet.errors import SibnetError
-    from sibnet.experiments.jobs import Job, run_job
+    from sibnet.experiments.runner import run_job
+    from sibnet.experiments.study import Job
 
     job = Job("sibnet-gradcam", 0, 0)
     one = _tiny_study(tmp_path, "steps=1")
@@ -290,7 +293,7 @@ def test_job_saved_before_a_setting_existed_continues(tmp_path):
 def test_locks(tmp_path):
     import os
 
-    from sibnet.experiments.jobs import acquire_lock, release_lock
+    from sibnet.experiments.store import acquire_lock, release_lock
 
     (tmp_path / "running.lock").write_text(str(os.getppid()))  # a live process holds it
     assert not acquire_lock(tmp_path)
@@ -302,7 +305,7 @@ def test_locks(tmp_path):
 
 
 def test_budget_parsing():
-    from sibnet.experiments.jobs import Budget, parse_budget
+    from sibnet.experiments.study import Budget, parse_budget
 
     assert parse_budget("epochs=3") == Budget(3, None)
     assert parse_budget("steps=200") == Budget(None, 200)
@@ -316,7 +319,7 @@ def test_checkpoint_frequency_is_the_callers_where_given(tmp_path):
     import dataclasses
 
     from sibnet.config import diff_configs
-    from sibnet.experiments.jobs import CHECKPOINT_EVERY, FREE_KEYS, Job, job_config, job_identity
+    from sibnet.experiments.study import CHECKPOINT_EVERY, FREE_KEYS, Job, job_config, job_identity
 
     study = _tiny_study(tmp_path / "runs", "epochs=1")
     job = Job("sibnet-pair-mean", 0, 0)
@@ -332,7 +335,8 @@ def test_checkpoint_frequency_is_the_callers_where_given(tmp_path):
 @pytest.mark.slow
 def test_epoch_by_epoch_equals_one_continuous_run(tmp_path):
     """The job's per-epoch resume gives the same weights as one uninterrupted trainer run."""
-    from sibnet.experiments.jobs import Job, job_config, run_job
+    from sibnet.experiments.runner import run_job
+    from sibnet.experiments.study import Job, job_config
     from sibnet.training import Trainer
     from sibnet.training.checkpoint import load_checkpoint
 
@@ -401,7 +405,7 @@ def test_agreement_table_against_direct_computation(study):
 
 
 def test_lambda_grid(tmp_path):
-    from sibnet.experiments.jobs import job_config
+    from sibnet.experiments.study import job_config
     from sibnet.experiments.methods import get_method
 
     m = get_method("sibnet-lambda-0.5-2")
@@ -413,7 +417,7 @@ def test_lambda_grid(tmp_path):
             "--budget", "steps=1", "--batch-size", "8", "--data-option", "n=16", "--lambdas", "0,1.5",
             "--runs", str(runs), "--out", str(out), "--report-only"]
     assert main(base) == 0  # nothing trained yet: an empty grid
-    from sibnet.experiments.jobs import Job
+    from sibnet.experiments.study import Job
     from sibnet.experiments.tables import read_csv_table
 
     header, rows = read_csv_table(out / "lambda_grid.csv")
@@ -428,7 +432,8 @@ def test_identity_ignores_unused_loss_settings_of_the_baseline(tmp_path):
     import yaml
 
     from sibnet.errors import SibnetError
-    from sibnet.experiments.jobs import Job, _check_identity, job_config, job_identity
+    from sibnet.experiments.store import check_job_record
+    from sibnet.experiments.study import Job, job_config, job_identity
 
     study = _tiny_study(tmp_path, "epochs=1")
     for method, should_fail in (("baseline", False), ("sibnet", True)):
@@ -442,15 +447,16 @@ def test_identity_ignores_unused_loss_settings_of_the_baseline(tmp_path):
         (folder / "job.yaml").write_text(yaml.safe_dump(old))
         if should_fail:
             with pytest.raises(SibnetError, match="config.loss.embed_size"):
-                _check_identity(folder, ident)
+                check_job_record(folder, ident)
         else:
-            _check_identity(folder, ident)
+            check_job_record(folder, ident)
 
 
 def test_own_splits_early_stopping_and_warm_start(tmp_path, monkeypatch):
     """--folds 1: the dataset's own train/val/test splits; --patience: early stopping, best.pt evaluated;
     warm-baseline starts from the finished baseline job's best.pt (and only at its first epoch)."""
-    import sibnet.experiments.jobs as jobs
+    import sibnet.experiments.runner as runner
+    from sibnet.experiments.study import Job, Study, parse_budget
     from sibnet.training import load_checkpoint
     from sibnet.training.checkpoint import load_model_from_checkpoint
 
@@ -461,11 +467,11 @@ def test_own_splits_early_stopping_and_warm_start(tmp_path, monkeypatch):
     # the warm job alone first: its baseline is not finished, so it fails with a message saying so
     assert main(args + ["--methods", "warm-baseline", "--report-only"]) == 0
     with pytest.raises(Exception, match="not finished yet: run 'baseline' first"):
-        jobs.run_job(jobs.Study(dataset="synthetic", runs=runs, budget=jobs.parse_budget("epochs=3"), image_size=32,
-                                folds=1, batch_size=8, options={"n": 16}, patience=1),
-                     jobs.Job("warm-baseline", 0, 0))
+        runner.run_job(Study(dataset="synthetic", runs=runs, budget=parse_budget("epochs=3"), image_size=32,
+                             folds=1, batch_size=8, options={"n": 16}, patience=1),
+                       Job("warm-baseline", 0, 0))
     calls = []
-    real = jobs.warm_start_weights
+    real = runner.warm_start_weights
 
     def spy(study, job):
         calls.append(job.key)
@@ -473,7 +479,7 @@ def test_own_splits_early_stopping_and_warm_start(tmp_path, monkeypatch):
         calls.append(weights)
         return weights
 
-    monkeypatch.setattr(jobs, "warm_start_weights", spy)
+    monkeypatch.setattr(runner, "warm_start_weights", spy)
     assert main(args + ["--methods", "baseline,warm-baseline"]) == 0
     base = runs / "baseline" / "fold0-seed0"
     done = json.loads((base / "done.json").read_text())
@@ -530,22 +536,23 @@ def test_agreement_table_with_contrastive_maps(study):
 def test_a_study_may_choose_its_classifier_and_old_identities_still_match(tmp_path):
     """model.name=resnet18 as a study override trains ResNet-18 for the plain methods (the attention
     variants keep their DenseNet-121); a default study's identity still names densenet121."""
-    import sibnet.experiments.jobs as jobs
     from sibnet.experiments.methods import get_method
+    from sibnet.experiments.runner import build_job_model
+    from sibnet.experiments.study import Job, Study, job_config, job_identity, parse_budget
 
-    study = jobs.Study(dataset="synthetic", runs=tmp_path, budget=jobs.parse_budget("epochs=1"), image_size=32,
-                       folds=2, options={"n": 8}, overrides=("model.name=resnet18",))
-    job = jobs.Job("baseline", 0, 0)
-    cfg = jobs.job_config(study, job)
+    study = Study(dataset="synthetic", runs=tmp_path, budget=parse_budget("epochs=1"), image_size=32,
+                  folds=2, options={"n": 8}, overrides=("model.name=resnet18",))
+    job = Job("baseline", 0, 0)
+    cfg = job_config(study, job)
     assert cfg.model.name == "resnet18"
-    assert jobs._build_model(get_method("baseline"), cfg, None) is None  # the trainer builds model.name
-    assert jobs.job_identity(study, job, cfg)["model"] == "resnet18"
-    se = jobs.job_config(study, jobs.Job("se", 0, 0))
+    assert build_job_model(get_method("baseline"), cfg, None) is None  # the trainer builds model.name
+    assert job_identity(study, job, cfg)["model"] == "resnet18"
+    se = job_config(study, Job("se", 0, 0))
 
     class Info:
         in_channels, num_classes = 1, 5
 
-    assert jobs._build_model(get_method("se"), se, Info()).model_name == "densenet121-se"
-    plain = jobs.Study(dataset="synthetic", runs=tmp_path, budget=jobs.parse_budget("epochs=1"), image_size=32,
-                       folds=2, options={"n": 8})
-    assert jobs.job_identity(plain, job, jobs.job_config(plain, job))["model"] == "densenet121"
+    assert build_job_model(get_method("se"), se, Info()).model_name == "densenet121-se"
+    plain = Study(dataset="synthetic", runs=tmp_path, budget=parse_budget("epochs=1"), image_size=32,
+                  folds=2, options={"n": 8})
+    assert job_identity(plain, job, job_config(plain, job))["model"] == "densenet121"

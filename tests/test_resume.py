@@ -136,7 +136,7 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous_checkpoint
 
 def test_a_folder_that_refuses_writes_is_one_line(tmp_path, monkeypatch):
     """A read-only output folder (simulated: tests may run as root, where chmod does not stop writes)."""
-    import sibnet.training.checkpoint as ck
+    import sibnet.files as files
 
     out = tmp_path / "run"
     t.tiny_trainer(t.tiny_config(out, "train.epochs=1")).fit()
@@ -146,7 +146,7 @@ def test_a_folder_that_refuses_writes_is_one_line(tmp_path, monkeypatch):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
         return open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(ck, "open", refuse, raising=False)
+    monkeypatch.setattr(files, "open", refuse, raising=False)
     with pytest.raises(SibnetError, match=r"metrics.csv: cannot write the metrics: Permission denied"):
         t.tiny_trainer(t.tiny_config(out, "train.epochs=2")).fit(resume=out)
     assert load_checkpoint(out / "last.pt")["state"]["step"] == BATCHES

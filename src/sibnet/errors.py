@@ -11,3 +11,9 @@ class ConfigError(SibnetError, ValueError):
 
 class DataError(SibnetError, ValueError):
     """A dataset file, row or column is missing or malformed."""
+
+
+def first_line(text: str) -> str:
+    """The first nonblank line of an exception's text (at most 200 characters), for one-line messages."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0][:200] if lines else "unknown error"

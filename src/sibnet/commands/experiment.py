@@ -8,37 +8,51 @@ import sys
 from ..config import BN_STATS
 
 TABLES = ("table1", "table3", "table4", "table5", "lambda-grid", "capacity", "status")
+TRAINED = ("table1", "lambda-grid", "capacity")  # the tables whose missing jobs are trained (unless --report-only)
 DEFAULT_METHODS = "baseline,se,cbam,sibnet,sibnet-gradcam,sibnet-lrp,no-cd,no-sc,image-embed"
 CAPACITY_METHODS = "baseline,sibnet"
+
+
+DESCRIPTION = (
+    "Each method x fold x seed is one training job with its own folder under --runs (config, "
+    "checkpoints, metrics); finished jobs (done.json) are never re-run and an interrupted job continues "
+    "from its last epoch. table1 trains the missing jobs and writes AUROC/AUPRC per method with paired "
+    "differences against the baseline; table3 (saliency agreement with expert masks), table4 (Gaussian "
+    "noise) and table5 (probes on frozen features) evaluate the finished table1 jobs of the same study "
+    "and never train. lambda-grid trains SIBNet over a grid of (lambda_cd, lambda_sc) and draws the "
+    "heatmap. capacity trains the --methods (default baseline,sibnet) on DenseNet-121s of about m x the standard "
+    "parameter count for each --capacities m and plots validation/evaluation loss and AUROC against m "
+    "(Fig. 12). 'status' lists the jobs. Tables are written to --out as Markdown and CSV beside "
+    "their figures, with a header stating the command, data, budget and code version.")
+EXAMPLES = (
+    "  sibnet experiment table1 --dataset synthetic --methods baseline,sibnet --folds 2 --budget epochs=2\n"
+    "  sibnet experiment table1 --dataset nih --root ../shared/data/nih-cxr14 --folds 5 --seeds 1 "
+    "--budget epochs=5 --jobs 2\n"
+    "  sibnet experiment table4 --dataset nih --root ../shared/data/nih-cxr14 --folds 5 --budget epochs=5\n"
+    "  sibnet experiment capacity --dataset synthetic --image-size 64 --folds 2 --budget epochs=3 "
+    "--methods baseline,sibnet-gradcam --capacities 0.2,0.5,1,2\n"
+    "  sibnet experiment status --dataset nih --root ../shared/data/nih-cxr14 --budget epochs=5")
 
 
 def register(subparsers) -> None:
     from ..experiments.methods import METHODS
 
     method_list = "".join("\n  " + f"{m.name}: {m.description}" + ("" if m.implemented else " [not implemented]")
-                            for m in METHODS.values())
+                          for m in METHODS.values())
     p = subparsers.add_parser(
         "experiment", help="run the paper's tables (cross-validated methods, ablations, noise, probes, agreement)",
-        description="Each method x fold x seed is one training job with its own folder under --runs (config, "
-        "checkpoints, metrics); finished jobs (done.json) are never re-run and an interrupted job continues "
-        "from its last epoch. table1 trains the missing jobs and writes AUROC/AUPRC per method with paired "
-        "differences against the baseline; table3 (saliency agreement with expert masks), table4 (Gaussian "
-        "noise) and table5 (probes on frozen features) evaluate the finished table1 jobs of the same study "
-        "and never train. lambda-grid trains SIBNet over a grid of (lambda_cd, lambda_sc) and draws the "
-        "heatmap. capacity trains the --methods (default baseline,sibnet) on DenseNet-121s of about m x the standard "
-        "parameter count for each --capacities m and plots validation/evaluation loss and AUROC against m "
-        "(Fig. 12). 'status' lists the jobs. Tables are written to --out as Markdown and CSV beside "
-        "their figures, with a header stating the command, data, budget and code version.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="methods:" + method_list + "\n\nexamples:\n"
-        "  sibnet experiment table1 --dataset synthetic --methods baseline,sibnet --folds 2 --budget epochs=2\n"
-        "  sibnet experiment table1 --dataset nih --root ../shared/data/nih-cxr14 --folds 5 --seeds 1 "
-        "--budget epochs=5 --jobs 2\n"
-        "  sibnet experiment table4 --dataset nih --root ../shared/data/nih-cxr14 --folds 5 --budget epochs=5\n"
-        "  sibnet experiment capacity --dataset synthetic --image-size 64 --folds 2 --budget epochs=3 "
-        "--methods baseline,sibnet-gradcam --capacities 0.2,0.5,1,2\n"
-        "  sibnet experiment status --dataset nih --root ../shared/data/nih-cxr14 --budget epochs=5")
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="methods:" + method_list + "\n\nexamples:\n" + EXAMPLES)
     p.add_argument("table", choices=TABLES, help="what to run or write")
+    _add_study_arguments(p)
+    _add_table_arguments(p)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="training configuration overrides applied to every job (e.g. optim.lr=1e-4)")
+    p.set_defaults(func=run)
+
+
+def _add_study_arguments(p) -> None:
+    """The settings of the study: its data, methods, runs, budget and where its files go."""
     p.add_argument("--dataset", default="synthetic", help="dataset name (as sibnet train; default synthetic)")
     p.add_argument("--root", default=None, help="dataset folder (every dataset but the synthetic ones)")
     p.add_argument("--image-size", type=int, default=128, help="square input size (default 128)")
@@ -65,6 +79,10 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--report-only", action="store_true", help="table1, lambda-grid, capacity: write the table from the "
                                                               "finished jobs, train nothing")
+
+
+def _add_table_arguments(p) -> None:
+    """The settings of single tables."""
     p.add_argument("--sigmas", default=None, help="table4: comma-separated noise sds on [0, 1] images "
                                                   "(default 0,0.005,0.01,0.05,0.1)")
     p.add_argument("--probes", default=None, help="table5: comma-separated probes (default linear_svm,rbf_svm,"
@@ -83,9 +101,6 @@ def register(subparsers) -> None:
                                                    "lambda_sc (default 0,0.5,1,1.5,2)")
     p.add_argument("--capacities", default=None, help="capacity: comma-separated parameter multipliers m of the "
                                                       "standard DenseNet-121 (default 0.2,0.5,1,1.5,2)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="training configuration overrides applied to every job (e.g. optim.lr=1e-4)")
-    p.set_defaults(func=run)
 
 
 def build_study(args):
@@ -95,7 +110,7 @@ def build_study(args):
 
     from ..config import parse_override
     from ..errors import ConfigError
-    from ..experiments.jobs import Study, parse_budget
+    from ..experiments.study import Study, parse_budget
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds: must be >= 1, got {args.seeds}")
@@ -125,88 +140,90 @@ def build_study(args):
 def run(args) -> int:
     from pathlib import Path
 
-    from ..experiments.jobs import job_config, job_status, run_jobs, study_jobs
-    from ..experiments.methods import parse_methods
+    from ..experiments.runner import run_jobs
+    from ..experiments.study import job_config, study_jobs
     from ..experiments.tables import command_line
 
     study = build_study(args)
+    methods, settings = _methods(args)
+    jobs = study_jobs(study, methods)
+    for job in jobs[:len(methods)]:
+        job_config(study, job)  # settings checked before anything runs
+    if args.table == "status":
+        _print_status(study, jobs)
+        return 0
+    failed = []
+    if args.table in TRAINED and not args.report_only:
+        results = run_jobs(study, jobs, args.jobs, log=lambda m: print(m, file=sys.stderr, flush=True))
+        failed = [r for r in results if r["status"] == "failed"]
+    out = Path(args.out) if args.out else study.runs / "tables"
+    paths = _write_table(args, study, methods, jobs, out, command_line(canonical_argv(args)), settings)
+    print(paths["markdown"])
+    print(paths["csv"])
+    for f in failed:
+        print(f"failed: {f['job']}: {f['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _methods(args) -> tuple[list, dict]:
+    """The methods of the table's jobs, and the settings its writer needs besides them (the lambda grid;
+    the capacity study's base methods and multipliers)."""
+    from ..experiments.methods import capacity_methods, parse_methods
+
     if args.table == "lambda-grid":
         from ..experiments.lambda_grid import DEFAULT_GRID, grid_methods
 
         grid = DEFAULT_GRID if args.lambdas is None else _floats(args.lambdas, "--lambdas")
-        methods = grid_methods(grid, grid)
-    elif args.table == "capacity":
-        from ..experiments.capacity import capacity_methods, parse_capacities
+        return grid_methods(grid, grid), {"grid": grid}
+    if args.table == "capacity":
+        from ..experiments.capacity import parse_capacities
 
         bases = parse_methods(args.methods or CAPACITY_METHODS)
         capacities = parse_capacities(args.capacities)
-        methods = capacity_methods(bases, capacities)
-    else:
-        methods = parse_methods(args.methods or DEFAULT_METHODS)
-    jobs = study_jobs(study, methods)
-    for job in jobs[:len(methods)]:
-        job_config(study, job)  # settings checked before anything runs
-    out = Path(args.out) if args.out else study.runs / "tables"
-    command = command_line(canonical_argv(args))
-    if args.table == "status":
-        for job in jobs:
-            print(f"{job_status(study, job):8s} {job.key}  {_progress_line(job.folder(study) / 'metrics.csv')}")
-        return 0
-    if args.table in ("lambda-grid", "capacity"):
-        failed = []
-        if not args.report_only:
-            results = run_jobs(study, jobs, args.jobs, log=lambda m: print(m, file=sys.stderr, flush=True))
-            failed = [r for r in results if r["status"] == "failed"]
-        if args.table == "capacity":
-            from ..experiments.capacity import write_capacity
+        return capacity_methods(bases, capacities), {"bases": bases, "capacities": capacities}
+    return parse_methods(args.methods or DEFAULT_METHODS), {}
 
-            paths = write_capacity(study, bases, capacities, jobs, out, command)
-        else:
-            from ..experiments.lambda_grid import write_lambda_grid
 
-            paths = write_lambda_grid(study, grid, grid, jobs, out, command)
-        print(paths["markdown"])
-        print(paths["csv"])
-        for f in failed:
-            print(f"failed: {f['job']}: {f['error']}", file=sys.stderr)
-        return 1 if failed else 0
+def _print_status(study, jobs) -> None:
+    from ..experiments.store import METRICS, job_status
+
+    for job in jobs:
+        print(f"{job_status(study, job):8s} {job.key}  {_progress_line(job.folder(study) / METRICS)}")
+
+
+def _write_table(args, study, methods, jobs, out, command: str, settings: dict) -> dict:
+    """Write the table ``args.table`` (and its figures) from the study's finished jobs; returns its paths."""
     if args.table == "table1":
-        failed = []
-        if not args.report_only:
-            results = run_jobs(study, jobs, args.jobs, log=lambda m: print(m, file=sys.stderr, flush=True))
-            failed = [r for r in results if r["status"] == "failed"]
         from ..experiments.table1 import write_table1
 
-        paths = write_table1(study, methods, jobs, out, command)
-        print(paths["markdown"])
-        print(paths["csv"])
-        for f in failed:
-            print(f"failed: {f['job']}: {f['error']}", file=sys.stderr)
-        return 1 if failed else 0
+        return write_table1(study, methods, jobs, out, command)
+    if args.table == "lambda-grid":
+        from ..experiments.lambda_grid import write_lambda_grid
+
+        return write_lambda_grid(study, settings["grid"], settings["grid"], jobs, out, command)
+    if args.table == "capacity":
+        from ..experiments.capacity import write_capacity
+
+        return write_capacity(study, settings["bases"], settings["capacities"], jobs, out, command)
     if args.table == "table4":
         from ..evaluation.robustness import DEFAULT_SIGMAS
         from ..experiments.noise import write_table4
 
         sigmas = DEFAULT_SIGMAS if args.sigmas is None else _floats(args.sigmas, "--sigmas")
-        paths = write_table4(study, methods, jobs, out, command, sigmas, bn_stats=args.bn_stats)
-    elif args.table == "table5":
+        return write_table4(study, methods, jobs, out, command, sigmas, bn_stats=args.bn_stats)
+    if args.table == "table5":
         from ..evaluation.probes import PROBES
         from ..experiments.probes import write_table5
 
         probes = PROBES if args.probes is None else tuple(p.strip() for p in args.probes.split(",") if p.strip())
-        paths = write_table5(study, methods, jobs, out, command, probes, bn_stats=args.bn_stats)
-    else:
-        from ..experiments.agreement import write_table3
-        from ..saliency import check_options
-        from .evaluate import saliency_options
+        return write_table5(study, methods, jobs, out, command, probes, bn_stats=args.bn_stats)
+    from ..experiments.agreement import write_table3
+    from ..saliency import check_options
+    from .evaluate import saliency_options
 
-        options = saliency_options(args.saliency_option)
-        check_options(args.saliency, options)
-        paths = write_table3(study, methods, jobs, out, command, args.saliency, args.max_maps, args.bn_stats,
-                             options)
-    print(paths["markdown"])
-    print(paths["csv"])
-    return 0
+    options = saliency_options(args.saliency_option)
+    check_options(args.saliency, options)
+    return write_table3(study, methods, jobs, out, command, args.saliency, args.max_maps, args.bn_stats, options)
 
 
 def canonical_argv(args) -> list[str]:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError, SibnetError
-
 from torch.utils.data import Dataset
+
+from ..errors import ConfigError, SibnetError
+from ..files import atomic_write_text
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"}
 
@@ -148,23 +148,10 @@ def _limit(dataset, n):
     return part
 
 
-def _atomic_write(files: dict[Path, bytes | str]) -> None:
-    """Write every file to a temporary name first, then rename them all into place."""
-    tmps = {}
-    try:
-        for path, data in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            (tmp.write_bytes if isinstance(data, bytes) else tmp.write_text)(data)
-            tmps[path] = tmp
-        for path, tmp in tmps.items():
-            os.replace(tmp, path)
-    except OSError as exc:
-        raise SibnetError(f"cannot write the outputs ({exc.strerror or exc}: {exc.filename})") from None
-    finally:
-        for tmp in tmps.values():
-            if tmp.exists():
-                tmp.unlink()
+def _write_files(files: dict[Path, str]) -> None:
+    """Write every file atomically (:func:`sibnet.files.atomic_write_text`)."""
+    for path, text in files.items():
+        atomic_write_text(path, text, what="output")
 
 
 def _inside(path: Path, folder) -> bool:
@@ -311,10 +298,10 @@ def run_check(args) -> int:
     import torch
 
     from ..monitor import SCORES, Profile, check, score
+    from ..monitor.report import check_sections
     from ..report.figures import explain_figure
     from ..report.html import Figure, figure_png, render_html
     from ..saliency import get as get_saliency
-    from ..monitor.report import check_sections
 
     if not 0 < args.alpha < 1:
         raise SibnetError(f"--alpha must be in (0, 1), got {args.alpha}")
@@ -354,8 +341,9 @@ def run_check(args) -> int:
     for b, start in enumerate(range(0, n, args.batch_size)):
         sl = slice(start, min(n, start + args.batch_size))
         v = check(profile, {k: s[k][sl] for k in SCORES}, alpha=args.alpha, score_name=primary)
-        batches.append({"batch": b, "first": ids[sl.start] or str(sl.start), "last": ids[sl.stop - 1] or str(sl.stop - 1),
-                        "n": sl.stop - sl.start, "p_value": v["p_value"], "alarm": v["alarm"],
+        batches.append({"batch": b, "first": ids[sl.start] or str(sl.start),
+                        "last": ids[sl.stop - 1] or str(sl.stop - 1), "n": sl.stop - sl.start,
+                        "p_value": v["p_value"], "alarm": v["alarm"],
                         "p_values": {k: v["per_score"][k]["p_value"] for k in SCORES}})
     overall = check(profile, s, alpha=args.alpha, score_name=primary)
     rows = _batch_rows(s, p, ids, primary, args.alpha, args.batch_size, meta["class_names"], probs)
@@ -380,7 +368,7 @@ def run_check(args) -> int:
         figures.append(Figure(figure_png(fig), caption=f"{rows[i]['id']} (batch {rows[i]['batch']})"))
     html = render_html(check_sections(summary, rows, profile.reference, s, figures, overall["per_score"]),
                        title="sibnet monitor check")
-    _atomic_write({out / "scores.csv": _csv_text(rows),
+    _write_files({out / "scores.csv": _csv_text(rows),
                    out / "alarms.json": json.dumps(summary, indent=2, allow_nan=False),
                    out / "report.html": html})
     print(f"{what}: {n} images; {primary} score, alpha {args.alpha}, batches of {args.batch_size}")
@@ -495,7 +483,7 @@ def run_study(args) -> int:
         print(f"{kind} {path}: done in {time.time() - t0:.0f} s; test error rate {r['error_rate']:.3f}")
     study = {"command": command_line(), "code": code_version(), "method": args.method, "alpha": args.alpha,
              "n_shifted": args.n_shifted, "n_batches": args.n_batches, "shifts": specs, "results": results}
-    _atomic_write({out / "monitor.json": json.dumps(study, indent=1, allow_nan=True)})
+    _write_files({out / "monitor.json": json.dumps(study, indent=1, allow_nan=True)})
     write_study_tables(out, study)
     return 0
 
@@ -558,7 +546,8 @@ def write_study_tables(out: Path, study: dict, rewritten_by: str | None = None) 
         for spec in specs:
             for sc in SCORES:
                 csv_rows.append({**base, "shift": spec, "score": sc, "auroc": r["auroc"][spec][sc],
-                                 "detect16": r["detection"][spec][sc]["16"], "detect64": r["detection"][spec][sc]["64"]})
+                                 "detect16": r["detection"][spec][sc]["16"],
+                                 "detect64": r["detection"][spec][sc]["64"]})
         for sc in SCORES:
             csv_rows.append({**base, "shift": "clean", "score": sc, "detect16": r["detection"]["clean"][sc]["16"],
                              "detect64": r["detection"]["clean"][sc]["64"], "failure_auroc": r["failure"][sc]["auroc"],

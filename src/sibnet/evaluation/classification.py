@@ -31,7 +31,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from sibnet.errors import DataError
 
-__all__ = ["as_arrays", "classification_metrics", "mean_auroc", "to_rows", "weighted_auroc_ap"]
+__all__ = ["as_arrays", "binary_scores", "classification_metrics", "mean_auroc", "to_rows", "weighted_auroc_ap"]
 
 
 def _to_numpy(x, name: str) -> np.ndarray:
@@ -88,7 +88,7 @@ def as_arrays(probs, labels, num_classes: int | None = None) -> tuple[np.ndarray
     return p, y
 
 
-def _binary_scores(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def binary_scores(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """AUROC and AP of one label (nan rows already removed); nan when one class only."""
     if y.size == 0 or y.min() == y.max():
         return math.nan, math.nan
@@ -100,7 +100,7 @@ def _per_label(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     auroc, ap = np.full(k, np.nan), np.full(k, np.nan)
     for j in range(k):
         keep = ~np.isnan(y[:, j])
-        auroc[j], ap[j] = _binary_scores(p[keep, j], y[keep, j])
+        auroc[j], ap[j] = binary_scores(p[keep, j], y[keep, j])
     return auroc, ap
 
 

@@ -32,7 +32,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 from sibnet.errors import DataError
-from sibnet.evaluation.classification import _binary_scores, as_arrays
+from sibnet.evaluation.classification import as_arrays, binary_scores
 
 __all__ = ["PROBES", "PROBE_VERSION", "make_probe", "evaluate_probes"]
 
@@ -133,7 +133,7 @@ def evaluate_probes(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 model.fit(xtr[tr], ytr[tr, j].astype(int))
-            auroc, auprc = _binary_scores(_score(model, xte[te]), yte[te, j])
+            auroc, auprc = binary_scores(_score(model, xte[te]), yte[te, j])
             if math.isnan(auroc):
                 notes.append(f"label {name!r}: one class only in the test split, AUROC undefined")
             else:

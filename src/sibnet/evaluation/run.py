@@ -9,9 +9,9 @@ Conventions
   :func:`sibnet.evaluation.classification.classification_metrics` refuses them; the number masked
   is reported. For single-label tasks the one-hot labels are scored one-vs-rest.
 * Saliency: the method's maps of every class, computed in eval mode on the normalised input; the
-  agreement (DESIGN decision 9) scores each (image, class) pair whose label is 1 and whose expert
-  mask is nonempty; the class distinctiveness (how alike the K maps of an image are, and their
-  embeddings: L_CD) needs no masks. ``max_maps`` limits how many images (the first ones) get maps.
+  agreement (:mod:`sibnet.evaluation.agreement`) scores each (image, class) pair whose label is 1
+  and whose expert mask is nonempty; the class distinctiveness (how alike the K maps of an image
+  are, and their embeddings: L_CD) needs no masks. ``max_maps`` limits how many images (the first ones) get maps.
 * Marks (``marks=True``, default: where the dataset's ``info.extra["burned_in_marks"]`` is true, as
   for BUSI): the share of each labelled class's map on the bright thin marks of its image
   (:func:`sibnet.evaluation.marks.marks_share`), overall and per class.
@@ -44,7 +44,8 @@ def _loader(dataset, batch_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
 
 
-def _probs(logits: torch.Tensor, task: str) -> torch.Tensor:
+def probabilities(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Softmax of the logits for single-label (``multiclass``) tasks, sigmoid otherwise (in float32)."""
     logits = logits.float()
     return torch.softmax(logits, 1) if task == "multiclass" else torch.sigmoid(logits)
 
@@ -60,7 +61,7 @@ def predict(model: nn.Module, dataset, task: str = "multilabel", batch_size: int
     try:
         with torch.no_grad():
             for batch in _loader(dataset, batch_size):
-                probs.append(_probs(model(batch["image"].to(device)), task).cpu())
+                probs.append(probabilities(model(batch["image"].to(device)), task).cpu())
                 labels.append(batch["label"].float())
                 ids.extend(str(i) for i in batch["id"])
     finally:

@@ -1,6 +1,7 @@
 """Table 3: agreement of each trained model's saliency maps with expert masks (SSIM, Dice, HD95).
 
-* Models: the finished table-1 jobs' ``last.pt`` (never retrained). Maps: one saliency method for
+* Models: the finished table-1 jobs' evaluated checkpoint (``last.pt``; ``best.pt`` under early
+  stopping), never retrained. Maps: one saliency method for
   every model (``--saliency``, default DeepTaylor, so the methods are compared on the same
   explanation), all classes, eval mode, for the first ``max_maps`` images of the evaluation split
   (:func:`sibnet.evaluation.run.compute_maps`).
@@ -13,16 +14,19 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import SibnetError
+from ..evaluation.agreement import saliency_agreement
+from ..evaluation.run import compute_maps
 from ..evaluation.statistics import finite_mean, finite_sd, mean_sd
-from .jobs import Job, Study, collect, eval_cache, eval_dataset, job_config, load_job_model, train_split
+from .evaluate import eval_dataset, load_job_model, train_split
+from .figures import curves, save_figure
 from .methods import BASELINE, Method
+from .store import collect, epoch_checkpoints, eval_cache, read_json, write_eval_cache
+from .study import Job, Study, job_config
 from .table1 import paired_vs_baseline
 from .tables import PAIRED_NOTE, fmt_diff, models_line, study_header, write_outputs
 
@@ -30,9 +34,8 @@ SCORES = ("dice", "hd95", "ssim")
 
 
 def checkpoint_agreement(model, meta: dict, dataset, method: str, max_maps: int, options: dict | None = None) -> dict:
-    from ..evaluation.agreement import saliency_agreement
-    from ..evaluation.run import compute_maps
-
+    """Agreement of ``model``'s ``method`` maps with the masks of the first ``max_maps`` images of
+    ``dataset``: the mean of each score over classes, the image count and the per-class means."""
     n = min(int(max_maps), len(dataset))
     maps = compute_maps(model, dataset, method, range(n), **(options or {}))
     if maps["masks"] is None:
@@ -50,15 +53,16 @@ def maps_name(method: str, options: dict | None) -> str:
 
 def job_agreement(study: Study, job: Job, method: str, max_maps: int, bn_stats: str = "stored",
                   options: dict | None = None) -> dict:
+    """The job's agreement (its evaluated model and, with ``--keep-epochs``, the Dice of every kept epoch),
+    from its cache when the cache's key matches."""
     folder = job.folder(study)
     slug = "".join(f"-{k}-{v}" for k, v in sorted((options or {}).items()))
     cache = eval_cache(folder, "agreement" + slug, bn_stats)
     key = {"saliency": method, "max_maps": int(max_maps), "budget": str(study.budget),
            "checkpoint": study.checkpoint, **({"options": options} if options else {})}
-    if cache.is_file():
-        old = json.loads(cache.read_text())
-        if old.get("key") == key:
-            return old
+    old = read_json(cache)
+    if old is not None and old.get("key") == key:
+        return old
     cfg = job_config(study, job)
     dataset, split = eval_dataset(study, cfg)
     if not getattr(dataset.info, "has_masks", False):
@@ -70,16 +74,16 @@ def job_agreement(study: Study, job: Job, method: str, max_maps: int, bn_stats: 
                                     max_maps, options)
 
     result = {"key": key, "split": split, "last": agreement(), "epochs": {}}
-    for ep in sorted(folder.glob("epoch*.pt"), key=lambda p: int(p.stem[5:])):
-        result["epochs"][ep.stem[5:]] = agreement(ep)["dice"]
-    tmp = folder / f".agreement.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, cache)
+    for epoch, path in epoch_checkpoints(folder):
+        result["epochs"][str(epoch)] = agreement(path)["dice"]
+    write_eval_cache(cache, result)
     return result
 
 
 def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path, command: str, method: str,
                  max_maps: int, bn_stats: str = "stored", options: dict | None = None) -> dict:
+    """Write ``table3.md``, ``table3.csv`` and (with kept epochs) ``fig9_dice_per_epoch.png`` to ``out``
+    from the finished jobs; returns their paths plus ``agreement``, the per-job results."""
     done = collect(study, jobs)
     res = {job: job_agreement(study, job, method, max_maps, bn_stats, options) for job in done}
     method = maps_name(method, options)
@@ -102,10 +106,10 @@ def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path
             row += ["(reference)", ""]
         rows.append(row)
         csv_rows.append(c)
-        curves = [([int(e) for e in res[j]["epochs"]], list(res[j]["epochs"].values())) for j in mine
-                  if res[j]["epochs"]]
-        if curves:
-            per_epoch[m.name] = curves
+        dice_curves = [([int(e) for e in res[j]["epochs"]], list(res[j]["epochs"].values())) for j in mine
+                       if res[j]["epochs"]]
+        if dice_curves:
+            per_epoch[m.name] = dice_curves
     header = study_header(command, study, methods, [
         models_line(len(done), len(jobs), bn_stats, checkpoint=study.checkpoint),
         f"maps: {method} for every model, all classes, eval mode, first {max_maps} images of the evaluation split",
@@ -115,9 +119,7 @@ def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path
     cols = ["method", "runs", "Dice", "HD95 (px)", "SSIM"] + (["ΔDice vs baseline [95% CI]", "p"] if has_base else [])
     figs = []
     if per_epoch:
-        from .figures import curves as draw, save_figure
-
-        fig = draw(per_epoch, "epoch", f"mean Dice ({method} maps)", f"Fig. 9: Dice per epoch ({study.dataset})")
+        fig = curves(per_epoch, "epoch", f"mean Dice ({method} maps)", f"Fig. 9: Dice per epoch ({study.dataset})")
         figs.append(str(save_figure(fig, Path(out) / "fig9_dice_per_epoch.png")))
     csv_cols = ["method", "runs", "dice", "dice_sd", "hd95", "hd95_sd", "ssim", "ssim_sd"]
     csv_cols += ["diff_dice", "diff_dice_lo", "diff_dice_hi", "p_dice"] if has_base else []

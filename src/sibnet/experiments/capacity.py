@@ -5,8 +5,9 @@ Every (base method, multiplier m) is a method ``capacity-<base>-<m>`` (m written
 parameters, P being the standard DenseNet-121's count for the dataset's channels and classes
 (``densenet121-x<m>``, rule in :mod:`sibnet.models.classifier`). Base methods with attention
 (``se``, ``cbam``) get the same widths with their attention after each dense block
-(``densenet121-se-x<m>``, ``densenet121-cbam-x<m>``); the table gives their own parameter counts. Its jobs are ordinary resumable
-study jobs (fold x seed, :mod:`sibnet.experiments.jobs`).
+(``densenet121-se-x<m>``, ``densenet121-cbam-x<m>``); the table gives their own parameter counts. The
+methods are named by :func:`sibnet.experiments.methods.capacity_method`; their jobs are ordinary
+resumable study jobs (fold x seed, :mod:`sibnet.experiments.runner`).
 
 Per (base, m) the table gives, as mean (sd) over the finished runs (folds x seeds, sd ddof = 1):
 
@@ -29,15 +30,22 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ..config import Config
 from ..errors import ConfigError
 from ..evaluation.statistics import finite_mean, finite_sd, mean_sd
-from .jobs import Job, Study, collect, job_config, read_val_loss, train_split
-from .methods import CAPACITY_PREFIX, Method, get_method
+from ..models.classifier import MAX_MULTIPLIER, MIN_MULTIPLIER, WIDTH_PREFIX, densenet121_width, parameter_count
+from ..report.figures import pyplot, save_figure
+from ..training.checkpoint import load_model_from_checkpoint
+from ..training.labels import dataset_class_weights
+from .evaluate import eval_dataset, train_split, weighted_loss
+from .methods import Method, capacity_method, capacity_methods
+from .store import collect, read_predictions, read_val_loss
+from .study import Job, Study, job_config
 from .tables import study_header, write_outputs
 
 DEFAULT_CAPACITIES = (0.2, 0.5, 1.0, 1.5, 2.0)
-SCALABLE_MODELS = ("densenet121", "densenet121-se", "densenet121-cbam")  # base models with a width rule
 DEFAULT_BASES = "baseline,sibnet"
 # float32 probabilities equal to 0 or 1 (|logit| beyond about 88 / 17) are clipped to these
 P_LOW, P_HIGH = float(np.finfo(np.float32).tiny), 1.0 - 2.0 ** -24
@@ -46,61 +54,8 @@ P_LOW, P_HIGH = float(np.finfo(np.float32).tiny), 1.0 - 2.0 ** -24
 PRECISE_TAIL = 1e-4
 
 
-def _name_error(name: str, why: str) -> ConfigError:
-    from ..models.classifier import MAX_MULTIPLIER, MIN_MULTIPLIER
-
-    return ConfigError(f"--methods: {name!r}: {why}; expected {CAPACITY_PREFIX}<method>-<m> with m a number in "
-                       f"[{MIN_MULTIPLIER:g}, {MAX_MULTIPLIER:g}] written as Python's %g (e.g. capacity-sibnet-0.5)")
-
-
-def capacity_method(base: Method | str, multiplier: float) -> Method:
-    """``base`` (a method on DenseNet-121, plain or with SE/CBAM) with a DenseNet-121 of about m x P parameters."""
-    from ..models.classifier import MAX_MULTIPLIER, MIN_MULTIPLIER, width_name
-
-    base = get_method(base) if isinstance(base, str) else base
-    m = float(multiplier)
-    name = f"{CAPACITY_PREFIX}{base.name}-{m:g}"
-    if not (math.isfinite(m) and MIN_MULTIPLIER <= m <= MAX_MULTIPLIER):
-        raise _name_error(name, f"m = {m:g} is outside [{MIN_MULTIPLIER:g}, {MAX_MULTIPLIER:g}]")
-    model = base.model or "densenet121"  # capacity scales the DenseNet-121 (a study's model.name does not apply)
-    if base.name.startswith(CAPACITY_PREFIX) or model not in SCALABLE_MODELS:
-        raise _name_error(name, f"the base method {base.name!r} does not train a DenseNet-121 (plain, SE or CBAM) "
-                                f"(model {model}); only those can be width-scaled")
-    return Method(name, f"{base.description}; DenseNet-121 width-scaled to about {m:g} x its parameters",
-                  model=width_name(m, model), overrides=dict(base.overrides), unlabeled=base.unlabeled)
-
-
-def capacity_method_from_name(name: str) -> Method:
-    """The method of ``capacity-<base>-<m>`` (ConfigError for an unknown base, a bad or non-%g m)."""
-    if not name.startswith(CAPACITY_PREFIX):
-        raise _name_error(name, f"it does not start with {CAPACITY_PREFIX!r}")
-    base, _, text = name[len(CAPACITY_PREFIX):].rpartition("-")
-    if base.endswith("-"):  # a negative number: capacity-baseline--1
-        base, text = base[:-1], "-" + text
-    if not base or not text:
-        raise _name_error(name, "no base method or no multiplier")
-    try:
-        m = float(text)
-    except ValueError:
-        raise _name_error(name, f"{text!r} is not a number") from None
-    if not math.isfinite(m) or f"{m:g}" != text:
-        raise _name_error(name, f"{text!r} is not a number written as %g (that would be {m:g})")
-    try:
-        base_method = get_method(base)
-    except ConfigError as exc:
-        raise _name_error(name, f"unknown base method {base!r} ({exc})") from None
-    return capacity_method(base_method, m)
-
-
-def capacity_methods(bases: list[Method], capacities) -> list[Method]:
-    """One method per (base, m), base-major in the given orders."""
-    return [capacity_method(b, m) for b in bases for m in capacities]
-
-
 def parse_capacities(text: str | None) -> tuple[float, ...]:
     """``--capacities``: comma-separated multipliers (default :data:`DEFAULT_CAPACITIES`)."""
-    from ..models.classifier import MAX_MULTIPLIER, MIN_MULTIPLIER
-
     if text is None:
         return DEFAULT_CAPACITIES
     out: list[float] = []
@@ -156,38 +111,27 @@ def weighted_loss_from_probs(probs, labels, class_weight, task: str = "multilabe
     return float(terms[observed].sum() / max(int(observed.sum()), 1)), int(imprecise.sum())
 
 
-def eval_loss_from_model(study: Study, job: Job, cfg, class_weight, task: str) -> float:
+def eval_loss_from_model(study: Study, job: Job, cfg: Config, class_weight, task: str) -> float:
     """The evaluation loss from the logits of the job's ``last.pt`` (as ``run_job``'s validation loss)."""
-    import torch
-
-    from ..training.checkpoint import load_model_from_checkpoint
-    from .jobs import _val_loss, eval_dataset
-
     dataset, _ = eval_dataset(study, cfg)
     model, _ = load_model_from_checkpoint(job.folder(study) / "last.pt")
-    return _val_loss(model, dataset, task, torch.as_tensor(class_weight, dtype=torch.float32),
-                     cfg.data.batch_size, "cpu")
+    return weighted_loss(model, dataset, task, torch.as_tensor(class_weight, dtype=torch.float32),
+                         cfg.data.batch_size, "cpu")
 
 
-def _class_weights(cfg):
+def class_weights(cfg: Config) -> tuple[np.ndarray, object]:
     """(class weights, dataset info) of a job: as ``run_job`` computes them for its validation loss."""
-    from ..losses.classification import class_weights_from_labels
-    from ..training.build import dataset_labels
-
     train = train_split(cfg)
-    info = train.info
     with warnings.catch_warnings():  # a class without positives: the job itself warned when it trained
         warnings.simplefilter("ignore", UserWarning)
-        w = class_weights_from_labels(dataset_labels(train), info.task, class_names=info.class_names)
-    return np.asarray(w, dtype=np.float64), info
+        w = dataset_class_weights(train)
+    return np.asarray(w, dtype=np.float64), train.info
 
 
 # ------------------------------------------------------------------ table and figure
 
 def summarise_capacity(study: Study, bases: list[Method], capacities, jobs: list[Job]) -> dict:
     """Per (base, m): the per-run values (no files written). See the module doc."""
-    from ..models.classifier import WIDTH_PREFIX, densenet121_width, parameter_count
-
     records = collect(study, jobs)
     weights: dict[tuple[int, int], tuple] = {}
     info = None
@@ -197,18 +141,18 @@ def summarise_capacity(study: Study, bases: list[Method], capacities, jobs: list
             meth = capacity_method(b, m)
             runs = sorted(((j, r) for j, r in records.items() if j.method == meth.name),
                           key=lambda t: (t[0].seed, t[0].fold))
-            entry = {"base": b.name, "method": meth.name, "model": meth.model, "multiplier": float(m), "runs": len(runs),
-                     "jobs": sum(1 for j in jobs if j.method == meth.name), "val_loss": [], "eval_loss": [],
-                     "auroc": [], "eval_splits": sorted({r["eval_split"] for _, r in runs})}
+            entry = {"base": b.name, "method": meth.name, "model": meth.model, "multiplier": float(m),
+                     "runs": len(runs), "jobs": sum(1 for j in jobs if j.method == meth.name), "val_loss": [],
+                     "eval_loss": [], "auroc": [], "eval_splits": sorted({r["eval_split"] for _, r in runs})}
             for job, rec in runs:
                 folder = job.folder(study)
                 vl = read_val_loss(folder)
                 entry["val_loss"].append(vl[-1]["val_loss"] if vl else math.nan)
                 key = (job.fold, job.seed)
                 if key not in weights:
-                    weights[key] = _class_weights(job_config(study, job))
+                    weights[key] = class_weights(job_config(study, job))
                 w, info = weights[key]
-                pred = np.load(folder / "predictions.npz")
+                pred = read_predictions(folder)
                 loss, imprecise = weighted_loss_from_probs(pred["probs"], pred["labels"], w, info.task)
                 if imprecise:
                     loss = eval_loss_from_model(study, job, job_config(study, job), w, info.task)
@@ -226,20 +170,24 @@ def summarise_capacity(study: Study, bases: list[Method], capacities, jobs: list
     return {"rows": rows, "records": records, "recomputed": recomputed, "info": info}
 
 
-def write_capacity(study: Study, bases: list[Method], capacities, jobs: list[Job], out: Path, command: str) -> dict:
-    s = summarise_capacity(study, bases, capacities, jobs)
-    methods = capacity_methods(bases, capacities)
-    splits = sorted({sp for e in s["rows"] for sp in e["eval_splits"]})
+CSV_COLUMNS = ["method", "base_method", "multiplier", "growth_rate", "init_features", "parameters", "parameter_ratio",
+               "runs", "jobs", "val_loss_mean", "val_loss_sd", "eval_loss_mean", "eval_loss_sd", "auroc_mean",
+               "auroc_sd"]
+
+
+def _header_notes(s: dict, bases: list[Method], capacities, n_jobs: int) -> list[str]:
+    """The table's own header lines (after :func:`study_header`'s)."""
     extra = [f"capacities: m in {[float(f'{m:g}') for m in capacities]} x P, P = parameters of the standard "
              "DenseNet-121 for the dataset's channels and classes; width rule: sibnet.models.classifier "
              "(growth rate and initial features scaled by one width factor, depth unchanged)",
              f"base methods: {', '.join(b.name for b in bases)}",
-             f"finished jobs: {len(s['records'])} of {len(jobs)}",
+             f"finished jobs: {len(s['records'])} of {n_jobs}",
              "validation loss: weighted BCE of the fold's validation split after the last epoch (val_loss.csv); "
              "evaluation loss: the same weighted BCE on the evaluation split (class weights from the fold's training "
              "labels) from predictions.npz, or from the model's logits where float32 probabilities are too close "
              "to 0 or 1; AUROC: mean over labels on the evaluation split; "
              "each shown as mean (sd) over the finished runs (runs: finished/total)"]
+    splits = sorted({sp for e in s["rows"] for sp in e["eval_splits"]})
     if splits:
         extra.append(f"evaluation split: {', '.join(splits)}")
     if s["recomputed"]:
@@ -249,42 +197,46 @@ def write_capacity(study: Study, bases: list[Method], capacities, jobs: list[Job
         e0 = s["rows"][0]["width"]
         extra.append(f"P = {e0['reference']:,} parameters ({s['info'].in_channels} input channel(s), "
                      f"{s['info'].num_classes} classes)")
-    header = study_header(command, study, methods, extra)
+    return extra
+
+
+def _rows(e: dict) -> tuple[list, dict]:
+    """(Markdown row, CSV row) of one (base, m) entry of :func:`summarise_capacity`."""
+    wd = e.get("width")
+    md = [e["base"], f"{e['multiplier']:g}", f"{wd['growth_rate']} / {wd['init_features']}" if wd else "n/a",
+          f"{wd['parameters']:,} ({wd['ratio']:.3f})" if wd else "n/a", f"{e['runs']}/{e['jobs']}"]
+    md += [mean_sd(e[k], 4 if k != "auroc" else 3) if e["runs"] else "n/a" for k in ("val_loss", "eval_loss", "auroc")]
+    row = {"method": e["method"], "base_method": e["base"], "multiplier": e["multiplier"],
+           "growth_rate": wd["growth_rate"] if wd else None, "init_features": wd["init_features"] if wd else None,
+           "parameters": wd["parameters"] if wd else None, "parameter_ratio": wd["ratio"] if wd else None,
+           "runs": e["runs"], "jobs": e["jobs"],
+           **{f"{k}_{stat}": (f(e[k]) if e["runs"] else None) for k in ("val_loss", "eval_loss", "auroc")
+              for stat, f in (("mean", finite_mean), ("sd", finite_sd))}}
+    return md, row
+
+
+def write_capacity(study: Study, bases: list[Method], capacities, jobs: list[Job], out: Path, command: str) -> dict:
+    """Write ``capacity.md``, ``capacity.csv`` and (with a finished job) ``fig12_capacity.png`` to ``out``;
+    returns their paths plus ``summary`` (:func:`summarise_capacity`)."""
+    s = summarise_capacity(study, bases, capacities, jobs)
+    header = study_header(command, study, capacity_methods(bases, capacities),
+                          _header_notes(s, bases, capacities, len(jobs)))
     cols = ["method", "m", "growth / init features", "parameters (x P)", "runs", "validation loss",
             "evaluation loss", "evaluation AUROC"]
-    md_rows, csv_rows = [], []
-    for e in s["rows"]:
-        wd = e.get("width")
-        md_rows.append([e["base"], f"{e['multiplier']:g}",
-                        f"{wd['growth_rate']} / {wd['init_features']}" if wd else "n/a",
-                        f"{wd['parameters']:,} ({wd['ratio']:.3f})" if wd else "n/a", f"{e['runs']}/{e['jobs']}"]
-                       + [mean_sd(e[k], 4 if k != "auroc" else 3) if e["runs"] else "n/a"
-                          for k in ("val_loss", "eval_loss", "auroc")])
-        csv_rows.append({"method": e["method"], "base_method": e["base"], "multiplier": e["multiplier"],
-                         "growth_rate": wd["growth_rate"] if wd else None,
-                         "init_features": wd["init_features"] if wd else None,
-                         "parameters": wd["parameters"] if wd else None, "parameter_ratio": wd["ratio"] if wd else None,
-                         "runs": e["runs"], "jobs": e["jobs"],
-                         **{f"{k}_{stat}": (f(e[k]) if e["runs"] else None)
-                            for k in ("val_loss", "eval_loss", "auroc") for stat, f in (("mean", finite_mean), ("sd", finite_sd))}})
+    rows = [_rows(e) for e in s["rows"]]
     figs = []
     if any(e["runs"] for e in s["rows"]):
         figs.append(str(_figure(study, s, Path(out) / "fig12_capacity.png")))
-    csv_cols = ["method", "base_method", "multiplier", "growth_rate", "init_features", "parameters",
-                "parameter_ratio", "runs", "jobs", "val_loss_mean", "val_loss_sd", "eval_loss_mean", "eval_loss_sd",
-                "auroc_mean", "auroc_sd"]
     paths = write_outputs(out, "capacity", f"Capacity: methods with fewer or more parameters on {study.dataset}",
-                          header, [("Loss and AUROC against the parameter count", cols, md_rows)],
-                          csv_cols, csv_rows, figs)
+                          header, [("Loss and AUROC against the parameter count", cols, [md for md, _ in rows])],
+                          CSV_COLUMNS, [row for _, row in rows], figs)
     paths["figures"] = figs
     paths["summary"] = s
     return paths
 
 
 def _figure(study: Study, s: dict, path: Path) -> Path:
-    from ..report.figures import _pyplot, save_figure
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     panels = (("val_loss", "validation loss (weighted BCE)"), ("eval_loss", "evaluation loss (weighted BCE)"),
               ("auroc", "evaluation AUROC (mean over labels)"))
@@ -310,6 +262,5 @@ def _figure(study: Study, s: dict, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-__all__ = ["DEFAULT_BASES", "DEFAULT_CAPACITIES", "capacity_method", "capacity_method_from_name",
-           "capacity_methods", "eval_loss_from_model", "parse_capacities", "summarise_capacity", "weighted_loss_from_probs",
-           "write_capacity"]
+__all__ = ["DEFAULT_BASES", "DEFAULT_CAPACITIES", "class_weights", "eval_loss_from_model", "parse_capacities",
+           "summarise_capacity", "weighted_loss_from_probs", "write_capacity"]

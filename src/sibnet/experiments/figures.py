@@ -15,11 +15,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..report.figures import _pyplot, save_figure
+from ..report.figures import pyplot, save_figure
 
 
 def box_plot(values: Mapping[str, Sequence[float]], ylabel: str, title: str = ""):
-    plt = _pyplot()
+    plt = pyplot()
     names = list(values)
     fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.9 * len(names)), 3.6))
     data = [np.asarray([v for v in values[n] if v is not None and np.isfinite(v)], float) for n in names]
@@ -38,7 +38,7 @@ def box_plot(values: Mapping[str, Sequence[float]], ylabel: str, title: str = ""
 def per_label_bars(table: Mapping[str, Mapping[str, Sequence[float]]], labels: Sequence[str], ylabel: str,
                    title: str = ""):
     """``table[method][label]`` = per-run values."""
-    plt = _pyplot()
+    plt = pyplot()
     methods = list(table)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(labels) * max(1, len(methods)) / 2), 3.6))
     width = 0.8 / max(1, len(methods))
@@ -64,7 +64,7 @@ def per_label_bars(table: Mapping[str, Mapping[str, Sequence[float]]], labels: S
 def curves(runs: Mapping[str, Sequence[tuple[Sequence[float], Sequence[float]]]], xlabel: str, ylabel: str,
            title: str = "", ax=None):
     """``runs[method]`` = list of (x, y) per run; mean over runs per x drawn thick."""
-    plt = _pyplot()
+    plt = pyplot()
     fig = None
     if ax is None:
         fig, ax = plt.subplots(figsize=(5, 3.4))
@@ -92,7 +92,7 @@ def curves(runs: Mapping[str, Sequence[tuple[Sequence[float], Sequence[float]]]]
 
 
 def two_panel_curves(left: Mapping, right: Mapping, xlabel: str, ylabels: tuple[str, str], title: str = ""):
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     curves(left, xlabel, ylabels[0], ax=axes[0])
     curves(right, xlabel, ylabels[1], ax=axes[1])
@@ -104,7 +104,7 @@ def two_panel_curves(left: Mapping, right: Mapping, xlabel: str, ylabels: tuple[
 def lines(series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]], xlabel: str, ylabel: str,
           title: str = "", logx: bool = False):
     """``series[method]`` = (x, mean, sd); sd drawn as error bars."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for m, (x, mean, sd) in series.items():
         ax.errorbar(x, mean, yerr=sd, marker="o", ms=3, capsize=2, label=m)
@@ -119,7 +119,7 @@ def lines(series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[
 
 
 def heatmap(values: np.ndarray, xticks: Sequence, yticks: Sequence, xlabel: str, ylabel: str, title: str = ""):
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 3.8))
     im = ax.imshow(values, origin="lower", cmap="viridis")
     ax.set_xticks(range(len(xticks)), [str(x) for x in xticks])

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.statistics import finite_mean, finite_sd, mean_sd
-from .jobs import Job, Study, collect
+from .figures import heatmap, save_figure
 from .methods import Method, lambda_method
+from .store import collect
+from .study import Job, Study
 from .tables import study_header, write_outputs
 
 DEFAULT_GRID = (0.0, 0.5, 1.0, 1.5, 2.0)
@@ -26,6 +28,8 @@ def grid_methods(values_cd, values_sc) -> list[Method]:
 
 
 def write_lambda_grid(study: Study, values_cd, values_sc, jobs: list[Job], out: Path, command: str) -> dict:
+    """Write ``lambda_grid.md``, ``lambda_grid.csv`` and ``fig11_lambda_grid.png`` to ``out`` from the
+    finished jobs; returns their paths plus ``grid``, the mean AUROC per (lambda_sc, lambda_cd)."""
     methods = grid_methods(values_cd, values_sc)
     done = collect(study, jobs)
     grid = np.full((len(values_sc), len(values_cd)), np.nan)
@@ -39,8 +43,8 @@ def write_lambda_grid(study: Study, values_cd, values_sc, jobs: list[Job], out: 
             row.append(f"{mean_sd(v)} [{len(v)}/{n_total}]" if v else f"n/a [0/{n_total}]")
             if v:
                 grid[i, j] = finite_mean(v) if finite_mean(v) is not None else np.nan
-            csv_rows.append({"lambda_cd": a, "lambda_sc": b, "runs": len(v), "auroc_mean": finite_mean(v) if v else None,
-                             "auroc_sd": finite_sd(v) if v else None})
+            csv_rows.append({"lambda_cd": a, "lambda_sc": b, "runs": len(v),
+                             "auroc_mean": finite_mean(v) if v else None, "auroc_sd": finite_sd(v) if v else None})
         rows.append(row)
     header = study_header(command, study, methods[:1] + methods[-1:], [
         f"grid: lambda_cd in {list(values_cd)}, lambda_sc in {list(values_sc)} (DeepTaylor saliency)",
@@ -48,8 +52,6 @@ def write_lambda_grid(study: Study, values_cd, values_sc, jobs: list[Job], out: 
         "cell: mean AUROC over labels per run, mean (sd) over runs [finished/total runs]"])
     figs = []
     if np.isfinite(grid).any():
-        from .figures import heatmap, save_figure
-
         fig = heatmap(grid, [f"{a:g}" for a in values_cd], [f"{b:g}" for b in values_sc], "lambda_cd", "lambda_sc",
                       f"Fig. 11: mean AUROC ({study.dataset}, {study.image_size} px, budget {study.budget})")
         figs.append(str(save_figure(fig, Path(out) / "fig11_lambda_grid.png")))

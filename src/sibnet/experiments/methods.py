@@ -3,8 +3,12 @@
 Every method is the study's classifier (``model.name``, default DenseNet-121; a study may override
 it, e.g. ``model.name=resnet18``) or a DenseNet-121 with SE/CBAM attention after each dense block,
 trained by :class:`sibnet.training.Trainer`; a method only sets configuration keys (``overrides``,
-dotted keys as in ``sibnet train``) and, for the attention variants, the classifier name. Nothing else differs between methods of one
-study: data, folds, seeds, optimiser and budget are the study's.
+dotted keys as in ``sibnet train``) and, for the attention variants, the classifier name. Nothing
+else differs between methods of one study: data, folds, seeds, optimiser and budget are the study's.
+
+Besides :data:`METHODS`, two families are named by their settings: the lambda grid's
+``sibnet-lambda-<l1>-<l2>`` (:func:`lambda_method`) and the capacity study's width-scaled
+``capacity-<base>-<m>`` (:func:`capacity_method`).
 
 ``pham`` (Pham et al. 2020) is the DenseNet-121 with weighted BCE, no saliency terms, trained by
 the recipe ``train.recipe: pham`` (:mod:`sibnet.training.recipes`): conditional training on the
@@ -26,9 +30,11 @@ with a message saying so and runs on the next call).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
+from ..models.classifier import MAX_MULTIPLIER, MIN_MULTIPLIER, width_name
 
 
 @dataclass(frozen=True)
@@ -113,12 +119,60 @@ def _parse_lambda_name(name: str) -> Method | None:
 
 
 CAPACITY_PREFIX = "capacity-"
+SCALABLE_MODELS = ("densenet121", "densenet121-se", "densenet121-cbam")  # base models with a width rule
+
+
+def _capacity_name_error(name: str, why: str) -> ConfigError:
+    return ConfigError(f"--methods: {name!r}: {why}; expected {CAPACITY_PREFIX}<method>-<m> with m a number in "
+                       f"[{MIN_MULTIPLIER:g}, {MAX_MULTIPLIER:g}] written as Python's %g (e.g. capacity-sibnet-0.5)")
+
+
+def capacity_method(base: Method | str, multiplier: float) -> Method:
+    """``base`` (a method on DenseNet-121, plain or with SE/CBAM) with a DenseNet-121 of about m x P parameters
+    (the capacity study, :mod:`sibnet.experiments.capacity`), named ``capacity-<base>-<m>``."""
+    base = get_method(base) if isinstance(base, str) else base
+    m = float(multiplier)
+    name = f"{CAPACITY_PREFIX}{base.name}-{m:g}"
+    if not (math.isfinite(m) and MIN_MULTIPLIER <= m <= MAX_MULTIPLIER):
+        raise _capacity_name_error(name, f"m = {m:g} is outside [{MIN_MULTIPLIER:g}, {MAX_MULTIPLIER:g}]")
+    model = base.model or "densenet121"  # capacity scales the DenseNet-121 (a study's model.name does not apply)
+    if base.name.startswith(CAPACITY_PREFIX) or model not in SCALABLE_MODELS:
+        raise _capacity_name_error(name, f"the base method {base.name!r} does not train a DenseNet-121 (plain, SE "
+                                         f"or CBAM) (model {model}); only those can be width-scaled")
+    return Method(name, f"{base.description}; DenseNet-121 width-scaled to about {m:g} x its parameters",
+                  model=width_name(m, model), overrides=dict(base.overrides), unlabeled=base.unlabeled)
+
+
+def capacity_method_from_name(name: str) -> Method:
+    """The method of ``capacity-<base>-<m>`` (ConfigError for an unknown base, a bad or non-%g m)."""
+    if not name.startswith(CAPACITY_PREFIX):
+        raise _capacity_name_error(name, f"it does not start with {CAPACITY_PREFIX!r}")
+    base, _, text = name[len(CAPACITY_PREFIX):].rpartition("-")
+    if base.endswith("-"):  # a negative number: capacity-baseline--1
+        base, text = base[:-1], "-" + text
+    if not base or not text:
+        raise _capacity_name_error(name, "no base method or no multiplier")
+    try:
+        m = float(text)
+    except ValueError:
+        raise _capacity_name_error(name, f"{text!r} is not a number") from None
+    if not math.isfinite(m) or f"{m:g}" != text:
+        raise _capacity_name_error(name, f"{text!r} is not a number written as %g (that would be {m:g})")
+    try:
+        base_method = get_method(base)
+    except ConfigError as exc:
+        raise _capacity_name_error(name, f"unknown base method {base!r} ({exc})") from None
+    return capacity_method(base_method, m)
+
+
+def capacity_methods(bases: list[Method], capacities) -> list[Method]:
+    """One capacity method per (base, m), base-major in the given orders."""
+    return [capacity_method(b, m) for b in bases for m in capacities]
 
 
 def get_method(name: str) -> Method:
+    """The method called ``name``: one of :data:`METHODS`, a lambda-grid point or a capacity method."""
     if name.startswith(CAPACITY_PREFIX):
-        from .capacity import capacity_method_from_name  # the capacity study's methods (Fig. 12)
-
         return capacity_method_from_name(name)
     if name.startswith(LAMBDA_PREFIX):
         m = _parse_lambda_name(name)

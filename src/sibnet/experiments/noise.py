@@ -1,6 +1,7 @@
 """Table 4: AUROC of the trained table-1 models under Gaussian noise on their evaluation images.
 
-* The models are the finished jobs' ``last.pt`` (never retrained); a job not finished is missing.
+* The models are the finished jobs' evaluated checkpoints (``last.pt``; ``best.pt`` under early
+  stopping), never retrained; a job not finished is missing.
 * Noise: :func:`sibnet.evaluation.robustness.add_gaussian_noise` on the [0, 1] images (the
   datasets' intensities before normalisation; a dataset that normalises its images is refused),
   seeded ``1000 * fold + batch index`` so every method sees the same noisy images of a fold.
@@ -12,8 +13,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +20,21 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import SibnetError
+from ..evaluation.classification import classification_metrics
+from ..evaluation.robustness import add_gaussian_noise
+from ..evaluation.run import metric_labels, probabilities
 from ..evaluation.statistics import finite_mean, finite_sd, mean_sd
-from .jobs import Job, Study, collect, eval_cache, eval_dataset, job_config, load_job_model
+from .evaluate import eval_dataset, load_job_model
+from .figures import lines, save_figure
 from .methods import BASELINE, Method
+from .store import collect, eval_cache, read_json, write_eval_cache
+from .study import Job, Study, job_config
 from .table1 import paired_vs_baseline
 from .tables import PAIRED_NOTE, fmt_diff, models_line, study_header, write_outputs
 
 
 def noisy_scores(model, dataset, sigmas, task: str, class_names, seed: int = 0, batch_size: int = 32) -> dict:
     """``{sigma: {"mean_auroc", "mean_auprc"}}`` of ``model`` on ``dataset`` with noise of each sigma."""
-    from ..evaluation.classification import classification_metrics
-    from ..evaluation.robustness import add_gaussian_noise
-    from ..evaluation.run import metric_labels
-
     if getattr(dataset, "normalize", None) not in (None, False):
         raise SibnetError("table4: the dataset normalises its images; noise is defined on [0, 1] images "
                           "(use the dataset without normalize)")
@@ -45,8 +46,7 @@ def noisy_scores(model, dataset, sigmas, task: str, class_names, seed: int = 0, 
             labels.append(batch["label"].float())
             for s in sigmas:
                 x = add_gaussian_noise(batch["image"], float(s), seed=seed + b) if s > 0 else batch["image"]
-                logits = model(x).float()
-                probs[s].append(torch.softmax(logits, 1) if task == "multiclass" else torch.sigmoid(logits))
+                probs[s].append(probabilities(model(x), task))
     y, _ = metric_labels(torch.cat(labels).numpy())
     out = {}
     for s in sigmas:
@@ -56,25 +56,26 @@ def noisy_scores(model, dataset, sigmas, task: str, class_names, seed: int = 0, 
 
 
 def job_noise(study: Study, job: Job, sigmas, bn_stats: str = "stored") -> dict:
+    """:func:`noisy_scores` of the job's evaluated model on its evaluation split, from its cache when
+    the cache's sigmas and budget match."""
     folder = job.folder(study)
     cache = eval_cache(folder, "noise", bn_stats)
     key = [float(s) for s in sigmas]
-    if cache.is_file():
-        old = json.loads(cache.read_text())
-        if old.get("sigmas") == key and old.get("budget") == str(study.budget):
-            return old["results"]
+    old = read_json(cache)
+    if old is not None and old.get("sigmas") == key and old.get("budget") == str(study.budget):
+        return old["results"]
     cfg = job_config(study, job)
     dataset, split = eval_dataset(study, cfg)
     model, meta = load_job_model(study, job, cfg, bn_stats=bn_stats)
     results = noisy_scores(model, dataset, key, meta["task"], meta["class_names"], seed=1000 * job.fold)
-    tmp = folder / f".noise.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"sigmas": key, "budget": str(study.budget), "split": split, "results": results}))
-    os.replace(tmp, cache)
+    write_eval_cache(cache, {"sigmas": key, "budget": str(study.budget), "split": split, "results": results})
     return results
 
 
 def write_table4(study: Study, methods: list[Method], jobs: list[Job], out: Path, command: str, sigmas,
                  log=print, bn_stats: str = "stored") -> dict:
+    """Write ``table4.md``, ``table4.csv`` and ``fig_noise.png`` to ``out`` from the finished jobs (``log``
+    is not used); returns their paths plus ``noise``, the per-job results."""
     done = collect(study, jobs)
     noise = {}
     for job in done:
@@ -116,8 +117,6 @@ def write_table4(study: Study, methods: list[Method], jobs: list[Job], out: Path
                          ["method"] + [f"σ={k}" for k in keys], diff_rows))
     figs = []
     if series:
-        from .figures import lines, save_figure
-
         fig = lines(series, "noise sigma", "mean AUROC", f"AUROC under Gaussian noise ({study.dataset}, "
                     f"{study.image_size} px, budget {study.budget})", logx=True)
         figs.append(str(save_figure(fig, Path(out) / "fig_noise.png")))

@@ -1,18 +1,18 @@
 """Table 5: linear SVM, RBF SVM and random forest on the frozen learned features of table-1 models.
 
 * Features: the input of the model's last ``nn.Linear`` (for DenseNet-121: the globally pooled
-  1024 features of the penultimate layer), in eval mode, of the job's ``last.pt`` (never
-  retrained). Probes (:func:`sibnet.evaluation.probes.evaluate_probes`, seeded with the job's
-  seed) are fitted on the fold's training split and scored on the job's evaluation split.
-* Per job the result is cached in ``probes.json`` (reused when the probe list matches).
+  1024 features of the penultimate layer), in eval mode, of the job's evaluated checkpoint
+  (``last.pt``; ``best.pt`` under early stopping), never retrained. Probes
+  (:func:`sibnet.evaluation.probes.evaluate_probes`, seeded with the job's seed) are fitted on the
+  fold's training split and scored on the job's evaluation split.
+* Per job the result is cached in ``probes.json`` (reused when the probe list, the budget and the
+  probes' version match).
 * Table: mean AUROC, mean (sd) over runs per method and probe, and the network's own head
   (table 1's AUROC) for comparison; paired difference method − baseline per probe.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,10 @@ from torch.utils.data import DataLoader
 
 from ..errors import SibnetError
 from ..evaluation.statistics import finite_mean, finite_sd, mean_sd
-from .jobs import Job, Study, collect, eval_cache, eval_dataset, job_config, load_job_model, train_split
+from .evaluate import eval_dataset, load_job_model, train_split
 from .methods import BASELINE, Method
+from .store import collect, eval_cache, read_json, write_eval_cache
+from .study import Job, Study, job_config
 from .table1 import paired_vs_baseline
 from .tables import PAIRED_NOTE, fmt_diff, models_line, study_header, write_outputs
 
@@ -53,30 +55,31 @@ def penultimate_features(model: nn.Module, dataset, batch_size: int = 32) -> tup
 
 
 def job_probes(study: Study, job: Job, probes, bn_stats: str = "stored") -> dict:
-    from ..evaluation.probes import PROBE_VERSION, evaluate_probes
+    """The probes' scores on the job's evaluated model's features, from its cache when the cache's
+    probes, budget and probe version match."""
+    from ..evaluation.probes import PROBE_VERSION, evaluate_probes  # scikit-learn's classifiers: imported when used
 
     folder = job.folder(study)
     cache = eval_cache(folder, "probes", bn_stats)
-    if cache.is_file():
-        old = json.loads(cache.read_text())
-        if old.get("probes") == list(probes) and old.get("budget") == str(study.budget) \
-                and old.get("version") == PROBE_VERSION:
-            return old["results"]
+    old = read_json(cache)
+    if old is not None and old.get("probes") == list(probes) and old.get("budget") == str(study.budget) \
+            and old.get("version") == PROBE_VERSION:
+        return old["results"]
     cfg = job_config(study, job)
     model, meta = load_job_model(study, job, cfg, bn_stats=bn_stats)
     xtr, ytr = penultimate_features(model, train_split(cfg))
     test, split = eval_dataset(study, cfg)
     xte, yte = penultimate_features(model, test)
     results = evaluate_probes(xtr, ytr, xte, yte, class_names=meta["class_names"], probes=probes, seed=job.seed)
-    tmp = folder / f".probes.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"probes": list(probes), "version": PROBE_VERSION, "budget": str(study.budget),
-                               "split": split, "results": results}))
-    os.replace(tmp, cache)
+    write_eval_cache(cache, {"probes": list(probes), "version": PROBE_VERSION, "budget": str(study.budget),
+                             "split": split, "results": results})
     return results
 
 
 def write_table5(study: Study, methods: list[Method], jobs: list[Job], out: Path, command: str, probes,
                  bn_stats: str = "stored") -> dict:
+    """Write ``table5.md`` and ``table5.csv`` to ``out`` from the finished jobs; returns their paths plus
+    ``probes``, the per-job results."""
     done = collect(study, jobs)
     res = {job: job_probes(study, job, probes, bn_stats) for job in done}
     has_base = any(m.name == BASELINE for m in methods)
@@ -108,8 +111,9 @@ def write_table5(study: Study, methods: list[Method], jobs: list[Job], out: Path
     header = study_header(command, study, methods, [
         models_line(len(done), len(jobs), bn_stats, "frozen", checkpoint=study.checkpoint),
         "features: input of the last Linear layer (globally pooled penultimate features), eval mode",
-        "probes: StandardScaler + LinearSVC(C=1, primal solver) / SVC(rbf, C=1, gamma='scale') / RandomForest(200 trees), one per "
-        "label, fitted on the fold's training split, scored on the evaluation split; AUROC mean over labels",
+        "probes: StandardScaler + LinearSVC(C=1, primal solver) / SVC(rbf, C=1, gamma='scale') / "
+        "RandomForest(200 trees), one per label, fitted on the fold's training split, scored on the evaluation "
+        "split; AUROC mean over labels",
         "'network head': the model's own classifier on the same split (table 1)", PAIRED_NOTE])
     sections = [("Mean AUROC of probes on frozen features", ["method", "runs"] + cols_probe, rows)]
     if diff_rows:

@@ -1,6 +1,6 @@
 """Table 1: AUROC and AUPRC per method over folds x seeds, paired differences against the baseline.
 
-From the finished jobs of a study (:mod:`sibnet.experiments.jobs`):
+From the finished jobs of a study (:func:`sibnet.experiments.store.collect`):
 
 * per method: number of finished runs, mean (sd) of the per-run mean AUROC and mean AUPRC over the
   labels (each run's means are over the labels defined on its evaluation split), and mean (sd) of
@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.statistics import finite_mean, finite_sd, mean_sd, paired_difference
-from .jobs import Job, Study, collect, read_val_loss
+from .figures import box_plot, per_label_bars, save_figure, two_panel_curves
 from .methods import BASELINE, METHODS, Method
+from .store import collect, read_metrics, read_val_loss
+from .study import Job, Study
 from .tables import PAIRED_NOTE, fmt_diff, study_header, write_outputs
 
 METRICS = (("mean_auroc", "AUROC"), ("mean_auprc", "AUPRC"))
@@ -64,14 +66,10 @@ def summarise(study: Study, methods: list[Method], jobs: list[Job]) -> dict:
     return out
 
 
-def write_table1(study: Study, methods: list[Method], jobs: list[Job], out: Path, command: str,
-                 figures: bool = True) -> dict:
-    s = summarise(study, methods, jobs)
-    labels = s["labels"]
-    has_base = any(m.name == BASELINE for m in methods)
-    n_done = sum(e["n"] for e in s["methods"].values())
-    extra = [f"finished jobs: {n_done} of {len(jobs)}"
-             + ("" if n_done == len(jobs) else " (the table covers the finished ones; rerun the command to continue)"),
+def _header_notes(s: dict, n_done: int, n_jobs: int, has_base: bool) -> list[str]:
+    """The table's own header lines (after :func:`study_header`'s)."""
+    extra = [f"finished jobs: {n_done} of {n_jobs}"
+             + ("" if n_done == n_jobs else " (the table covers the finished ones; rerun the command to continue)"),
              "AUROC/AUPRC: per run, the mean over the labels of the evaluation split; shown as mean (sd) over runs",
              PAIRED_NOTE]
     evals = sorted({r["eval_split"] for r in s["records"].values()})
@@ -80,55 +78,69 @@ def write_table1(study: Study, methods: list[Method], jobs: list[Job], out: Path
         extra.append(f"evaluation split: {', '.join(evals)} ({', '.join(map(str, n_eval))} images per run)")
     if not has_base:
         extra.append("the baseline is not among the methods: no paired differences")
-    header = study_header(command, study, methods, extra)
-    main_cols = ["method", "runs", "AUROC", "AUPRC"] + (
-        ["ΔAUROC vs baseline [95% CI]", "p", "ΔAUPRC vs baseline [95% CI]", "p"] if has_base else [])
-    main_rows, csv_rows = [], []
-    for m in methods:
-        e = s["methods"][m.name]
-        row = [m.name, f"{e['n']}/{e['total']}", mean_sd(e["mean_auroc"]) if e["n"] else "n/a",
-               mean_sd(e["mean_auprc"]) if e["n"] else "n/a"]
-        c = {"method": m.name, "description": m.description, "runs": e["n"], "jobs": e["total"],
-             "auroc_mean": finite_mean(e["mean_auroc"]), "auroc_sd": finite_sd(e["mean_auroc"]),
-             "auprc_mean": finite_mean(e["mean_auprc"]), "auprc_sd": finite_sd(e["mean_auprc"])}
-        if has_base:
-            if m.name == BASELINE:
-                row += ["(reference)", "", "(reference)", ""]
-            else:
-                for key, short in METRICS:
-                    d = e["diff"][key]
-                    row += list(fmt_diff(d))
-                    c.update({f"diff_{short.lower()}": d["mean_diff"], f"diff_{short.lower()}_lo": d["ci"][0],
-                              f"diff_{short.lower()}_hi": d["ci"][1], f"p_{short.lower()}": d["p_wilcoxon"],
-                              f"pairs_{short.lower()}": d["n"]})
-        for lab in labels:
-            c[f"auroc_{lab}"] = finite_mean(e["per_label"][lab])
-            c[f"auroc_sd_{lab}"] = finite_sd(e["per_label"][lab])
-            c[f"auprc_{lab}"] = finite_mean(e["per_label_auprc"][lab])
-        main_rows.append(row)
-        csv_rows.append(c)
-    label_rows = [[m.name] + [mean_sd(s["methods"][m.name]["per_label"][lab]) if s["methods"][m.name]["n"] else "n/a"
-                              for lab in labels] for m in methods]
-    csv_cols = ["method", "description", "runs", "jobs", "auroc_mean", "auroc_sd", "auprc_mean", "auprc_sd"]
+    return extra
+
+
+def _method_rows(m: Method, e: dict, labels: list[str], has_base: bool) -> tuple[list, dict]:
+    """(Markdown row, CSV row) of one method's summary ``e``."""
+    row = [m.name, f"{e['n']}/{e['total']}", mean_sd(e["mean_auroc"]) if e["n"] else "n/a",
+           mean_sd(e["mean_auprc"]) if e["n"] else "n/a"]
+    c = {"method": m.name, "description": m.description, "runs": e["n"], "jobs": e["total"],
+         "auroc_mean": finite_mean(e["mean_auroc"]), "auroc_sd": finite_sd(e["mean_auroc"]),
+         "auprc_mean": finite_mean(e["mean_auprc"]), "auprc_sd": finite_sd(e["mean_auprc"])}
+    if has_base:
+        if m.name == BASELINE:
+            row += ["(reference)", "", "(reference)", ""]
+        else:
+            for key, short in METRICS:
+                d = e["diff"][key]
+                row += list(fmt_diff(d))
+                c.update({f"diff_{short.lower()}": d["mean_diff"], f"diff_{short.lower()}_lo": d["ci"][0],
+                          f"diff_{short.lower()}_hi": d["ci"][1], f"p_{short.lower()}": d["p_wilcoxon"],
+                          f"pairs_{short.lower()}": d["n"]})
+    for lab in labels:
+        c[f"auroc_{lab}"] = finite_mean(e["per_label"][lab])
+        c[f"auroc_sd_{lab}"] = finite_sd(e["per_label"][lab])
+        c[f"auprc_{lab}"] = finite_mean(e["per_label_auprc"][lab])
+    return row, c
+
+
+def _csv_columns(labels: list[str], has_base: bool) -> list[str]:
+    cols = ["method", "description", "runs", "jobs", "auroc_mean", "auroc_sd", "auprc_mean", "auprc_sd"]
     if has_base:
         for short in ("auroc", "auprc"):
-            csv_cols += [f"diff_{short}", f"diff_{short}_lo", f"diff_{short}_hi", f"p_{short}", f"pairs_{short}"]
+            cols += [f"diff_{short}", f"diff_{short}_lo", f"diff_{short}_hi", f"p_{short}", f"pairs_{short}"]
     for lab in labels:
-        csv_cols += [f"auroc_{lab}", f"auroc_sd_{lab}", f"auprc_{lab}"]
+        cols += [f"auroc_{lab}", f"auroc_sd_{lab}", f"auprc_{lab}"]
+    return cols
+
+
+def write_table1(study: Study, methods: list[Method], jobs: list[Job], out: Path, command: str,
+                 figures: bool = True) -> dict:
+    """Write ``table1.md``, ``table1.csv`` and (with ``figures`` and a finished job) Fig. 3-5 to ``out``;
+    returns their paths plus ``summary`` (:func:`summarise`)."""
+    s = summarise(study, methods, jobs)
+    labels = s["labels"]
+    has_base = any(m.name == BASELINE for m in methods)
+    n_done = sum(e["n"] for e in s["methods"].values())
+    header = study_header(command, study, methods, _header_notes(s, n_done, len(jobs), has_base))
+    main_cols = ["method", "runs", "AUROC", "AUPRC"] + (
+        ["ΔAUROC vs baseline [95% CI]", "p", "ΔAUPRC vs baseline [95% CI]", "p"] if has_base else [])
+    rows = [_method_rows(m, s["methods"][m.name], labels, has_base) for m in methods]
+    label_rows = [[m.name] + [mean_sd(s["methods"][m.name]["per_label"][lab]) if s["methods"][m.name]["n"] else "n/a"
+                              for lab in labels] for m in methods]
     figs = _figures(study, methods, s, out) if figures and n_done else []
-    sections = [("AUROC and AUPRC", main_cols, main_rows)]
+    sections = [("AUROC and AUPRC", main_cols, [r for r, _ in rows])]
     if labels:
         sections.append(("AUROC per label, mean (sd) over runs", ["method"] + labels, label_rows))
     paths = write_outputs(out, "table1", f"Table 1: classification on {study.dataset}", header, sections,
-                          csv_cols, csv_rows, figs)
+                          _csv_columns(labels, has_base), [c for _, c in rows], figs)
     paths["figures"] = figs
     paths["summary"] = s
     return paths
 
 
 def _figures(study: Study, methods: list[Method], s: dict, out: Path) -> list[str]:
-    from .figures import box_plot, per_label_bars, save_figure, two_panel_curves
-
     done = [m for m in methods if s["methods"][m.name]["n"]]
     title = f"{study.dataset}, {study.image_size} px, budget {study.budget}"
     paths = []
@@ -147,26 +159,12 @@ def _figures(study: Study, methods: list[Method], s: dict, out: Path) -> list[st
             folder = job.folder(study)
             vl = read_val_loss(folder)
             loss[m.name].append(([r["epoch"] for r in vl], [r["val_loss"] for r in vl]))
-            hist = _metrics_csv(folder / "metrics.csv")
+            hist = read_metrics(folder)
             auroc[m.name].append((hist.get("epoch", []), hist.get("val_auroc", [])))
     fig = two_panel_curves(loss, auroc, "epoch", ("validation loss (weighted BCE)", "validation AUROC"),
                            f"Fig. 4: validation curves ({title})")
     paths.append(str(save_figure(fig, Path(out) / "fig4_curves.png")))
     return paths
-
-
-def _metrics_csv(path: Path) -> dict:
-    import csv
-
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    out: dict[str, list] = {}
-    for r in rows:
-        for k, v in r.items():
-            out.setdefault(k, []).append(float(v) if v not in ("", None) else np.nan)
-    return out
 
 
 __all__ = ["METHODS", "paired_vs_baseline", "summarise", "write_table1"]

@@ -16,15 +16,16 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from .. import __version__
 from ..errors import SibnetError
-
+from ..files import atomic_write_text
+from .methods import not_implemented
 
 # what "-dirty" looks at: the code and the settings that make a result, not the result files
 # (tables written into the repository, e.g. under docs/results, do not make the code dirty)
@@ -47,8 +48,6 @@ PAIRED_NOTE = ("difference vs baseline: paired over the runs (fold, seed) finish
 def code_version() -> str:
     """``git describe --always`` of the sibnet source tree, with ``-dirty`` when ``src/``,
     ``configs/`` or ``pyproject.toml`` have uncommitted changes; else ``sibnet <version>``."""
-    from .. import __version__
-
     root = Path(__file__).resolve().parents[3]
 
     def git(*args):
@@ -130,9 +129,7 @@ def write_outputs(out: Path, name: str, title: str, header: Sequence[str], secti
         writer.writerow({k: _csv_value(row.get(k)) for k in csv_columns})
     paths = {"markdown": out / f"{name}.md", "csv": out / f"{name}.csv"}
     for key, text in (("markdown", "\n".join(md)), ("csv", buf.getvalue())):
-        tmp = paths[key].with_name(f".{paths[key].name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, paths[key])
+        atomic_write_text(paths[key], text, what="table")
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -154,8 +151,6 @@ def read_csv_table(path: str | Path) -> tuple[list[str], list[dict]]:
 
 def study_header(command: str, study, methods, extra: Sequence[str] = ()) -> list[str]:
     """The common header lines of a table built from a study's jobs."""
-    from .methods import not_implemented
-
     lines = [f"command: `{command}`",
              f"dataset: {study.dataset}" + (f" (root {study.root})" if study.root else "")
              + (f", options {study.data_options()}" if study.data_options() else ""),

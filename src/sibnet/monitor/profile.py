@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, SibnetError
+from ..files import atomic_write_text
 
 FORMAT = "sibnet-monitor-profile"
 VERSION = 1
@@ -115,18 +115,8 @@ class Profile:
         return {"format": FORMAT, "version": VERSION, **d}
 
     def save(self, path: str | Path) -> Path:
-        """Write the profile as JSON atomically (temporary file, then ``os.replace``)."""
-        path = Path(path)
-        text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_text(text)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return path
+        """Write the profile as JSON atomically (:func:`sibnet.files.atomic_write_text`)."""
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False), what="profile")
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "profile") -> "Profile":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..report.figures import pyplot
 from ..report.html import Section, Table
 from .scores import SCORES
 
@@ -16,9 +17,7 @@ LABELS = {"cd": "class distinctiveness (mean cosine of the class maps' embedding
 
 def histograms(reference: dict, new: dict, primary: str):
     """One panel per score: the reference (calibration) scores vs the new images' scores."""
-    from ..report.figures import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.4), squeeze=False)
     for ax, k in zip(axes.ravel(), SCORES):
         ref, s = np.asarray(reference[k]), np.asarray(new[k])

@@ -28,7 +28,8 @@ from ..errors import DataError, SibnetError
 MASK_COLOUR = "lime"
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (imported on first use: matplotlib is optional)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,7 +40,7 @@ def _pyplot():
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     """Write ``fig`` as PNG to ``path`` (folders created) and close it."""
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -86,7 +87,7 @@ def training_curves(runs: Mapping[str, str | Path | dict], columns=CURVES):
     ``runs`` maps a run's name to its ``metrics.csv`` path (or to the dict of
     :func:`read_metrics_csv`). Columns a run does not have are skipped for that run.
     """
-    plt = _pyplot()
+    plt = pyplot()
     data = {name: read_metrics_csv(v) if not isinstance(v, dict) else v for name, v in runs.items()}
     fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.2), squeeze=False)
     for ax, (col, title) in zip(axes[0], columns):
@@ -141,7 +142,7 @@ def _check(image, maps, names):
 def explain_figure(image, maps, class_names: Sequence[str], probs: Sequence[float], title: str = "",
                    method: str = ""):
     """The image, then one overlay per class whose panel title gives the predicted probability."""
-    plt = _pyplot()
+    plt = pyplot()
     image, maps = _check(image, maps, class_names)
     k = maps.shape[0]
     fig, axes = plt.subplots(1, k + 1, figsize=(2.5 * (k + 1), 3.2), squeeze=False)
@@ -164,7 +165,7 @@ def case_figure(image, mask, label, models: Mapping[str, tuple], class_names: Se
     ``(maps (K, H, W), probs (K,))``. Row r is model r: the image with every mask contour, then
     one overlay per class with that class's contour; titles give p and whether the class is present.
     """
-    plt = _pyplot()
+    plt = pyplot()
     mask = np.asarray(mask, dtype=float)
     label = np.asarray(label, dtype=float)
     k = len(class_names)

@@ -12,7 +12,7 @@ import io
 import math
 from pathlib import Path
 
-from .checkpoint import atomic_write
+from ..files import atomic_write
 
 FIRST_COLUMNS = ["epoch", "step", "lr", "train_total", "train_wce", "train_cd", "train_sc", "val_auroc",
                  "best_val_auroc", "seconds"]

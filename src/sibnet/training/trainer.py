@@ -14,13 +14,13 @@ import torch.nn as nn
 
 from ..config import RESUMABLE_CHANGES, Config, diff_configs, dump_config
 from ..errors import ConfigError, SibnetError
+from ..files import previous_path, remove_stale_temporaries
 from .build import LossFactory, build_run
-from .checkpoint import load_checkpoint, previous_path, remove_stale_temporaries
+from .checkpoint import load_checkpoint
 from .distributed import barrier, cleanup, init_distributed
 from .logs import RunLogger
 from .loop import TrainState, fit, restore_run
 from .rng import configure_determinism, mix_seed, seed_everything
-
 
 # keys added after runs were saved whose behaviour before was NOT today's default: what they were
 LEGACY_VALUES = {"loss": {"balance": "none", "contrast": "none"}}
@@ -96,7 +96,8 @@ def load_resumable(path: str | Path) -> dict:
         if not earlier:
             raise
         options = " or ".join(f"{p} (step {step})" for p, step in earlier)
-        raise SibnetError(f"{exc}; the run can continue from {options}: sibnet train --resume {earlier[0][0]}") from None
+        raise SibnetError(f"{exc}; the run can continue from {options}: "
+                          f"sibnet train --resume {earlier[0][0]}") from None
 
 
 def newest_checkpoint(out: str | Path) -> Path | None:
