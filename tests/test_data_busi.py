@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import shared_dataset
 from PIL import Image
 from scipy.ndimage import gaussian_filter, shift
 
-from conftest import shared_dataset
 from sibnet.cli import main
 from sibnet.data import build_dataset
 from sibnet.data.busi import BUSI, difference_hash, near_duplicate_groups
@@ -221,7 +221,7 @@ def test_data_commands_on_the_release_layout(tmp_path, capsys):
     root = _release(tmp_path)
     assert main(["data", "summary", "busi", "--root", str(root), "--image-size", "32"]) == 0
     out = capsys.readouterr().out
-    assert "train: 4 images, 4 patients" in out
+    assert "train: 4 images, 4 near-duplicate groups (no patient ids)" in out
     assert [line.split() for line in out.splitlines() if line.strip().startswith(("benign ", "normal "))] == \
         [["benign", "2"], ["normal", "1"]]
     assert main(["data", "check", "busi", "--root", str(root), "--quiet"]) == 0
@@ -248,3 +248,31 @@ def test_shared_copy_counts_groups_and_folds():
         np.testing.assert_allclose(va.labels.sum(0) / len(va), [345 / 621, 172 / 621, 104 / 621], atol=0.02)
         vals.append(set(va.ids))
     assert not vals[0] & vals[1]
+
+
+def test_table3_adds_the_maps_share_on_burned_in_marks_for_busi(tmp_path):
+    """Table 3's per-checkpoint agreement carries the marks share on BUSI (and only where marks exist)."""
+    import torch
+
+    from sibnet.evaluation.run import compute_maps, marks_summary
+    from sibnet.experiments.agreement import checkpoint_agreement
+    from sibnet.models import build_classifier
+
+    root = _processed(tmp_path, n_per_class=(3, 2, 2))
+    for path in sorted(root.glob("*/*_000.png")):  # a burned-in "+" on the first image of each class
+        img = np.asarray(Image.open(path)).copy()
+        img[8, 4:13] = img[4:13, 8] = 255
+        _save(path, img)
+    ds = BUSI(root, image_size=(H, W))
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", in_channels=1, num_classes=3).eval()
+    meta = {"dataset": "busi", "class_names": list(ds.info.class_names)}
+    got = checkpoint_agreement(model, meta, ds, "gradcam", max_maps=5)
+    maps = compute_maps(model, ds, "gradcam", range(5))
+    want = marks_summary(maps["maps"], maps["images"], maps["labels"], meta["class_names"])
+    assert got["marks"]["n"] == 5 and got["marks"]["mean"] == pytest.approx(want["mean"])
+    assert 0 <= got["marks"]["mean"] <= 1 and got["marks"]["area_mean"] > 0
+    synthetic = build_dataset("synthetic", split="test", image_size=32, n=4)
+    plain = checkpoint_agreement(build_classifier("resnet18", 1, 5).eval(), {"dataset": "synthetic", "class_names":
+                                 list(synthetic.info.class_names)}, synthetic, "gradcam", max_maps=4)
+    assert "marks" not in plain

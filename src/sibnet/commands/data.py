@@ -74,7 +74,8 @@ def summary(args) -> int:
             raise
         shown = shown or ds
         counts = _label_counts(ds)
-        print(f"  {split}: {len(ds)} images, {len(set(ds.patients))} patients")
+        groups = ds.info.extra.get("patient_groups", "patients")  # what the dataset's patient column holds
+        print(f"  {split}: {len(ds)} images, {len(set(ds.patients))} {groups}")
         for name, n in counts.items():
             print(f"    {name:<28} {n:>7}")
         for note in ds.info.extra.get("notes", ()):

@@ -51,7 +51,8 @@ from skimage.transform import resize
 
 from ..errors import ConfigError, DataError
 from .base import DatasetInfo
-from .imageio import image_size as header_size, read_image
+from .imageio import image_size as header_size
+from .imageio import read_image
 from .records import Record, RecordDataset, mask_files, nonempty
 from .tables import read_table
 
@@ -233,6 +234,7 @@ class BUSI(RecordDataset):
                          + "; ".join(", ".join(g) for g in conflicting))
         info = DatasetInfo(name="busi", class_names=classes, task="multiclass", in_channels=1, has_masks=True,
                            extra={"layout": layout, "burned_in_marks": True, "mask_mode": mask_mode, "mask_channels": k,
+                                  "patient_groups": "near-duplicate groups (no patient ids)",
                                   "duplicate_bits": duplicate_bits, "near_duplicate_groups": n_groups,
                                   "images_in_shared_groups": grouped, "conflicting_groups": conflicting,
                                   "notes": notes})

@@ -9,6 +9,8 @@
   foreground; pairs where the class is present and its mask nonempty); per run the mean over
   classes; mean (sd) over runs; paired difference method − baseline of the Dice.
 * Fig. 9: mean Dice per epoch, when the jobs kept ``epoch<E>.pt`` (``--keep-epochs``).
+* Datasets whose images carry burned-in marks (BUSI): also the share of each labelled class's map on
+  the marks (:func:`sibnet.evaluation.run.marks_summary`), column "on marks".
 * Per job the result is cached in ``agreement.json`` (reused when method and image count match).
 """
 
@@ -20,7 +22,7 @@ import numpy as np
 
 from ..errors import SibnetError
 from ..evaluation.agreement import saliency_agreement
-from ..evaluation.run import compute_maps
+from ..evaluation.run import compute_maps, marks_summary
 from ..evaluation.statistics import finite_mean, finite_sd, mean_sd
 from .evaluate import eval_dataset, load_job_model, train_split
 from .figures import curves, save_figure
@@ -31,6 +33,9 @@ from .table1 import paired_vs_baseline
 from .tables import PAIRED_NOTE, fmt_diff, models_line, study_header, write_outputs
 
 SCORES = ("dice", "hd95", "ssim")
+MARKS_NOTE = ("on marks: share of the labelled class's map (positive mass) on the bright thin burned-in marks of "
+              "its image (sibnet.evaluation.marks; every image of the first max_maps, also those without a mask); "
+              "a uniform map would have the marks' area, {area} of the image on average")
 
 
 def checkpoint_agreement(model, meta: dict, dataset, method: str, max_maps: int, options: dict | None = None) -> dict:
@@ -41,9 +46,23 @@ def checkpoint_agreement(model, meta: dict, dataset, method: str, max_maps: int,
     if maps["masks"] is None:
         raise SibnetError(f"table3: dataset {meta.get('dataset')!r} has no expert masks")
     agr = saliency_agreement(maps["maps"], maps["masks"], maps["labels"], class_names=meta["class_names"])
-    return {k: agr["mean"][k] for k in SCORES} | {"n_images": n,
-                                                  "per_class": {c: {k: v[k]["mean"] for k in SCORES}
-                                                                for c, v in agr["per_class"].items()}}
+    out = {k: agr["mean"][k] for k in SCORES} | {"n_images": n,
+                                                 "per_class": {c: {k: v[k]["mean"] for k in SCORES}
+                                                               for c, v in agr["per_class"].items()}}
+    if has_marks(dataset):
+        out["marks"] = marks_summary(maps["maps"], maps["images"], maps["labels"], meta["class_names"])
+    return out
+
+
+def marks_note(res: dict) -> str:
+    """The header line that explains the "on marks" column, with the marks' mean area over the jobs."""
+    area = finite_mean([r["last"]["marks"]["area_mean"] for r in res.values() if "marks" in r["last"]])
+    return MARKS_NOTE.format(area=f"{area:.3f}")
+
+
+def has_marks(dataset) -> bool:
+    """Whether the dataset's images carry burned-in marks (BUSI): table 3 then adds the maps' share on them."""
+    return bool(getattr(dataset.info, "extra", {}).get("burned_in_marks"))
 
 
 def maps_name(method: str, options: dict | None) -> str:
@@ -58,13 +77,14 @@ def job_agreement(study: Study, job: Job, method: str, max_maps: int, bn_stats: 
     folder = job.folder(study)
     slug = "".join(f"-{k}-{v}" for k, v in sorted((options or {}).items()))
     cache = eval_cache(folder, "agreement" + slug, bn_stats)
+    cfg = job_config(study, job)
+    dataset, split = eval_dataset(study, cfg)
     key = {"saliency": method, "max_maps": int(max_maps), "budget": str(study.budget),
-           "checkpoint": study.checkpoint, **({"options": options} if options else {})}
+           "checkpoint": study.checkpoint, **({"options": options} if options else {}),
+           **({"marks": True} if has_marks(dataset) else {})}
     old = read_json(cache)
     if old is not None and old.get("key") == key:
         return old
-    cfg = job_config(study, job)
-    dataset, split = eval_dataset(study, cfg)
     if not getattr(dataset.info, "has_masks", False):
         raise SibnetError(f"table3: dataset {study.dataset!r} has no expert masks (use a synthetic dataset)")
     train = train_split(cfg) if bn_stats == "train" else None  # built once for every checkpoint
@@ -88,6 +108,7 @@ def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path
     res = {job: job_agreement(study, job, method, max_maps, bn_stats, options) for job in done}
     method = maps_name(method, options)
     has_base = any(m.name == BASELINE for m in methods)
+    marks = any("marks" in r["last"] for r in res.values())
     rows, csv_rows, per_epoch = [], [], {}
     for m in methods:
         mine = [j for j in res if j.method == m.name]
@@ -97,6 +118,10 @@ def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path
             v = [np.nan if res[j]["last"][k] is None else res[j]["last"][k] for j in mine]
             row.append(mean_sd(v) if v else "n/a")
             c[k], c[f"{k}_sd"] = finite_mean(v), finite_sd(v)
+        if marks:
+            v = [np.nan if res[j]["last"]["marks"]["mean"] is None else res[j]["last"]["marks"]["mean"] for j in mine]
+            row.append(mean_sd(v) if v else "n/a")
+            c["marks_share"], c["marks_share_sd"] = finite_mean(v), finite_sd(v)
         if has_base and m.name != BASELINE:
             d = paired_vs_baseline({j: {"v": r["last"]["dice"]} for j, r in res.items()}, m.name, "v")
             row += list(fmt_diff(d))
@@ -115,13 +140,15 @@ def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path
         f"maps: {method} for every model, all classes, eval mode, first {max_maps} images of the evaluation split",
         "agreement: convex hull of the Otsu foreground of each map vs the expert mask, pairs with the class "
         "present and a nonempty mask; Dice, HD95 (pixels; empty maps left out of HD95), SSIM; per run the mean "
-        "over classes, mean (sd) over runs", PAIRED_NOTE])
-    cols = ["method", "runs", "Dice", "HD95 (px)", "SSIM"] + (["ΔDice vs baseline [95% CI]", "p"] if has_base else [])
+        "over classes, mean (sd) over runs", *([marks_note(res)] if marks else []), PAIRED_NOTE])
+    cols = ["method", "runs", "Dice", "HD95 (px)", "SSIM"] + (["on marks"] if marks else []) \
+        + (["ΔDice vs baseline [95% CI]", "p"] if has_base else [])
     figs = []
     if per_epoch:
         fig = curves(per_epoch, "epoch", f"mean Dice ({method} maps)", f"Fig. 9: Dice per epoch ({study.dataset})")
         figs.append(str(save_figure(fig, Path(out) / "fig9_dice_per_epoch.png")))
     csv_cols = ["method", "runs", "dice", "dice_sd", "hd95", "hd95_sd", "ssim", "ssim_sd"]
+    csv_cols += ["marks_share", "marks_share_sd"] if marks else []
     csv_cols += ["diff_dice", "diff_dice_lo", "diff_dice_hi", "p_dice"] if has_base else []
     paths = write_outputs(out, "table3", f"Table 3: saliency agreement with expert masks, {study.dataset}", header,
                           [("Agreement with expert masks", cols, rows)], csv_cols, csv_rows, figs)
