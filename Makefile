@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-test demo test test-all bench
+.PHONY: install install-test install-lint demo test test-all lint bench
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,9 @@ install-test: install
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q --no-deps zennit==0.5.1
 
+install-lint: install
+	$(BIN)/pip install -q -e '.[lint]'
+
 demo: install
 	$(BIN)/sibnet demo
 
@@ -25,3 +28,8 @@ test: install-test
 
 test-all: install-test
 	$(BIN)/python -m pytest -m ''
+
+# ruff (pyflakes, pycodestyle at 120 columns, import order, docstrings) and mypy on the public API
+lint: install-lint
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/mypy

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from _common import machine_header, median, time_calls
 
 

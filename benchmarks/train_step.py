@@ -193,8 +193,8 @@ def build_step(config: str, args):
         if method not in METHODS or not (embed == "full" or embed.isdigit()) or \
                 (option and key not in ("recompute", "contrast")):
             raise SystemExit(f"unknown configuration {config!r}; expected baseline, floor, reference or "
-                             f"METHOD@full|PIXELS[:recompute=pointwise|all|none|:contrast=none|clrp|sglrp] with METHOD in "
-                             f"{', '.join(METHODS)}")
+                             f"METHOD@full|PIXELS[:recompute=pointwise|all|none|:contrast=none|clrp|sglrp] "
+                             f"with METHOD in {', '.join(METHODS)}")
         options = {key: value} if option and method != "gradcam" else None
         step = sibnet_step(model, opt, x, y, pos_weight, method, None if embed == "full" else int(embed), options)
     if device.type == "cuda":  # time whole steps: wait for the queued kernels

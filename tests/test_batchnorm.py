@@ -36,7 +36,8 @@ def _net():
 
 
 def test_statistics_are_those_of_the_images_under_the_final_weights():
-    x = torch.randn(24, 3, 8, 8) * torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1) + torch.tensor([0.3, -1.0, 2.0]).view(1, 3, 1, 1)
+    x = (torch.randn(24, 3, 8, 8) * torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1)
+         + torch.tensor([0.3, -1.0, 2.0]).view(1, 3, 1, 1))
     net = _net()
     params = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k}
     momenta = [m.momentum for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -71,7 +72,8 @@ def test_equal_batches_average_to_the_overall_mean_and_a_short_last_batch_is_dro
     net2 = _net()
     recalibrate_batchnorm(net2, Images(x), batch_size=8, seed=3)
     torch.testing.assert_close(net.state_dict(), net2.state_dict())
-    assert (net[0].running_mean - 1.5).abs().max() < 0.3 and not torch.allclose(net[0].running_mean, _net()[0].running_mean)
+    assert ((net[0].running_mean - 1.5).abs().max() < 0.3
+            and not torch.allclose(net[0].running_mean, _net()[0].running_mean))
     assert recalibrate_batchnorm(_net(), Images(x[:5]), batch_size=8) == 5  # fewer than one batch: all used
 
 

@@ -27,10 +27,12 @@ def _folder(tmp_path, broken=False):
 def test_summary_prints_counts_and_draws_grid(tmp_path, capsys):
     root = _folder(tmp_path)
     grid = tmp_path / "out" / "grid.png"
-    assert main(["data", "summary", "csv", "--root", str(root / "l.csv"), "--grid", str(grid), "--image-size", "32"]) == 0
+    assert main(["data", "summary", "csv", "--root", str(root / "l.csv"), "--grid", str(grid),
+                 "--image-size", "32"]) == 0
     out = capsys.readouterr().out
     assert "train: 4 images, 4 patients" in out
-    assert [line.split() for line in out.splitlines() if line.strip().startswith(("a ", "b "))] == [["a", "2"], ["b", "2"]]
+    assert ([line.split() for line in out.splitlines() if line.strip().startswith(("a ", "b "))]
+            == [["a", "2"], ["b", "2"]])
     assert Image.open(grid).size[0] > 100
     assert sorted(p.name for p in root.iterdir()) == ["0.png", "1.png", "2.png", "3.png", "l.csv", "m.png"]
 

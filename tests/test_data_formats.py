@@ -90,7 +90,8 @@ def test_medmnist_multilabel_rgb_inferred(tmp_path):
     ds = MedMNIST(tmp_path, split="test", image_size=28)
     assert ds.info.task == "multilabel" and ds.info.num_classes == 14 and ds.info.in_channels == 3
     assert ds.info.class_names[2] == "effusion" and ds.info.extra["flag"] == "chestmnist"
-    np.testing.assert_array_equal(ds[1]["image"].numpy(), np.moveaxis(arrays["test_images"][1], -1, 0) / np.float32(255))
+    np.testing.assert_array_equal(ds[1]["image"].numpy(),
+                                  np.moveaxis(arrays["test_images"][1], -1, 0) / np.float32(255))
     np.testing.assert_array_equal(ds.labels, arrays["test_labels"])
     assert len(MedMNIST(tmp_path / "chestmnist_64.npz", split="all", image_size=8)) == 10
     with pytest.raises(ConfigError, match="unknown option 'flavour'"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import shared_dataset
+
 from sibnet.data import GlaS, MedMNIST, NIHChestXray, available, build_dataset
 from sibnet.errors import DataError
 

@@ -10,8 +10,14 @@ from skimage.measure import regionprops
 
 from sibnet.data.base import DatasetInfo
 from sibnet.data.synth_chest import cardiothoracic_ratio
-from sibnet.data.synthetic import (CLASS_NAMES, DEFAULT_PREVALENCE, SyntheticChestXray, draw_marker, marker_box,
-                                   render_case)
+from sibnet.data.synthetic import (
+    CLASS_NAMES,
+    DEFAULT_PREVALENCE,
+    SyntheticChestXray,
+    draw_marker,
+    marker_box,
+    render_case,
+)
 from sibnet.data.synthetic_glands import SyntheticGlands, render_tile
 from sibnet.errors import ConfigError
 
@@ -317,7 +323,7 @@ def test_cached_datasets_pickle_by_file_name(tmp_path):
 
 
 def test_separable_fourier_field_equals_the_direct_sum_of_waves():
-    from sibnet.data.synth_fields import Frame, fourier_field, smoothstep, bump
+    from sibnet.data.synth_fields import Frame, bump, fourier_field, smoothstep
 
     c, s = np.cos(0.3), np.sin(0.3)
     frame = Frame(40, (c / 0.9, s / 0.9, 0.1), (-s / 0.9, c / 0.9, -0.05))

@@ -25,6 +25,7 @@ TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torch
 def child(out: str, batch: int, bn: bool, saliency: str) -> None:
     sys.path.insert(0, str(HERE))
     import test_train_loop as t
+
     from sibnet.training.build import sibnet_loss_factory
 
     torch.set_num_threads(1)

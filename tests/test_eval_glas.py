@@ -148,10 +148,9 @@ def test_label_instances_and_bad_input():
 
 @pytest.mark.data
 def test_real_glas_annotation():
+    from conftest import shared_dataset
     from PIL import Image
     from scipy.ndimage import binary_erosion
-
-    from conftest import shared_dataset
 
     g = np.array(Image.open(shared_dataset("glas") / "testA_1_anno.png")).astype(int)
     n = len(np.unique(g)) - 1

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
+from test_explain import tiny_checkpoint
 
 from sibnet.cli import main
-from test_explain import tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -140,9 +140,10 @@ def test_class_distinctiveness_by_hand(evaluated):
 
 
 def test_distinctiveness_needs_two_classes_and_matching_shapes():
+    from testnets import SmallCNN
+
     from sibnet.errors import SibnetError
     from sibnet.evaluation import map_distinctiveness
-    from testnets import SmallCNN
 
     with pytest.raises(SibnetError, match="needs at least one image and two classes, got 2 images, 1 classes"):
         map_distinctiveness(SmallCNN(), np.zeros((2, 1, 8, 8)), np.zeros((2, 1, 8, 8)))

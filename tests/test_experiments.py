@@ -328,7 +328,8 @@ def test_checkpoint_frequency_is_the_callers_where_given(tmp_path):
     rare = dataclasses.replace(study, overrides=("train.checkpoint_every=200",))
     assert job_config(rare, job).train.checkpoint_every == 200
     # a setting that does not change results: the job stays the same job
-    changed = diff_configs(job_identity(rare, job, job_config(rare, job)), job_identity(study, job, job_config(study, job)))
+    changed = diff_configs(job_identity(rare, job, job_config(rare, job)),
+                           job_identity(study, job, job_config(study, job)))
     assert changed == ["config.train.checkpoint_every"] and "train.checkpoint_every" in FREE_KEYS
 
 
@@ -405,8 +406,8 @@ def test_agreement_table_against_direct_computation(study):
 
 
 def test_lambda_grid(tmp_path):
-    from sibnet.experiments.study import job_config
     from sibnet.experiments.methods import get_method
+    from sibnet.experiments.study import job_config
 
     m = get_method("sibnet-lambda-0.5-2")
     assert m.overrides == {"loss.saliency": "deep_taylor", "loss.lambda_cd": 0.5, "loss.lambda_sc": 2.0}

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from testnets import SmallCNN
 
 from sibnet.errors import ConfigError
 from sibnet.losses import SIBNetLoss
 from sibnet.losses.balance import LossBalance
 from sibnet.training import load_checkpoint
 from sibnet.training.build import sibnet_loss_factory
-
-from testnets import SmallCNN
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_train_loop as t  # noqa: E402

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from testnets import SmallCNN
 
 from sibnet import loss_options
 from sibnet.config import Config, load_config
@@ -20,8 +21,6 @@ from sibnet.loss_options import LossOptions, check_loss_options, choices, option
 from sibnet.losses import SIBNetLoss
 from sibnet.losses.balance import BALANCES, LossBalance
 from sibnet.saliency.contrast import CONTRASTS
-
-from testnets import SmallCNN
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = [f.name for f in dataclasses.fields(LossOptions)]

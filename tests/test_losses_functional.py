@@ -299,7 +299,8 @@ def test_weighted_bce_masks_nan_targets():
     assert value.item() == pytest.approx(ref.item(), rel=1e-12)
     assert torch.isfinite(logits.grad).all() and (logits.grad[~mask] == 0).all() and (logits.grad[mask] != 0).all()
     none = weighted_bce(logits, targets, pw, "none")
-    assert (none[~mask] == 0).all() and none.sum().item() == pytest.approx(weighted_bce(logits, targets, pw, "sum").item())
+    assert ((none[~mask] == 0).all()
+            and none.sum().item() == pytest.approx(weighted_bce(logits, targets, pw, "sum").item()))
     all_nan = torch.full((2, 3), float("nan"))
     assert weighted_bce(torch.zeros(2, 3), all_nan).item() == 0.0
 

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from test_explain import tiny_checkpoint
+from testnets import SmallCNN
 
 from sibnet.cli import main
 from sibnet.errors import ConfigError, SibnetError
 from sibnet.monitor import Monitor, Profile, batch_test, model_fingerprint, p_values
 from sibnet.monitor.scores import energy_score, fit_gaussian, mahalanobis_score, msp_score, saliency_scores
 from sibnet.monitor.study import aurc, detection_rate
-from test_explain import tiny_checkpoint
-from testnets import SmallCNN
 
 
 # ------------------------------------------------------------------ conformal p-values and batch tests

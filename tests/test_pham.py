@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from testnets import kill_child_at
 from torch.utils.data import Dataset
 
 from sibnet.config import load_config
@@ -26,10 +27,14 @@ from sibnet.data.base import DatasetInfo
 from sibnet.errors import ConfigError
 from sibnet.losses.classification import class_weights_from_labels, weighted_bce
 from sibnet.training import recipes
-from sibnet.training.recipes import (PhamRecipe, Relabeled, conditional_targets, resolve_hierarchy, stage1_steps,
-                                     uncertain_soft_targets)
-
-from testnets import kill_child_at
+from sibnet.training.recipes import (
+    PhamRecipe,
+    Relabeled,
+    conditional_targets,
+    resolve_hierarchy,
+    stage1_steps,
+    uncertain_soft_targets,
+)
 
 torch.set_num_threads(1)
 LABELS = ("Lung Opacity", "Edema", "Cardiomegaly")  # default tree: Lung Opacity -> Edema; Cardiomegaly a root here
@@ -116,7 +121,8 @@ def test_ulsr_hand_checked():
         assert out[i, j] == draws[i, j] and 0.55 <= out[i, j] <= 0.85
     certain = (y != -1) & ~np.isnan(y)
     assert np.array_equal(out[certain], y[certain]) and np.isnan(out[1, 1])
-    assert np.array_equal(uncertain_soft_targets(y, seed=7), out, equal_nan=True)  # default range, same seed: same draws
+    # default range, same seed: same draws
+    assert np.array_equal(uncertain_soft_targets(y, seed=7), out, equal_nan=True)
     assert not np.array_equal(uncertain_soft_targets(y, seed=8), out, equal_nan=True)
     assert uncertain_soft_targets(y, (0.7, 0.7), seed=1)[0, 1] == pytest.approx(0.7)
 

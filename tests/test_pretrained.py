@@ -91,7 +91,8 @@ def random_state(shapes: dict[str, tuple], seed=0) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("tv, monai", [
     ("features.denseblock1.denselayer1.norm1.weight", "features.denseblock1.denselayer1.layers.norm1.weight"),
     ("features.denseblock3.denselayer24.conv.2.weight", "features.denseblock3.denselayer24.layers.conv2.weight"),
-    ("features.denseblock2.denselayer5.norm.2.running_var", "features.denseblock2.denselayer5.layers.norm2.running_var"),
+    ("features.denseblock2.denselayer5.norm.2.running_var",
+     "features.denseblock2.denselayer5.layers.norm2.running_var"),
     ("features.transition2.conv.weight", "features.transition2.conv.weight"),
     ("classifier.bias", "class_layers.out.bias"),
 ])

@@ -35,7 +35,6 @@ sys.path.insert(0, str(HERE))
 import test_train_loop as t  # noqa: E402
 
 import sibnet as sibnet_package  # noqa: E402
-
 from sibnet.errors import ConfigError, DataError, SibnetError  # noqa: E402
 from sibnet.training import load_checkpoint  # noqa: E402
 from sibnet.training.trainer import newest_checkpoint  # noqa: E402
@@ -48,7 +47,8 @@ EPOCHS, BATCHES = 3, 6  # the tiny set-up: 24 items, batch 4
 def child(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out")
-    p.add_argument("--die-in-save", type=int, default=None, help="SIGKILL half-way through writing last.pt at this step")
+    p.add_argument("--die-in-save", type=int, default=None,
+                   help="SIGKILL half-way through writing last.pt at this step")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     real_save = torch.save

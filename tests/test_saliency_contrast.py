@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from testnets import SmallCNN
 
 from sibnet import saliency
 from sibnet.errors import ConfigError
@@ -17,8 +18,6 @@ from sibnet.saliency.batched import batched_vjp
 from sibnet.saliency.relevance import RelevanceMode
 from sibnet.saliency.rules import Rule
 from sibnet.saliency.switch import relevance_enabled
-
-from testnets import SmallCNN
 
 RULES = {
     "deep_taylor": Rule(kind="zplus", stabilizer=1e-12, norm="pass"),

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from testnets import FunctionalCNN, SmallCNN
 from torch import nn
 
 from sibnet import saliency
 from sibnet.errors import SibnetError
 from sibnet.models import build_classifier
-
-from testnets import FunctionalCNN, SmallCNN
 
 METHODS = ["gradcam", "deep_taylor", "lrp_epsilon", "lrp_alpha_beta", "input_x_gradient"]
 

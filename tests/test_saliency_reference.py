@@ -6,12 +6,11 @@ import copy
 
 import pytest
 import torch
+from testnets import SmallCNN, install_torchvision_stub, no_inplace
 from torch import nn
 
 from sibnet import saliency
 from sibnet.models import build_classifier
-
-from testnets import SmallCNN, install_torchvision_stub, no_inplace
 
 captum_attr = pytest.importorskip("captum.attr")
 

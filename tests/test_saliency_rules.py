@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from testnets import DenseCNN
 from torch import nn
 
 from sibnet import saliency
 from sibnet.saliency.linear_op import LinearOp
 from sibnet.saliency.rules import AlphaBeta, Epsilon, RatioRelevance, Rule, ZPlus, stabilize
-
-from testnets import DenseCNN
 
 D = torch.float64
 
@@ -301,7 +300,8 @@ def test_saliency_options_are_checked_when_the_loss_is_built():
 
 @pytest.mark.parametrize("dims", [1, 2, 3])
 @pytest.mark.parametrize("geometry", [dict(kernel_size=3, stride=2, padding=1),
-                                      dict(kernel_size=2, stride=2, dilation=2, ceil_mode=True)], ids=["pad", "dil-ceil"])
+                                      dict(kernel_size=2, stride=2, dilation=2, ceil_mode=True)],
+                         ids=["pad", "dil-ceil"])
 def test_max_pool_relevance_is_pytorchs_gradient_for_all_classes(dims, geometry):
     """MaxPoolGrad: K relevance tensors scattered to the window winners at once, as autograd does
     one at a time; its derivative (gradcheck) and its vmap rule (against a loop)."""

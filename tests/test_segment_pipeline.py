@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from conftest import shared_dataset
 from PIL import Image
 from skimage.measure import label as cc_label
 
-from conftest import shared_dataset
 from sibnet.cli import main
 from sibnet.data.transforms import resize_labels
 from sibnet.evaluation.glas import glas_dataset_scores, glas_scores
@@ -92,8 +92,9 @@ def _is_cc_labelling(inst: np.ndarray) -> bool:
 
 def test_cli_train_evaluate_predict_synthetic(tmp_path, capsys):
     run = tmp_path / "run"
-    rc = main(["segment", "train", "--dataset", "synthetic-glands", "--limit", "4", "--scratch", "--backbone", "resnet18",
-               "--size", "64", "--epochs", "2", "--decoder-channels", "8,8,8,8,8", "--out", str(run)])
+    rc = main(["segment", "train", "--dataset", "synthetic-glands", "--limit", "4", "--scratch",
+               "--backbone", "resnet18", "--size", "64", "--epochs", "2", "--decoder-channels", "8,8,8,8,8",
+               "--out", str(run)])
     assert rc == 0
     assert (run / "model.pt").is_file()
     with open(run / "history.csv") as fh:
@@ -141,8 +142,8 @@ def test_cli_errors(tmp_path, capsys):
 def test_glas_four_images_end_to_end(tmp_path, capsys):
     root = shared_dataset("glas")
     run = tmp_path / "run"
-    assert main(["segment", "train", "--root", str(root), "--limit", "4", "--scratch", "--backbone", "resnet18", "--size", "64x96",
-                 "--epochs", "1", "--decoder-channels", "8,8,8,8,8", "--out", str(run)]) == 0
+    assert main(["segment", "train", "--root", str(root), "--limit", "4", "--scratch", "--backbone", "resnet18",
+                 "--size", "64x96", "--epochs", "1", "--decoder-channels", "8,8,8,8,8", "--out", str(run)]) == 0
     capsys.readouterr()
     ev = tmp_path / "ev"
     assert main(["segment", "evaluate", str(run / "model.pt"), "--root", str(root), "--limit", "2", "--min-area", "200",

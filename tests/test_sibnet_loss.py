@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from testnets import SmallCNN
 
 from sibnet.errors import ConfigError
 from sibnet.losses import DEFAULT_LAMBDAS, SIBNetLoss
 from sibnet.models import build_classifier
-
-from testnets import SmallCNN
 
 METHODS = ["gradcam", "deep_taylor", "lrp_epsilon", "lrp_alpha_beta", "input_x_gradient"]
 README = Path(__file__).resolve().parents[1] / "README.md"

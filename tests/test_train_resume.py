@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from testnets import kill_child_at
 
 HERE = Path(__file__).resolve().parent

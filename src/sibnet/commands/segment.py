@@ -63,7 +63,8 @@ def register(subparsers) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="segment_command", metavar="ACTION")
     t = sub.add_parser("train", help="train a U-Net", epilog="examples:\n"
-                       "  sibnet segment train --root ../shared/data/glas --encoder-checkpoint runs/cls/best.pt --out runs/seg\n"
+                       "  sibnet segment train --root ../shared/data/glas --encoder-checkpoint runs/cls/best.pt "
+                       "--out runs/seg\n"
                        "  sibnet segment train --config configs/segment.yaml --scratch --out runs/seg-scratch",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--config", metavar="FILE", help="YAML file of settings (keys: the flags' long names)")

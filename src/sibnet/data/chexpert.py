@@ -148,7 +148,8 @@ class CheXpert(RecordDataset):
             raise ConfigError(f"chexpert: missing must be 'error' or 'skip', got {missing!r}")
         policy = parse_policy(uncertainty)
         release = find_release(root)
-        files = {"train": ["train.csv"], "valid": ["valid.csv"], "val": ["valid.csv"], "all": ["train.csv", "valid.csv"],
+        files = {"train": ["train.csv"], "valid": ["valid.csv"], "val": ["valid.csv"],
+                 "all": ["train.csv", "valid.csv"],
                  "test": ["test.csv"] if (release / "test.csv").is_file() else ["valid.csv"]}[split]
         rows, self.skipped = [], []
         for f in files:

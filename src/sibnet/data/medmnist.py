@@ -24,8 +24,8 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .base import DatasetInfo
-from .records import Record, RecordDataset, nonempty
 from .imageio import convert_channels
+from .records import Record, RecordDataset, nonempty
 from .transforms import resize_image
 
 SPLITS = ("train", "val", "test", "all")
@@ -115,7 +115,8 @@ class MedMNIST(RecordDataset):
             num_classes = width
         else:
             raise ConfigError(f"medmnist: task must be 'multiclass' or 'multilabel', got {task!r}")
-        names = tuple(class_names) if class_names else CLASS_NAMES.get(flag, tuple(f"class_{i}" for i in range(num_classes)))
+        names = (tuple(class_names) if class_names
+                 else CLASS_NAMES.get(flag, tuple(f"class_{i}" for i in range(num_classes))))
         if len(names) != num_classes:
             names = tuple(f"class_{i}" for i in range(num_classes))
         records = [Record(id=ids[i], patient=ids[i], label=onehot[i], where=f"{npz.name} {ids[i]}")

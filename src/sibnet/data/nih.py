@@ -160,8 +160,8 @@ class NIHChestXray(RecordDataset):
         self.boxes = read_boxes(bbox) if bbox is not None else {}
         info = DatasetInfo(name="nih", class_names=names, task="multilabel", in_channels=channels,
                            has_masks=bbox is not None,
-                           extra={"label_set": label_set, "labels_csv": str(entry), "boxes": str(bbox) if bbox else None,
-                                  "rows_without_image": self.missing_rows})
+                           extra={"label_set": label_set, "labels_csv": str(entry),
+                                  "boxes": str(bbox) if bbox else None, "rows_without_image": self.missing_rows})
         super().__init__(records, info, root=root, image_size=image_size, channels=channels, split=split, **common)
 
     def masks(self, i, arrays):

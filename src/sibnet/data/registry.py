@@ -124,7 +124,8 @@ def build_dataset(name: str, *, root=None, split: str = "train", image_size=128,
         return cls(split=part, **kwargs)
 
     if fold is None:
-        if split == "val" and not synthetic and "val" not in getattr(importlib.import_module(cls.__module__), "SPLITS", ("val",)):
+        if (split == "val" and not synthetic
+                and "val" not in getattr(importlib.import_module(cls.__module__), "SPLITS", ("val",))):
             raise ConfigError(f"dataset {name!r} has no official 'val' split; pass fold=0..{folds - 1} for a "
                               f"patient-wise {100 - 100 // folds}/{100 // folds} train/val split of its training pool")
         ds = make(split)

@@ -12,8 +12,9 @@ Conventions
   the image in ``[0, 1]``. Since every step after the sum is pointwise, a finding changes the
   image only where its field is non-zero.
 * A finding's mask is where its density (its opacity relative to its full strength, in [0, 1])
-  exceeds ``MASK_FRACTION`` (its "material" extent); the Cardiomegaly mask is the whole (enlarged) heart silhouette (heart
-  membership above ``MASK_FRACTION``), which contains the normal heart of the same patient.
+  exceeds ``MASK_FRACTION`` (its "material" extent); the Cardiomegaly mask is the whole (enlarged)
+  heart silhouette (heart membership above ``MASK_FRACTION``), which contains the normal heart of
+  the same patient.
 * A present finding is always visible: one that an enlarged heart would hide entirely is drawn
   in the other lung instead.
 * Each case is a pure function of an integer key: separate random streams draw the anatomy,
@@ -25,8 +26,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from .synth_fields import (Frame, bump, ellipse_radius, fourier_field, inside, key_rng, segment_distance,
-                           smoothstep, triangle_distance)
+from .synth_fields import (
+    Frame,
+    bump,
+    ellipse_radius,
+    fourier_field,
+    inside,
+    key_rng,
+    segment_distance,
+    smoothstep,
+    triangle_distance,
+)
 
 CLASS_NAMES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 MASK_FRACTION = 0.1
@@ -230,7 +240,8 @@ def finding_density(name: str, p: dict, f: dict, case: dict) -> np.ndarray:
 
 
 def render(case: dict, size: int):
-    """Render a case: ``(image (size, size) uint8, masks (5, size, size) bool, parts)`` where ``parts`` holds the boolean ``heart`` and ``thorax`` regions."""
+    """Render a case: ``(image (size, size) uint8, masks (5, size, size) bool, parts)`` where ``parts``
+    holds the boolean ``heart`` and ``thorax`` regions."""
     f = anatomy_fields(case, size)
     A = f["A"].copy()
     masks = np.zeros((len(CLASS_NAMES), size, size), dtype=bool)

@@ -87,7 +87,8 @@ def resolve_prevalence(prevalence) -> dict[str, float]:
         return out
     if isinstance(prevalence, (int, float)) and not isinstance(prevalence, bool) and prevalence >= 0:
         return {k: min(1.0, v * float(prevalence)) for k, v in DEFAULT_PREVALENCE.items()}
-    raise ConfigError(f"SyntheticChestXray: prevalence must be None, a dict or a non-negative number, got {prevalence!r}")
+    raise ConfigError(f"SyntheticChestXray: prevalence must be None, a dict or a non-negative number, "
+                      f"got {prevalence!r}")
 
 
 def sample_labels(seed: int, split: str, n: int, prevalence: dict, uncertain_rate: float,

@@ -16,8 +16,8 @@ from sibnet.evaluation.agreement import binarise_convex_hull, saliency_agreement
 from sibnet.evaluation.batchnorm import BN_STATS, recalibrate_batchnorm
 from sibnet.evaluation.classification import classification_metrics, mean_auroc, to_rows
 from sibnet.evaluation.distinctiveness import map_distinctiveness
-from sibnet.evaluation.marks import marks_region, marks_share
 from sibnet.evaluation.glas import glas_dataset_scores, glas_scores, label_instances
+from sibnet.evaluation.marks import marks_region, marks_share
 from sibnet.evaluation.overlap import dice, hausdorff, hd95
 from sibnet.evaluation.probes import PROBES, evaluate_probes
 from sibnet.evaluation.robustness import DEFAULT_SIGMAS, add_gaussian_noise

@@ -1,4 +1,4 @@
-"""Agreement of saliency maps with expert masks (DESIGN decision 9, the paper's Table 3).
+"""Agreement of saliency maps with expert masks (the paper's Table 3; the reading is written out below).
 
 Each map is binarised by the convex hull of its above-threshold pixels, then compared with the
 expert mask by Dice, HD95 and SSIM.

@@ -1,13 +1,13 @@
 """How alike the K class maps of an image are: the quantity L_CD trains down, as a diagnostic.
 
 For each image, with every map normalised as before the losses (ReLU, divided by its maximum;
-DESIGN decision 2):
+docs/design.md, Losses: 'Normalisation'):
 
 ``map_cosine``        the mean over class pairs of the cosine similarity of the two maps themselves
                       (flattened pixels);
 ``embedding_cosine``  the mean over class pairs of the cosine similarity of their embeddings by the
                       model's own encoder (pooled penultimate features, BatchNorm in eval mode, maps
-                      resized to ``embed_size`` as in training): L_CD of DESIGN decision 3.
+                      resized to ``embed_size`` as in training): L_CD (docs/design.md, Losses: 'L_CD').
 
 1 means the classes' maps are alike (for L_CD: alike to the encoder), 0 unrelated. Both are reported
 as the mean and sd over images. A map that is zero everywhere has cosine 0 with every other map

@@ -11,7 +11,8 @@ intensity normalisation gives the same region. A pixel is in the region when the
 the scaled image (scikit-image ``white_tophat`` with a square footprint of side ``2 * footprint + 1``:
 the image minus its grey-level opening) exceeds ``threshold``, i.e. it is at least ``threshold``
 brighter than what remains after removing every bright structure into which the square does not
-fit (with ``footprint=1``, lines and strokes up to 2 pixels wide, the crossing of a "+" included). ``dilate`` widens the region by that many pixels (``disk``).
+fit (with ``footprint=1``, lines and strokes up to 2 pixels wide, the crossing of a "+" included).
+``dilate`` widens the region by that many pixels (``disk``).
 Besides the marks, the region holds thin bright echoes of the tissue itself; on BUSI at 128 px
 with the defaults the region covers about 0.8 % of an image on average (at most about 3 %) and
 about 0.6 % of a lesion mask (every third image of the shared copy).
@@ -70,7 +71,8 @@ def marks_region(image, footprint: int = FOOTPRINT, threshold: float = THRESHOLD
     return region
 
 
-def marks_share(maps, images, labels=None, *, footprint: int = FOOTPRINT, threshold: float = THRESHOLD, dilate: int = 0) -> dict:
+def marks_share(maps, images, labels=None, *, footprint: int = FOOTPRINT, threshold: float = THRESHOLD,
+                dilate: int = 0) -> dict:
     """Share of each map's positive mass on the marks region of its image.
 
     ``maps`` (N, K, H, W), ``images`` (N, C, H, W) of the same size (normalised or not). With

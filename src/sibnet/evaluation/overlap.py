@@ -94,7 +94,7 @@ def _crop(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     idx = np.argwhere(a | b)
     lo = np.maximum(idx.min(0) - 1, 0)
     hi = idx.max(0) + 2
-    sl = tuple(slice(int(l), int(h)) for l, h in zip(lo, hi))
+    sl = tuple(slice(int(low), int(high)) for low, high in zip(lo, hi))
     return a[sl], b[sl]
 
 

@@ -24,7 +24,8 @@ DEFAULT_SIGMAS: tuple[float, ...] = (0.0, 0.005, 0.01, 0.05, 0.1)
 
 def add_gaussian_noise(images, sigma: float, seed: int = 0):
     """``clip(images + N(0, sigma^2), 0, 1)``; same type, dtype and device as ``images``."""
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.number)) or not math.isfinite(sigma) or sigma < 0:
+    if (isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.number)) or not math.isfinite(sigma)
+            or sigma < 0):
         raise DataError(f"argument 'sigma' must be a finite number >= 0, got {sigma!r}")
     is_tensor = isinstance(images, torch.Tensor)
     x = images if is_tensor else torch.as_tensor(np.asarray(images))

@@ -51,6 +51,11 @@ def _all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
 class LossBalance(nn.Module):
     """The normalisers of the terms ``wce``, ``cd``, ``sc`` (see the module doc)."""
 
+    # buffers (register_buffer), one entry per term of TERM_NAMES
+    scale: torch.Tensor
+    running: torch.Tensor
+    count: torch.Tensor
+
     def __init__(self, mode: str = "none", momentum: float = LossOptions.balance_momentum):
         super().__init__()
         check_option("balance", mode)

@@ -150,8 +150,8 @@ def class_weights_from_labels(labels, task: str = "multilabel",
             raise DataError("labels: single-label rows must be one-hot (one 1, the rest 0) or contain nan")
         counts = rows.sum(axis=0)
         seen = counts > 0
-        for c in np.flatnonzero(~seen):
-            warnings.warn(f"{names[c]}: never occurs in the training labels; its weight is set to 1.0",
+        for absent in np.flatnonzero(~seen):
+            warnings.warn(f"{names[absent]}: never occurs in the training labels; its weight is set to 1.0",
                           stacklevel=2)
         if seen.any():
             inverse = 1.0 / counts[seen]

@@ -26,11 +26,14 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 def check_reduction(reduction: str) -> None:
+    """ConfigError unless ``reduction`` is one of :data:`REDUCTIONS` ("mean", "sum" or "none")."""
     if reduction not in REDUCTIONS:
         raise ConfigError(f"reduction: expected one of {', '.join(REDUCTIONS)}, got {reduction!r}")
 
 
 def reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    """``values`` reduced by ``reduction``: their mean ("mean"), their sum ("sum"), or themselves
+    unchanged (any other value, e.g. "none")."""
     if reduction == "mean":
         return values.mean()
     if reduction == "sum":

@@ -109,6 +109,11 @@ class SIBNetLoss(nn.Module):
     detached "logits".
     """
 
+    # set in __init__: the model (held without registering it as a submodule) and the class-weight
+    # buffer (register_buffer) or None
+    model: nn.Module
+    class_weight: torch.Tensor | None
+
     def __init__(self, model: nn.Module, options: LossOptions | None = None, *, task: str = "multilabel",
                  class_weight=None, **overrides):
         super().__init__()
@@ -124,7 +129,8 @@ class SIBNetLoss(nn.Module):
         object.__setattr__(self, "model", model)
         self.options, self.task = o, task
         self.method = None if o.saliency is None or not (o.use_cd or o.use_sc) else saliency_pkg.get(o.saliency)
-        default = DEFAULT_LAMBDAS.get(o.saliency if isinstance(o.saliency, str) else None, FALLBACK_LAMBDAS)
+        default = DEFAULT_LAMBDAS.get(o.saliency, FALLBACK_LAMBDAS) if isinstance(o.saliency, str) \
+            else FALLBACK_LAMBDAS
         self.lambda_cd = float(default[0] if o.lambda_cd is None else o.lambda_cd)
         self.lambda_sc = float(default[1] if o.lambda_sc is None else o.lambda_sc)
         self.embed_size = o.embed_size
@@ -148,6 +154,8 @@ class SIBNetLoss(nn.Module):
     # ------------------------------------------------------------------------------------------
     def maps_and_logits(self, x: torch.Tensor):
         """``(logits, maps)`` from one forward pass; maps differentiable w.r.t. the parameters."""
+        if self.method is None:
+            raise ConfigError("SIBNetLoss.maps_and_logits: the baseline loss (saliency=None) computes no maps")
         forward = getattr(self.method, "forward_with_logits", None)
         if forward is not None:
             return forward(self.model, x, create_graph=True, **self.saliency_options)

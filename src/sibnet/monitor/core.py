@@ -90,7 +90,8 @@ def raw_scores(model: nn.Module, data, task: str, *, method=DEFAULT_METHOD, opti
     if not parts:
         raise ConfigError("monitor: no images to score")
     out: dict = {k: (torch.cat(v) if k == "maps" else np.concatenate(v)) for k, v in parts.items()}
-    out["labels"] = None if any(lab is None for lab in labels) else np.concatenate([lab for lab in labels if lab is not None])
+    out["labels"] = (None if any(lab is None for lab in labels)
+                     else np.concatenate([lab for lab in labels if lab is not None]))
     out["ids"] = ids
     return out
 

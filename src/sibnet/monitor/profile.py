@@ -47,6 +47,7 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def file_sha256(path: str | Path) -> str:
+    """sha256 hex digest of the bytes of the file at ``path``."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -55,11 +56,14 @@ def file_sha256(path: str | Path) -> str:
 
 
 def encode_array(a: np.ndarray) -> dict:
+    """A JSON-ready dict of ``a`` as float32: its ``shape``, ``dtype`` ("float32") and its C-order
+    bytes in ``base64``; :func:`decode_array` reads it back."""
     a = np.ascontiguousarray(a, dtype=np.float32)
     return {"shape": list(a.shape), "dtype": "float32", "base64": base64.b64encode(a.tobytes()).decode("ascii")}
 
 
 def decode_array(d: dict) -> np.ndarray:
+    """The float64 array of a dict written by :func:`encode_array`; SibnetError if it is malformed."""
     try:
         return np.frombuffer(base64.b64decode(d["base64"]), dtype=np.float32).reshape(d["shape"]).astype(np.float64)
     except (KeyError, TypeError, ValueError) as exc:
@@ -68,6 +72,9 @@ def decode_array(d: dict) -> np.ndarray:
 
 @dataclass
 class Profile:
+    """The reference profile of a monitored model, its fields as described in the module docstring;
+    :meth:`save`/:meth:`load` write and read it as JSON."""
+
     fingerprint: str
     method: str
     options: dict

@@ -2,7 +2,8 @@
 
 A shift is written ``KIND:VALUE``:
 
-``noise:S``       Gaussian noise of sd S on the [0, 1] image, clipped (:func:`sibnet.evaluation.robustness.add_gaussian_noise`)
+``noise:S``       Gaussian noise of sd S on the [0, 1] image, clipped
+                  (:func:`sibnet.evaluation.robustness.add_gaussian_noise`)
 ``blur:S``        Gaussian blur of sd S pixels over the spatial axes (``scipy.ndimage.gaussian_filter``,
                   reflected border, truncated at 4 sd)
 ``contrast:F``    contrast scaled by F around the image's mean intensity: ``mean + F (x - mean)``, clipped to [0, 1]
@@ -26,6 +27,7 @@ IMAGE_SHIFTS = ("noise", "blur", "contrast", "gamma")
 
 
 def parse_shift(text: str) -> tuple[str, str]:
+    """The ``(kind, value)`` strings of a ``KIND:VALUE`` shift; ConfigError if either is missing."""
     kind, sep, value = str(text).partition(":")
     if not sep or not kind or not value:
         raise ConfigError(f"shift {text!r}: expected KIND:VALUE, e.g. noise:0.05")

@@ -176,7 +176,8 @@ def run_demo(out: str | Path = "runs/demo", plan: DemoPlan = DemoPlan(), progres
     runs = {"baseline": None, "SIBNet": plan.method}
     summaries, results, models = {}, {}, {}
     for name, saliency in runs.items():
-        log(f"training {name} ({'weighted BCE only' if saliency is None else 'weighted BCE + L_CD + L_SC, ' + saliency})")
+        log(f"training {name} "
+            f"({'weighted BCE only' if saliency is None else 'weighted BCE + L_CD + L_SC, ' + saliency})")
         summaries[name] = train_one(plan, saliency, out / name.lower(), datasets, progress)
         log(f"  {name}: {summaries[name]['seconds']:.0f} s, best validation AUROC "
             f"{summaries[name]['best_val_auroc']:.3f} (epoch {summaries[name]['best_epoch']})")

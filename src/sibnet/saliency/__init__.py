@@ -47,7 +47,8 @@ def _public(name: str, forward: Callable, doc: str) -> SaliencyMethod:
 
     method.__name__ = method.__qualname__ = name
     method.__doc__ = doc
-    method.forward_with_logits = forward
+    # a function attribute, which mypy does not model on the functools.wraps result
+    setattr(method, "forward_with_logits", forward)
     _REGISTRY[name] = method
     return method
 

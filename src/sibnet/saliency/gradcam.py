@@ -86,7 +86,7 @@ def features_forward(model: nn.Module, x: torch.Tensor, layer=None):
             raise SibnetError(f"could not find a global pooling in {type(model).__name__}.forward; "
                               "pass layer= (a module or its dotted name) to choose the feature map")
         return logits, watcher.features
-    captured = {}
+    captured: dict[str, torch.Tensor] = {}
     handle = _resolve_layer(model, layer).register_forward_hook(lambda m, i, o: captured.__setitem__("a", o))
     try:
         logits = model(x)

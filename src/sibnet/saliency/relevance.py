@@ -64,7 +64,8 @@ class RelevanceMode(TorchFunctionMode):
         super().__init__()
         self.rule = rule
         self.switch = RelevanceSwitch() if switch is None else switch
-        self._relus = {}  # id(ReLU output) -> (output, ReluUse), for this forward pass only
+        # id(ReLU output) -> (output, ReluUse), for this forward pass only
+        self._relus: dict[int, tuple[torch.Tensor, ReluUse]] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -138,7 +138,9 @@ class RelevanceRule:
 
         Args:
             op: the layer's geometry.
-            x, weight, bias: the layer's input and parameters (``bias`` may be None).
+            x: the layer's input.
+            weight: the layer's weight.
+            bias: the layer's bias, or None for a layer without one.
             y: the layer's output where :attr:`reads_output`, else None.
             r_out: the relevance of ``y``, K tensors stacked on the batch (``K * B`` rows).
             nonneg: ``x`` is known to have no negative values.
@@ -254,8 +256,14 @@ def Rule(kind: str = "zplus", *, eps: float = 1e-6, stabilizer: float = 1e-12, a
         kind: "zplus", "epsilon" or "alpha_beta".
         eps: :attr:`Epsilon.eps`.
         stabilizer: :attr:`ZPlus.stabilizer` and :attr:`AlphaBeta.stabilizer`.
-        alpha, beta: :attr:`AlphaBeta.alpha`, :attr:`AlphaBeta.beta`.
-        norm, add_eps, recompute: as :class:`RelevanceRule`.
+        alpha: :attr:`AlphaBeta.alpha`, the weight of the positive contributions.
+        beta: :attr:`AlphaBeta.beta`, the weight of the negative contributions.
+        norm: :attr:`RelevanceRule.norm`: "pass" (relevance crosses batch normalisation unchanged)
+            or "affine" (the rule's :meth:`~RelevanceRule.affine_norm` on the layer's affine map).
+        add_eps: :attr:`RelevanceRule.add_eps`, the stabiliser of the proportional split at
+            residual additions.
+        recompute: :attr:`RelevanceRule.recompute`: "none", "pointwise" or "all", which layers'
+            transposed pass the second-order backward recomputes instead of keeping.
 
     Raises:
         ValueError: for an unknown ``kind`` or ``recompute``.

@@ -49,7 +49,8 @@ def train_segmenter(net: nn.Module, images: torch.Tensor, masks: torch.Tensor, *
 
     ``images`` (N, C, h, w) float, ``masks`` (N, h, w) int64 class indices.
     """
-    if images.ndim != 4 or masks.ndim != 3 or images.shape[0] != masks.shape[0] or images.shape[-2:] != masks.shape[-2:]:
+    if (images.ndim != 4 or masks.ndim != 3 or images.shape[0] != masks.shape[0]
+            or images.shape[-2:] != masks.shape[-2:]):
         raise DataError(f"images (N, C, h, w) and masks (N, h, w) must agree, got {tuple(images.shape)} and "
                         f"{tuple(masks.shape)}")
     if int(epochs) < 1 or int(batch_size) < 1 or not lr > 0:
