@@ -20,6 +20,7 @@ from pathlib import Path
 from ..config import BN_STATS
 from ..errors import SibnetError
 from ..saliency.contrast import CONTRASTS
+from .arguments import add_checkpoint_data
 
 
 def register(subparsers) -> None:
@@ -36,10 +37,7 @@ def register(subparsers) -> None:
         epilog="examples:\n"
         "  sibnet evaluate --checkpoint runs/sibnet/best.pt\n"
         "  sibnet evaluate --checkpoint runs/nih/best.pt --root ../shared/data/nih-cxr14 --split test --method none")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint written by sibnet train")
-    p.add_argument("--dataset", default=None, help="dataset name (default: the checkpoint's)")
-    p.add_argument("--root", default=None, help="dataset folder (default: the checkpoint's)")
-    p.add_argument("--split", default="test", help="split to evaluate (default test)")
+    add_checkpoint_data(p, "test", "split to evaluate")
     p.add_argument("--method", default="deep_taylor",
                    help="saliency method for the agreement and the class distinctiveness (default deep_taylor; "
                         "'none' skips both)")

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SibnetError
+from .arguments import add_checkpoint
 
 
 def register(subparsers) -> None:
@@ -28,7 +29,7 @@ def register(subparsers) -> None:
         epilog="examples:\n"
         "  sibnet explain --checkpoint runs/sibnet/best.pt xray1.png xray2.dcm\n"
         "  sibnet explain --checkpoint runs/sibnet/best.pt --method gradcam --out overlays scans/*.jpg")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint written by sibnet train")
+    add_checkpoint(p)
     p.add_argument("--method", default="deep_taylor",
                    help="saliency method (default deep_taylor; gradcam, lrp_epsilon, lrp_alpha_beta, "
                         "input_x_gradient)")

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, SibnetError
 from ..files import atomic_write_text
+from .arguments import add_checkpoint_data
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"}
 
@@ -51,10 +52,7 @@ def register(subparsers) -> None:
                        description="Score the in-distribution images (default: the checkpoint's dataset, split "
                        "val) and store the reference profile as JSON (checkpoint fingerprint, saliency method, "
                        "image size and channels, reference scores).")
-    f.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint written by sibnet train")
-    f.add_argument("--dataset", default=None, help="dataset name (default: the checkpoint's)")
-    f.add_argument("--root", default=None, help="dataset folder (default: the checkpoint's)")
-    f.add_argument("--split", default="val", help="split of in-distribution images (default val)")
+    add_checkpoint_data(f, "val", "split of in-distribution images")
     f.add_argument("--method", default=DEFAULT_METHOD, help=f"saliency method (default {DEFAULT_METHOD})")
     f.add_argument("--score", default=None, choices=SCORES, help="score of the batch verdicts (default: "
                    "the package's DEFAULT_SCORE)")

@@ -50,6 +50,20 @@ def find_csv(root: Path) -> Path:
     return found[0]
 
 
+
+def _row_file(value: str, base: Path, what: str, missing: str, skipped: list) -> Path | None:
+    """The file a CSV cell names (relative paths from the CSV's folder ``base``). A missing file is a
+    DataError (``missing="error"``) or is noted in ``skipped`` and gives None (``missing="skip"``)."""
+    path = Path(value)
+    path = path if path.is_absolute() else base / path
+    if path.is_file():
+        return path
+    msg = f"{what} {path} not found"
+    if missing == "error":
+        raise DataError(msg)
+    skipped.append(msg)
+    return None
+
 class CSVDataset(RecordDataset):
     """Images and labels listed in a CSV; see the module doc for the columns."""
 
@@ -94,23 +108,13 @@ class CSVDataset(RecordDataset):
                 raise DataError(f"{where}, column 'split': unknown value {part!r} (expected train, val or test)")
             if not row["path"]:
                 raise DataError(f"{where}, column 'path': empty")
-            image = Path(row["path"])
-            image = image if image.is_absolute() else base / image
-            if not image.is_file():
-                msg = f"{where}, column 'path': image {image} not found"
-                if missing == "error":
-                    raise DataError(msg)
-                self.skipped.append(msg)
+            image = _row_file(row["path"], base, f"{where}, column 'path': image", missing, self.skipped)
+            if image is None:
                 continue
             mask = None
             if row.get("mask"):
-                mask = Path(row["mask"])
-                mask = mask if mask.is_absolute() else base / mask
-                if not mask.is_file():
-                    msg = f"{where}, column 'mask': mask {mask} not found"
-                    if missing == "error":
-                        raise DataError(msg)
-                    self.skipped.append(msg)
+                mask = _row_file(row["mask"], base, f"{where}, column 'mask': mask", missing, self.skipped)
+                if mask is None:
                     continue
             if task == "multiclass":
                 v = row[label_cols[0]]
