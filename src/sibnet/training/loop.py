@@ -53,6 +53,7 @@ from ..config import Config
 from ..errors import SibnetError
 from ..evaluation.batchnorm import recalibrate_batchnorm
 from ..evaluation.classification import mean_auroc
+from ..evaluation.run import probabilities
 from .checkpoint import FORMAT, VERSION, save_checkpoint
 from .collapse import collapse_metrics, collapse_warning
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, sync_buffers
@@ -254,7 +255,9 @@ def train_step(run: Run, batch: dict, unlabeled: dict | None = None) -> dict[str
 @torch.no_grad()
 def predict(model: nn.Module, loader, device: torch.device, task: str,
             amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Probabilities (sigmoid for multilabel, softmax for multiclass) and labels, on the CPU."""
+    """Probabilities (:func:`sibnet.evaluation.run.probabilities`) and labels, on the CPU, of a (sharded)
+    loader under the run's autocast; :func:`sibnet.evaluation.run.predict` is the whole-dataset twin
+    with image ids that evaluation uses."""
     was_training = model.training
     model.eval()
     probs, labels = [], []
@@ -264,9 +267,7 @@ def predict(model: nn.Module, loader, device: torch.device, task: str,
             ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
             with ctx:
                 logits = model(x)
-            logits = logits.float()
-            p = torch.softmax(logits, 1) if task == "multiclass" else torch.sigmoid(logits)
-            probs.append(p.cpu())
+            probs.append(probabilities(logits, task).cpu())
             labels.append(batch["label"].float().cpu())
     finally:
         model.train(was_training)
