@@ -151,6 +151,118 @@ def _interval(samples: list[float], ci: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _check_options(class_names: Sequence[str] | None, k: int, n_boot: int, ci: float) -> tuple[list[str], int]:
+    """Check the options of :func:`classification_metrics` for ``k`` labels.
+
+    Returns:
+        The class names as strings (``class_0``, ``class_1``, ... when none are given) and ``n_boot`` as an int.
+
+    Raises:
+        DataError: When there are not ``k`` names or two are the same, ``ci`` is not in (0, 1) or ``n_boot`` is not
+            a non-negative integer.
+    """
+    if class_names is None:
+        class_names = [f"class_{j}" for j in range(k)]
+    names = [str(c) for c in class_names]
+    if len(names) != k:
+        raise DataError(f"argument 'class_names' has {len(names)} names but 'probs' has {k} columns")
+    if len(set(names)) != k:
+        raise DataError("argument 'class_names' has duplicate names")
+    if not 0 < ci < 1:
+        raise DataError(f"argument 'ci' must be in (0, 1), got {ci!r}")
+    if int(n_boot) != n_boot or n_boot < 0:
+        raise DataError(f"argument 'n_boot' must be a non-negative integer, got {n_boot!r}")
+    return names, int(n_boot)
+
+
+def _undefined_notes(y: np.ndarray, valid: np.ndarray, class_names: list[str]) -> tuple[list[str], list[str]]:
+    """Say why each label that has no point estimate (``valid`` False) has none.
+
+    Returns:
+        The note of each label (empty where it has a value) and, in label order, the same notes prefixed by the
+        label's name.
+    """
+    notes: list[str] = []
+    per_label_notes = [""] * len(class_names)
+    for j in np.flatnonzero(~valid):
+        yj = y[~np.isnan(y[:, j]), j]
+        what = "no labelled images" if yj.size == 0 else f"only class {int(yj[0])} present"
+        per_label_notes[j] = f"{what}: AUROC and AUPRC undefined"
+        notes.append(f"label {class_names[j]!r}: {per_label_notes[j]}")
+    return per_label_notes, notes
+
+
+def _bootstrap(
+    p: np.ndarray, y: np.ndarray, valid: np.ndarray, n_boot: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """AUROC and AP of the ``valid`` labels in ``n_boot`` resamples of the images.
+
+    Resamples are drawn from ``numpy.random.default_rng(seed)`` 256 at a time, which bounds the memory to a
+    (256, N) array of counts.
+
+    Returns:
+        Two (n_boot, K) arrays, AUROC and AP: ``nan`` for a label not in ``valid`` and where a resample has one
+        class only.
+    """
+    n, k = p.shape
+    rng = np.random.default_rng(seed)
+    boot_a = np.full((n_boot, k), np.nan)
+    boot_b = np.full((n_boot, k), np.nan)
+    for start in range(0, n_boot, 256):
+        size = min(256, n_boot - start)
+        idx = rng.integers(0, n, size=(size, n))
+        counts = np.zeros((size, n), dtype=np.int64)
+        np.add.at(counts, (np.arange(size)[:, None], idx), 1)
+        for j in np.flatnonzero(valid):
+            keep = ~np.isnan(y[:, j])
+            a, b = weighted_auroc_ap(p[keep, j], y[keep, j], counts[:, keep])
+            boot_a[start : start + size, j], boot_b[start : start + size, j] = a, b
+    return boot_a, boot_b
+
+
+def _num(x: float | None) -> float | None:
+    """``x`` as a float; ``None`` (JSON ``null``) when it is missing or not finite."""
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _ci(samples: list[float], ci: float) -> list[float | None]:
+    """``[lo, hi]`` percentile interval of ``samples`` at level ``ci``; ``None`` ends when there are no samples."""
+    return [_num(v) for v in _interval(samples, ci)]
+
+
+def _finite(column: np.ndarray) -> list[float]:
+    """The finite values of one column of bootstrap estimates (the resamples in which the label is defined)."""
+    return column[np.isfinite(column)].tolist()
+
+
+def _mean_entry(
+    auroc: np.ndarray, ap: np.ndarray, valid: np.ndarray, boot_a: np.ndarray, boot_b: np.ndarray, ci: float
+) -> dict:
+    """The ``mean`` entry: means over the ``valid`` labels, with intervals from the resamples that define them all."""
+    n_boot = boot_a.shape[0]
+    all_defined = np.isfinite(boot_a[:, valid]).all(axis=1) if valid.any() else np.zeros(n_boot, bool)
+    boot_mean_auroc = boot_a[all_defined][:, valid].mean(axis=1).tolist()
+    boot_mean_ap = boot_b[all_defined][:, valid].mean(axis=1).tolist()
+    return {
+        "auroc": _num(float(auroc[valid].mean())) if valid.any() else None,
+        "auroc_ci": _ci(boot_mean_auroc, ci),
+        "auprc": _num(float(ap[valid].mean())) if valid.any() else None,
+        "auprc_ci": _ci(boot_mean_ap, ci),
+        "n_labels": int(valid.sum()),
+        "n_boot_used": len(boot_mean_auroc),
+    }
+
+
+def _skip_notes(per_label: dict, valid: np.ndarray, n_boot: int) -> list[str]:
+    """One note for each ``valid`` label that some resamples had to skip (one class only in them)."""
+    notes = []
+    for j, (name, entry) in enumerate(per_label.items()):
+        used = entry["n_boot_used"]
+        if valid[j] and n_boot and used < n_boot:
+            notes.append(f"label {name!r}: {n_boot - used} of {n_boot} resamples had one class only and were skipped")
+    return notes
+
+
 def classification_metrics(
     probs,
     labels,
@@ -174,78 +286,30 @@ def classification_metrics(
     """
     p, y = as_arrays(probs, labels)
     n, k = p.shape
-    if class_names is None:
-        class_names = [f"class_{j}" for j in range(k)]
-    class_names = [str(c) for c in class_names]
-    if len(class_names) != k:
-        raise DataError(f"argument 'class_names' has {len(class_names)} names but 'probs' has {k} columns")
-    if len(set(class_names)) != k:
-        raise DataError("argument 'class_names' has duplicate names")
-    if not 0 < ci < 1:
-        raise DataError(f"argument 'ci' must be in (0, 1), got {ci!r}")
-    if int(n_boot) != n_boot or n_boot < 0:
-        raise DataError(f"argument 'n_boot' must be a non-negative integer, got {n_boot!r}")
-    n_boot = int(n_boot)
+    class_names, n_boot = _check_options(class_names, k, n_boot, ci)
 
     auroc, ap = _per_label(p, y)
     valid = np.isfinite(auroc)
-    notes: list[str] = []
-    per_label_notes = [""] * k
-    for j in range(k):
-        if not valid[j]:
-            yj = y[~np.isnan(y[:, j]), j]
-            what = "no labelled images" if yj.size == 0 else f"only class {int(yj[0])} present"
-            per_label_notes[j] = f"{what}: AUROC and AUPRC undefined"
-            notes.append(f"label {class_names[j]!r}: {per_label_notes[j]}")
-
-    rng = np.random.default_rng(seed)
-    boot_a = np.full((n_boot, k), np.nan)
-    boot_b = np.full((n_boot, k), np.nan)
-    for start in range(0, n_boot, 256):  # bounded memory: (chunk, N) counts at a time
-        size = min(256, n_boot - start)
-        idx = rng.integers(0, n, size=(size, n))
-        counts = np.zeros((size, n), dtype=np.int64)
-        np.add.at(counts, (np.arange(size)[:, None], idx), 1)
-        for j in np.flatnonzero(valid):
-            keep = ~np.isnan(y[:, j])
-            a, b = weighted_auroc_ap(p[keep, j], y[keep, j], counts[:, keep])
-            boot_a[start : start + size, j], boot_b[start : start + size, j] = a, b
-    boot_auroc = [boot_a[np.isfinite(boot_a[:, j]), j].tolist() for j in range(k)]
-    boot_ap = [boot_b[np.isfinite(boot_b[:, j]), j].tolist() for j in range(k)]
-    all_defined = np.isfinite(boot_a[:, valid]).all(axis=1) if valid.any() else np.zeros(n_boot, bool)
-    boot_mean_auroc = boot_a[all_defined][:, valid].mean(axis=1).tolist()
-    boot_mean_ap = boot_b[all_defined][:, valid].mean(axis=1).tolist()
-
-    def num(x: float):
-        return None if x is None or not math.isfinite(x) else float(x)
+    per_label_notes, notes = _undefined_notes(y, valid, class_names)
+    boot_a, boot_b = _bootstrap(p, y, valid, n_boot, seed)
 
     per_label = {}
     for j, name in enumerate(class_names):
-        keep = ~np.isnan(y[:, j])
+        boot_auroc = _finite(boot_a[:, j])
         per_label[name] = {
-            "auroc": num(auroc[j]),
-            "auroc_ci": [num(v) for v in _interval(boot_auroc[j], ci)],
-            "auprc": num(ap[j]),
-            "auprc_ci": [num(v) for v in _interval(boot_ap[j], ci)],
-            "n": int(keep.sum()),
+            "auroc": _num(auroc[j]),
+            "auroc_ci": _ci(boot_auroc, ci),
+            "auprc": _num(ap[j]),
+            "auprc_ci": _ci(_finite(boot_b[:, j]), ci),
+            "n": int((~np.isnan(y[:, j])).sum()),
             "n_pos": int(np.nansum(y[:, j])),
-            "n_boot_used": len(boot_auroc[j]),
+            "n_boot_used": len(boot_auroc),
             "note": per_label_notes[j],
         }
-    mean = {
-        "auroc": num(float(auroc[valid].mean())) if valid.any() else None,
-        "auroc_ci": [num(v) for v in _interval(boot_mean_auroc, ci)],
-        "auprc": num(float(ap[valid].mean())) if valid.any() else None,
-        "auprc_ci": [num(v) for v in _interval(boot_mean_ap, ci)],
-        "n_labels": int(valid.sum()),
-        "n_boot_used": len(boot_mean_auroc),
-    }
+    mean = _mean_entry(auroc, ap, valid, boot_a, boot_b, ci)
     if not valid.any():
         notes.append("no label has both classes: mean AUROC and AUPRC undefined")
-    for j, name in enumerate(class_names):
-        used = per_label[name]["n_boot_used"]
-        if valid[j] and n_boot and used < n_boot:
-            notes.append(f"label {name!r}: {n_boot - used} of {n_boot} resamples had one class only and were skipped")
+    notes += _skip_notes(per_label, valid, n_boot)
     return {
         "n_images": int(n),
         "n_boot": n_boot,
