@@ -12,13 +12,13 @@ import torch
 
 from sibnet.data.base import DatasetInfo
 from sibnet.errors import SibnetError
+from sibnet.files import load_tensor_file
 from sibnet.models import build_classifier
 from sibnet.training.checkpoint import (
     FORMAT,
     VERSION,
     load_checkpoint,
     load_model_from_checkpoint,
-    load_tensor_file,
     model_meta,
     save_checkpoint,
 )

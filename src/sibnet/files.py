@@ -1,18 +1,27 @@
-"""Atomic file writes: a reader never sees a half-written file, and a crash leaves the old one.
+"""Atomic file writes: a reader never sees a half-written file, and a crash leaves the old one; safe
+reads of torch files.
 
 Every file that must survive a crash (checkpoints, ``metrics.csv``, job records, evaluation
 caches, tables, monitor profiles) is written through :func:`atomic_write`: the content goes to a
 temporary file ``.<name>.tmp-<pid>`` in the same folder, is fsynced, then ``os.replace``-d over
 the target, and the folder is fsynced so that the rename itself is durable.
+
+Torch files (checkpoints, pretrained weights) are read through :func:`load_tensor_file`:
+``torch.load(weights_only=True)``, so a file that carries pickled Python objects is refused, never
+executed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import shutil
+import zipfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
+
+import torch
 
 from .errors import SibnetError, first_line
 
@@ -88,4 +97,24 @@ def remove_stale_temporaries(folder: str | Path) -> None:
             leftover.unlink()
 
 
-__all__ = ["PREVIOUS_SUFFIX", "atomic_write", "atomic_write_text", "previous_path", "remove_stale_temporaries"]
+def load_tensor_file(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line :class:`SibnetError` messages.
+
+    A file whose unpickling needs anything beyond tensors and plain Python containers is refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SibnetError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = first_line(str(exc).split("WeightsUnpickler error:")[-1])
+        raise SibnetError(f"{path}: refused to load: the file carries pickled Python objects, not only "
+                          f"tensors and plain types ({detail}); it was not executed") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise SibnetError(f"{path}: not a readable torch file (truncated or corrupt?): "
+                          f"{first_line(str(exc))}") from None
+
+
+__all__ = ["PREVIOUS_SUFFIX", "atomic_write", "atomic_write_text", "load_tensor_file", "previous_path",
+           "remove_stale_temporaries"]

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import SibnetError
+from ..files import load_tensor_file
 
 _DENSE_LAYER = re.compile(
     r"^(.*denselayer\d+)\.(norm|relu|conv)\.?([12])\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
@@ -51,8 +52,6 @@ def torchvision_to_monai(key: str, arch: str) -> str:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a local file (safe load; wrappers and ``module.`` prefixes removed)."""
-    from ..training.checkpoint import load_tensor_file
-
     obj = load_tensor_file(path)
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

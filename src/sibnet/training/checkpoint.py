@@ -1,5 +1,5 @@
-"""Checkpoints: atomic saves (:func:`sibnet.files.atomic_write`), safe reads, and rebuilding a model from a
-checkpoint alone.
+"""Checkpoints: atomic saves (:func:`sibnet.files.atomic_write`), safe reads
+(:func:`sibnet.files.load_tensor_file`), and rebuilding a model from a checkpoint alone.
 
 A checkpoint is a dict of tensors and plain Python types (dict, list, tuple, str, int, float,
 bool, None); it is always read with ``torch.load(weights_only=True)``, so a file that carries
@@ -20,8 +20,6 @@ Layout written by :mod:`sibnet.training.loop`::
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +27,8 @@ import torch
 import torch.nn as nn
 
 from .. import __version__
-from ..errors import SibnetError, first_line
-from ..files import atomic_write
+from ..errors import SibnetError
+from ..files import atomic_write, load_tensor_file
 from ..models.classifier import build_classifier
 
 FORMAT = "sibnet-checkpoint"
@@ -42,25 +40,6 @@ def save_checkpoint(path: str | Path, payload: dict, keep_previous: bool = False
     """Write ``payload`` to ``path`` atomically (see :func:`sibnet.files.atomic_write`); ``keep_previous``
     keeps the checkpoint it replaces as ``<name>.prev.pt``."""
     return atomic_write(path, lambda fh: torch.save(payload, fh), keep_previous=keep_previous, what="checkpoint")
-
-
-def load_tensor_file(path: str | Path, map_location: Any = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)`` with one-line :class:`SibnetError` messages.
-
-    A file whose unpickling needs anything beyond tensors and plain Python containers is refused.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise SibnetError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        detail = first_line(str(exc).split("WeightsUnpickler error:")[-1])
-        raise SibnetError(f"{path}: refused to load: the file carries pickled Python objects, not only "
-                          f"tensors and plain types ({detail}); it was not executed") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise SibnetError(f"{path}: not a readable torch file (truncated or corrupt?): "
-                          f"{first_line(str(exc))}") from None
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
