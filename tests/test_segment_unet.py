@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from sibnet.errors import SibnetError
 from sibnet.models.classifier import build_classifier
-from sibnet.models.unet import build_unet, unet_from_checkpoint
-from sibnet.segmentation.train import train_segmenter
+from sibnet.models.unet import build_unet
+from sibnet.segmentation.train import train_segmenter, unet_from_checkpoint
 from sibnet.training.checkpoint import FORMAT, VERSION, model_meta, save_checkpoint
 
 SMALL = (16, 8, 8, 8, 4)  # small decoder for speed

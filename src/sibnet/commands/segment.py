@@ -132,9 +132,9 @@ def run_train(args) -> int:
     import torch
     import yaml
 
-    from ..models.unet import build_unet, unet_from_checkpoint
+    from ..models.unet import build_unet
     from ..segmentation.data import class_weights, load_samples, prepare
-    from ..segmentation.train import save_segmenter, train_segmenter
+    from ..segmentation.train import save_segmenter, train_segmenter, unet_from_checkpoint
 
     s = _settings(args)
     if not s["out"]:

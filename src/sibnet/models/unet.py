@@ -1,8 +1,8 @@
 """A U-Net whose encoder is a classifier backbone (section 2.1.4 of the paper: UNet_SIBNet).
 
 The encoder is the convolutional part of a classifier from :func:`sibnet.models.build_classifier`
-(or of a classifier checkpoint); the decoder is new. Skip connections come from the backbone's
-stages, at strides 2, 4, 8, 16 and 32 of the input:
+(or of a classifier checkpoint: :func:`sibnet.segmentation.train.unet_from_checkpoint`); the decoder
+is new. Skip connections come from the backbone's stages, at strides 2, 4, 8, 16 and 32 of the input:
 
 * DenseNet-121 (MONAI ``features``): after ``relu0`` (64 channels), ``denseblock1`` (256),
   ``denseblock2`` (512), ``denseblock3`` (1024) and the final ``norm5`` followed by the ReLU that
@@ -27,8 +27,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError, SibnetError
+from .classifier import build_classifier
 
-__all__ = ["EncoderUNet", "build_unet", "unet_from_checkpoint", "encoder_channels", "BACKBONES"]
+__all__ = ["EncoderUNet", "build_unet", "encoder_channels", "BACKBONES"]
 
 BACKBONES = ("densenet121", "resnet18", "resnet50", "resnet101")
 DEFAULT_DECODER = (256, 128, 64, 32, 16)
@@ -172,26 +173,9 @@ def build_unet(backbone: str = "densenet121", in_channels: int = 3, *, out_chann
                freeze_encoder: bool = True, classifier: nn.Module | None = None,
                decoder_channels=DEFAULT_DECODER) -> EncoderUNet:
     """A U-Net on ``classifier``'s backbone, or on a freshly initialised classifier when it is None."""
-    from .classifier import build_classifier
-
     if classifier is None:
         if backbone.lower() not in BACKBONES:
             raise ConfigError(f"unet: unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
         classifier = build_classifier(backbone, in_channels, 2)
     return EncoderUNet(classifier, backbone, in_channels, out_channels=out_channels,
                        freeze_encoder=freeze_encoder, decoder_channels=decoder_channels)
-
-
-def unet_from_checkpoint(path, *, out_channels: int = 2, freeze_encoder: bool = True,
-                         decoder_channels=DEFAULT_DECODER) -> tuple[EncoderUNet, dict]:
-    """A U-Net whose encoder is the classifier stored in checkpoint ``path`` (from ``sibnet train``);
-    returns ``(unet, the classifier's meta)``."""
-    from ..training.checkpoint import load_model_from_checkpoint
-
-    classifier, meta = load_model_from_checkpoint(path)
-    name = str(meta["model_name"]).lower()
-    if name not in BACKBONES:
-        raise ConfigError(f"{path}: classifier {name!r} cannot serve as a U-Net encoder")
-    net = EncoderUNet(classifier, name, int(meta["in_channels"]), out_channels=out_channels,
-                      freeze_encoder=freeze_encoder, decoder_channels=decoder_channels)
-    return net, meta

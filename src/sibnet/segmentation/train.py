@@ -1,4 +1,5 @@
-"""Training of a segmentation network on in-memory tensors, and its checkpoint.
+"""Training of a segmentation network on in-memory tensors, and its checkpoint; a U-Net on the
+encoder of a classifier checkpoint (:func:`unet_from_checkpoint`).
 
 Loss: MONAI ``DiceCELoss(to_onehot_y=True, softmax=True, weight=w)``: class-weighted cross
 entropy plus (class-weighted) soft Dice over background and gland, both with weight 1; ``w`` are
@@ -20,10 +21,11 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError, DataError
-from ..training.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
+from ..errors import ConfigError, DataError, SibnetError
+from ..models.unet import BACKBONES, DEFAULT_DECODER, EncoderUNet, build_unet
+from ..training.checkpoint import FORMAT, VERSION, load_checkpoint, load_model_from_checkpoint, save_checkpoint
 
-__all__ = ["train_segmenter", "segmentation_loss", "save_segmenter", "load_segmenter"]
+__all__ = ["train_segmenter", "segmentation_loss", "save_segmenter", "load_segmenter", "unet_from_checkpoint"]
 
 
 def segmentation_loss(weights: torch.Tensor | None = None) -> nn.Module:
@@ -95,9 +97,6 @@ def save_segmenter(path, net, meta: dict, history: list[dict] | None = None):
 
 def load_segmenter(path):
     """``(EncoderUNet in eval mode, meta)`` from a checkpoint written by :func:`save_segmenter`."""
-    from ..errors import SibnetError
-    from ..models.unet import build_unet
-
     ckpt = load_checkpoint(path)
     meta = ckpt["meta"]
     if meta.get("task") != "segmentation" or "backbone" not in meta:
@@ -112,3 +111,16 @@ def load_segmenter(path):
         raise SibnetError(f"{path}: weights do not fit the U-Net: {' '.join(str(exc).split())[:300]}") from None
     net.eval()
     return net, dict(meta)
+
+
+def unet_from_checkpoint(path, *, out_channels: int = 2, freeze_encoder: bool = True,
+                         decoder_channels=DEFAULT_DECODER) -> tuple[EncoderUNet, dict]:
+    """A U-Net whose encoder is the classifier stored in checkpoint ``path`` (from ``sibnet train``);
+    returns ``(unet, the classifier's meta)``."""
+    classifier, meta = load_model_from_checkpoint(path)
+    name = str(meta["model_name"]).lower()
+    if name not in BACKBONES:
+        raise ConfigError(f"{path}: classifier {name!r} cannot serve as a U-Net encoder")
+    net = EncoderUNet(classifier, name, int(meta["in_channels"]), out_channels=out_channels,
+                      freeze_encoder=freeze_encoder, decoder_channels=decoder_channels)
+    return net, meta
