@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from .attention import densenet121_attention, insert_attention
 
 CLASSIFIERS = ("densenet121", "resnet18", "resnet50", "resnet101", "densenet121-se", "densenet121-cbam")
 WIDTH_PREFIX = "densenet121-x"  # densenet121-x<m>: DenseNet-121 with about m x its parameters
@@ -65,14 +66,10 @@ def build_classifier(name: str = "densenet121", in_channels: int = 1, num_classe
                                init_features=width["init_features"], growth_rate=width["growth_rate"],
                                dropout_prob=dropout)
         if prefix in ATTENTION_WIDTH_PREFIXES:
-            from .attention import insert_attention
-
             net = insert_attention(net, ATTENTION_WIDTH_PREFIXES[prefix])
             net.model_name = name
         return net
     if name in ("densenet121-se", "densenet121-cbam"):  # attention after each dense block
-        from .attention import densenet121_attention
-
         return densenet121_attention(name.split("-")[1], in_channels, num_classes, dropout=dropout)
     if name in ("resnet18", "resnet50", "resnet101"):
         factory = getattr(nets, name)
