@@ -21,6 +21,9 @@ import torch
 from torch import nn
 
 from ..errors import SibnetError
+from ..losses import SIBNetLoss
+from ..losses.distinctiveness import pairwise_cosine
+from ..losses.normalise import normalise_maps
 
 
 def _mean_sd(values: torch.Tensor) -> dict:
@@ -33,10 +36,6 @@ def map_distinctiveness(model: nn.Module, maps, images, *, embed_size: int | Non
                         device: str | torch.device = "cpu") -> dict:
     """``{"map_cosine": {mean, sd}, "embedding_cosine": {mean, sd}, "n_images", "n_classes",
     "embed_size"}`` for (n, K, H, W) ``maps`` of the (n, C, H, W) ``images`` they explain."""
-    from ..losses import SIBNetLoss
-    from ..losses.distinctiveness import pairwise_cosine
-    from ..losses.normalise import normalise_maps
-
     maps = torch.as_tensor(np.asarray(maps), dtype=torch.float32)
     images = torch.as_tensor(np.asarray(images), dtype=torch.float32)
     if maps.ndim != 4 or images.ndim != 4 or maps.shape[0] != images.shape[0]:

@@ -27,6 +27,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
 from ..errors import SibnetError
+from ..saliency import get as get_saliency
 from .agreement import saliency_agreement
 from .classification import classification_metrics
 from .distinctiveness import map_distinctiveness
@@ -84,9 +85,7 @@ def compute_maps(model: nn.Module, dataset, method, indices=None, batch_size: in
     Returns ``{"maps" (n, K, H, W) float32, "images" (n, C, H, W), "labels" (n, K),
     "masks" (n, K, H, W) or None, "probs" (n, K), "indices"}``.
     """
-    from ..saliency import get
-
-    fn = get(method)
+    fn = get_saliency(method)
     indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
     part = Subset(dataset, indices)
     was = model.training
