@@ -33,8 +33,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".di
 
 
 def register(subparsers) -> None:
-    from ..monitor import DEFAULT_METHOD, SCORES
-
     p = subparsers.add_parser(
         "monitor", help="flag images a trained classifier should not be trusted on (reference profile, alarms)",
         description="Monitor a trained classifier on new, unlabeled images: fit a reference profile of its "
@@ -48,6 +46,16 @@ def register(subparsers) -> None:
         "  sibnet monitor check --profile runs/sibnet/profile.json --images new_scans/ --out checks/new\n"
         "  sibnet monitor study --model baseline=runs/b/best.pt --model sibnet=runs/s/best.pt --out results/")
     sub = p.add_subparsers(dest="action", metavar="ACTION")
+    _add_fit_parser(sub)
+    _add_check_parser(sub)
+    _add_study_parser(sub)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _add_fit_parser(sub) -> None:
+    """``sibnet monitor fit`` and its options."""
+    from ..monitor import DEFAULT_METHOD, SCORES
+
     f = sub.add_parser("fit", help="fit a reference profile on in-distribution images",
                        description="Score the in-distribution images (default: the checkpoint's dataset, split "
                        "val) and store the reference profile as JSON (checkpoint fingerprint, saliency method, "
@@ -62,6 +70,11 @@ def register(subparsers) -> None:
     f.add_argument("--device", default="auto", help="auto (CUDA when present, default), cpu, cuda, cuda:N")
     f.add_argument("--out", required=True, metavar="PROFILE.json", help="profile file to write")
     f.set_defaults(func=run_fit)
+
+
+def _add_check_parser(sub) -> None:
+    """``sibnet monitor check`` and its options."""
+    from ..monitor import SCORES
 
     c = sub.add_parser("check", help="score new images against a profile and raise batch alarms",
                        description="Score new images against a reference profile: per-image scores and conformal "
@@ -85,6 +98,11 @@ def register(subparsers) -> None:
                    help="dataset options (YAML values), e.g. difficulty=0.9 or image_size=64")
     c.set_defaults(func=run_check)
 
+
+def _add_study_parser(sub) -> None:
+    """``sibnet monitor study`` and its options."""
+    from ..monitor import DEFAULT_METHOD
+
     s = sub.add_parser("study", help="detection of shifted test sets and failure prediction by every score",
                        description="For each model: fit a profile on its validation split, score its clean test "
                        "split and shifted versions, and report per-image AUROC, batch detection rates and failure "
@@ -104,7 +122,6 @@ def register(subparsers) -> None:
     s.add_argument("--out", required=True, help="folder of the tables (and monitor.json, every number)")
     s.add_argument("--report-only", action="store_true", help="rewrite the tables from OUT/monitor.json")
     s.set_defaults(func=run_study)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
 # ------------------------------------------------------------------ shared helpers
@@ -291,30 +308,25 @@ def _csv_text(rows) -> str:
     return buf.getvalue()
 
 
-def run_check(args) -> int:
-    import numpy as np
-    import torch
-
-    from ..monitor import SCORES, Profile, check, score
-    from ..monitor.report import check_sections
-    from ..report.figures import explain_figure
-    from ..report.html import Figure, figure_png, render_html
-    from ..saliency import get as get_saliency
-
+def _check_arguments(args) -> None:
+    """Refuse ``sibnet monitor check`` options that cannot work together, before anything is read."""
     if not 0 < args.alpha < 1:
         raise SibnetError(f"--alpha must be in (0, 1), got {args.alpha}")
     if args.batch_size < 2:
         raise SibnetError(f"--batch-size must be >= 2, got {args.batch_size}")
     if args.images is not None and (args.dataset or args.root or args.overrides):
         raise SibnetError("give either --images DIR or --dataset/--root/KEY=VALUE, not both")
-    out = Path(args.out)
-    profile = Profile.load(args.profile)
-    ckpt = args.checkpoint or profile.source.get("checkpoint")
-    if not ckpt:
-        raise SibnetError(f"{args.profile}: the profile names no checkpoint: pass --checkpoint")
-    device = _device(args.device)
-    model, meta, config = _load(ckpt, device)
-    profile.check_model(model, where=str(ckpt))
+
+
+def _images_to_check(args, meta: dict, config: dict, profile, out: Path):
+    """The images ``sibnet monitor check`` scores: the ``--images`` folder or a dataset, first ``--max-images``.
+
+    Returns:
+        The dataset and the words that name it in the output.
+
+    Raises:
+        SibnetError: When ``out`` lies inside the image or dataset folder.
+    """
     if args.images is not None:
         data = ImageFolder(args.images, meta)
         what, folder = f"the folder {args.images}", args.images
@@ -324,7 +336,75 @@ def run_check(args) -> int:
         folder = getattr(data, "root", None) if args.dataset is not None or args.root is not None else None
     if _inside(out, folder) or _inside(out, args.root):
         raise SibnetError(f"--out {out}: will not write inside the dataset folder")
-    data = _limit(data, args.max_images)
+    return _limit(data, args.max_images), what
+
+
+def _batch_verdicts(profile, scores: dict, ids: list, alpha: float, batch_size: int, primary: str) -> list[dict]:
+    """The batch test of each run of ``batch_size`` consecutive images (the last run may be shorter)."""
+    from ..monitor import SCORES, check
+
+    n = len(ids)
+    batches = []
+    for b, start in enumerate(range(0, n, batch_size)):
+        sl = slice(start, min(n, start + batch_size))
+        v = check(profile, {k: scores[k][sl] for k in SCORES}, alpha=alpha, score_name=primary)
+        batches.append({"batch": b, "first": ids[sl.start] or str(sl.start),
+                        "last": ids[sl.stop - 1] or str(sl.stop - 1), "n": sl.stop - sl.start,
+                        "p_value": v["p_value"], "alarm": v["alarm"],
+                        "p_values": {k: v["per_score"][k]["p_value"] for k in SCORES}})
+    return batches
+
+
+def _top_figures(model, profile, data, scores: dict, p: dict, probs, rows: list[dict], *, class_names, primary: str,
+                 top: int, device) -> list:
+    """Figures of the ``top`` most suspicious images (lowest p-value, then highest score) with their class maps."""
+    import numpy as np
+
+    from ..report.figures import explain_figure
+    from ..report.html import Figure, figure_png
+    from ..saliency import get as get_saliency
+
+    figures = []
+    method = get_saliency(profile.method)
+    for i in np.lexsort((-scores[primary], p[primary]))[:max(0, top)]:
+        item = data[int(i)]
+        x = item["image"][None].to(device).float()
+        maps = method(model.eval(), x, **profile.options)[0].detach().float().cpu().numpy()
+        shown = data.shown[int(i)] if isinstance(data, ImageFolder) else item["image"]
+        fig = explain_figure(np.asarray(shown), maps, class_names, probs[i],
+                             title=f"{rows[i]['id']}: {primary} p = {p[primary][i]:.3f}", method=profile.method)
+        figures.append(Figure(figure_png(fig), caption=f"{rows[i]['id']} (batch {rows[i]['batch']})"))
+    return figures
+
+
+def _print_check(what: str, summary: dict, out: Path) -> None:
+    """The few lines ``sibnet monitor check`` prints once its files are written."""
+    n, overall = summary["n_images"], summary["overall"]
+    print(f"{what}: {n} images; {summary['score']} score, alpha {summary['alpha']}, "
+          f"batches of {summary['batch_size']}")
+    print(f"  alarms: {summary['n_alarms']} of {len(summary['batches'])} batches; all images together p = "
+          f"{overall['p_value']:.3g} ({'ALARM' if overall['alarm'] else 'no alarm'})")
+    print(f"  images with p <= alpha: {summary['n_flagged']} of {n} ({summary['n_flagged'] / n:.1%})")
+    print(f"written: {out}/scores.csv, alarms.json, report.html")
+
+
+def run_check(args) -> int:
+    import torch
+
+    from ..monitor import SCORES, Profile, check, score
+    from ..monitor.report import check_sections
+    from ..report.html import render_html
+
+    _check_arguments(args)
+    out = Path(args.out)
+    profile = Profile.load(args.profile)
+    ckpt = args.checkpoint or profile.source.get("checkpoint")
+    if not ckpt:
+        raise SibnetError(f"{args.profile}: the profile names no checkpoint: pass --checkpoint")
+    device = _device(args.device)
+    model, meta, config = _load(ckpt, device)
+    profile.check_model(model, where=str(ckpt))
+    data, what = _images_to_check(args, meta, config, profile, out)
     primary = args.score or profile.score
     update, close = _progress(len(data), "scoring")
     try:
@@ -332,48 +412,26 @@ def run_check(args) -> int:
     finally:
         close()
     s, p, ids = result["scores"], result["p_values"], result["ids"]
-    n = len(ids)
     logits = torch.as_tensor(result["logits"])
     probs = (torch.softmax(logits, 1) if meta["task"] == "multiclass" else torch.sigmoid(logits)).numpy()
-    batches = []
-    for b, start in enumerate(range(0, n, args.batch_size)):
-        sl = slice(start, min(n, start + args.batch_size))
-        v = check(profile, {k: s[k][sl] for k in SCORES}, alpha=args.alpha, score_name=primary)
-        batches.append({"batch": b, "first": ids[sl.start] or str(sl.start),
-                        "last": ids[sl.stop - 1] or str(sl.stop - 1), "n": sl.stop - sl.start,
-                        "p_value": v["p_value"], "alarm": v["alarm"],
-                        "p_values": {k: v["per_score"][k]["p_value"] for k in SCORES}})
+    batches = _batch_verdicts(profile, s, ids, args.alpha, args.batch_size, primary)
     overall = check(profile, s, alpha=args.alpha, score_name=primary)
     rows = _batch_rows(s, p, ids, primary, args.alpha, args.batch_size, meta["class_names"], probs)
     summary = {"profile": str(args.profile), "checkpoint": str(ckpt), "data": what, "method": profile.method,
                "score": primary, "alpha": args.alpha, "test": overall["test"], "batch_size": args.batch_size,
-               "n_images": n, "n_reference": profile.n_calibration,
+               "n_images": len(ids), "n_reference": profile.n_calibration,
                "n_flagged": int(sum(r["flagged"] for r in rows)),
                "n_alarms": int(sum(b["alarm"] for b in batches)), "batches": batches,
                "overall": {"p_value": overall["p_value"], "alarm": overall["alarm"],
                            "per_score": {k: overall["per_score"][k]["p_value"] for k in SCORES}}}
-    # the most suspicious images with their class maps
-    figures = []
-    top = np.lexsort((-s[primary], p[primary]))[:max(0, args.top)]
-    method = get_saliency(profile.method)
-    for i in top:
-        item = data[int(i)]
-        x = item["image"][None].to(device).float()
-        maps = method(model.eval(), x, **profile.options)[0].detach().float().cpu().numpy()
-        shown = data.shown[int(i)] if isinstance(data, ImageFolder) else item["image"]
-        fig = explain_figure(np.asarray(shown), maps, meta["class_names"], probs[i],
-                             title=f"{rows[i]['id']}: {primary} p = {p[primary][i]:.3f}", method=profile.method)
-        figures.append(Figure(figure_png(fig), caption=f"{rows[i]['id']} (batch {rows[i]['batch']})"))
+    figures = _top_figures(model, profile, data, s, p, probs, rows, class_names=meta["class_names"],
+                           primary=primary, top=args.top, device=device)
     html = render_html(check_sections(summary, rows, profile.reference, s, figures, overall["per_score"]),
                        title="sibnet monitor check")
     _write_files({out / "scores.csv": _csv_text(rows),
                    out / "alarms.json": json.dumps(summary, indent=2, allow_nan=False),
                    out / "report.html": html})
-    print(f"{what}: {n} images; {primary} score, alpha {args.alpha}, batches of {args.batch_size}")
-    print(f"  alarms: {summary['n_alarms']} of {len(batches)} batches; all images together p = "
-          f"{overall['p_value']:.3g} ({'ALARM' if overall['alarm'] else 'no alarm'})")
-    print(f"  images with p <= alpha: {summary['n_flagged']} of {n} ({summary['n_flagged'] / n:.1%})")
-    print(f"written: {out}/scores.csv, alarms.json, report.html")
+    _print_check(what, summary, out)
     return 0
 
 
@@ -425,6 +483,43 @@ DEFAULT_SHIFTS = ("noise:0.02", "noise:0.1", "blur:1", "blur:2", "contrast:0.5",
                   "difficulty:1")
 
 
+def _read_study(out: Path) -> dict:
+    """The study saved in ``OUT/monitor.json`` (for ``--report-only``)."""
+    path = out / "monitor.json"
+    if not path.is_file():
+        raise SibnetError(f"--report-only: {path} not found (run the study first)")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SibnetError(f"{path}: not a readable study ({exc})") from None
+
+
+def _study_models(items: list[str]) -> list[tuple[str, str]]:
+    """``(kind, checkpoint)`` of each ``--model KIND=CKPT``; every checkpoint must exist."""
+    if not items:
+        raise SibnetError("give at least one --model KIND=CKPT (or --report-only)")
+    models = []
+    for item in items:
+        kind, sep, path = item.partition("=")
+        if not sep or not kind or not path:
+            raise SibnetError(f"--model {item!r}: expected KIND=CKPT")
+        if not Path(path).is_file():
+            raise SibnetError(f"--model {item!r}: checkpoint not found")
+        models.append((kind, path))
+    return models
+
+
+def _other_roots(items: list[str]) -> dict[str, str]:
+    """``{name: path}`` of each ``--other-root NAME=PATH``."""
+    other = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise SibnetError(f"--other-root {item!r}: expected NAME=PATH")
+        other[name] = path
+    return other
+
+
 def run_study(args) -> int:
     import time
 
@@ -436,31 +531,10 @@ def run_study(args) -> int:
 
     out = Path(args.out)
     if args.report_only:
-        path = out / "monitor.json"
-        if not path.is_file():
-            raise SibnetError(f"--report-only: {path} not found (run the study first)")
-        try:
-            study = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SibnetError(f"{path}: not a readable study ({exc})") from None
-        write_study_tables(out, study, rewritten_by=command_line())
+        write_study_tables(out, _read_study(out), rewritten_by=command_line())
         return 0
-    if not args.model:
-        raise SibnetError("give at least one --model KIND=CKPT (or --report-only)")
-    models = []
-    for item in args.model:
-        kind, sep, path = item.partition("=")
-        if not sep or not kind or not path:
-            raise SibnetError(f"--model {item!r}: expected KIND=CKPT")
-        if not Path(path).is_file():
-            raise SibnetError(f"--model {item!r}: checkpoint not found")
-        models.append((kind, path))
-    other = {}
-    for item in args.other_root:
-        name, sep, path = item.partition("=")
-        if not sep:
-            raise SibnetError(f"--other-root {item!r}: expected NAME=PATH")
-        other[name] = path
+    models = _study_models(args.model)
+    other = _other_roots(args.other_root)
     specs = list(args.shift or DEFAULT_SHIFTS)
     device = _device(args.device)
     results = []
@@ -486,15 +560,8 @@ def run_study(args) -> int:
     return 0
 
 
-def write_study_tables(out: Path, study: dict, rewritten_by: str | None = None) -> None:
-    """``OUT/monitor.md`` and ``OUT/monitor.csv`` from a study (``OUT/monitor.json``)."""
-    from ..experiments.tables import write_outputs
-    from ..monitor import SCORES
-    from ..monitor.study import fmt_paired, fmt_range
-
-    results, specs, alpha = study["results"], study["shifts"], study["alpha"]
-    kinds = list(dict.fromkeys(r["kind"] for r in results))
-    by_kind = {k: [r for r in results if r["kind"] == k] for k in kinds}
+def _study_header(study: dict, by_kind: dict, rewritten_by: str | None) -> list[str]:
+    """The lines above the study tables: command, code, models and how every number was obtained."""
     counts = ", ".join(f"{k}: {len(v)} model(s)" for k, v in by_kind.items())
     header = [f"command: `{study['command']}`", f"code: {study['code']}"]
     if rewritten_by:
@@ -502,42 +569,71 @@ def write_study_tables(out: Path, study: dict, rewritten_by: str | None = None) 
     header += [f"models: {counts}",
                f"saliency method {study['method']}; reference = each model's validation split (half fits the "
                f"estimates, half calibrates); clean = its test split; {study['n_shifted']} images per shifted set; "
-               f"batch tests: one-sided Mann-Whitney U at alpha {alpha}, {study['n_batches']} random batches per rate",
+               f"batch tests: one-sided Mann-Whitney U at alpha {study['alpha']}, {study['n_batches']} random "
+               "batches per rate",
                "cells: mean [min, max] over the models of a kind (a single model: its value); differences between "
                "kinds: mean [95% t-interval] over models matched by training seed",
                "scores oriented so that higher = more suspicious: AUROC 0.5 = no signal, below 0.5 = the shift "
                "moves the score the other way"]
+    return header
 
-    def cells(rs, get, digits=2):
-        return [fmt_range([get(r, sc) for r in rs], digits) for sc in SCORES]
+
+def _cells(rs: list[dict], get, digits: int = 2) -> list[str]:
+    """One cell per score: ``get(result, score)`` over the results ``rs`` as mean [min, max]."""
+    from ..monitor import SCORES
+    from ..monitor.study import fmt_range
+
+    return [fmt_range([get(r, sc) for r in rs], digits) for sc in SCORES]
+
+
+def _shift_sections(specs: list[str], alpha, by_kind: dict) -> list[tuple]:
+    """Per-image AUROC of each shift, then batch detection rates (batches of 16 and 64), one table per kind."""
+    from ..monitor import SCORES
 
     sections = []
-    for k in kinds:
-        rows = [[spec] + cells(by_kind[k], lambda r, sc: r["auroc"][spec][sc]) for spec in specs]
+    for k, rs in by_kind.items():
+        rows = [[spec] + _cells(rs, lambda r, sc: r["auroc"][spec][sc]) for spec in specs]
         sections.append((f"Per-image AUROC, shifted vs clean test images: {k}", ["shift", *SCORES], rows))
     for b in ("16", "64"):
-        for k in kinds:
-            rs = by_kind[k]
-            rows = [["clean (false-alarm rate)"] + cells(rs, lambda r, sc: r["detection"]["clean"][sc][b])]
-            rows += [[spec] + cells(rs, lambda r, sc: r["detection"][spec][sc][b]) for spec in specs]
+        for k, rs in by_kind.items():
+            rows = [["clean (false-alarm rate)"] + _cells(rs, lambda r, sc: r["detection"]["clean"][sc][b])]
+            rows += [[spec] + _cells(rs, lambda r, sc: r["detection"][spec][sc][b]) for spec in specs]
             sections.append((f"Batch detection rate at alpha {alpha}, batches of {b}: {k}", ["shift", *SCORES], rows))
+    return sections
+
+
+def _failure_section(by_kind: dict) -> tuple:
+    """Failure prediction by every score on the clean test images, rows by kind of model."""
+    from ..monitor import SCORES
+    from ..monitor.study import fmt_range
+
     rows = []
-    for k in kinds:
-        rs = by_kind[k]
-        rows.append([k, "AUROC (errors vs correct)"] + cells(rs, lambda r, sc: r["failure"][sc]["auroc"]))
-        rows.append([k, "AURC (lower is better)"] + cells(rs, lambda r, sc: r["failure"][sc]["aurc"], 3))
+    for k, rs in by_kind.items():
+        rows.append([k, "AUROC (errors vs correct)"] + _cells(rs, lambda r, sc: r["failure"][sc]["auroc"]))
+        rows.append([k, "AURC (lower is better)"] + _cells(rs, lambda r, sc: r["failure"][sc]["aurc"], 3))
         rows.append([k, "error rate / oracle AURC", fmt_range([r["error_rate"] for r in rs], 3),
                      fmt_range([r["failure"]["oracle_aurc"] for r in rs], 3)] + [""] * (len(SCORES) - 2))
-    sections.append(("Failure prediction on the clean test images (an error: any label wrong at p = 0.5)",
-                     ["models", "metric", *SCORES], rows))
-    if len(kinds) == 2 and len(by_kind[kinds[0]]) == len(by_kind[kinds[1]]):
-        a, b = by_kind[kinds[1]], by_kind[kinds[0]]
-        rows = [[spec] + [fmt_paired([r["auroc"][spec][sc] for r in a], [r["auroc"][spec][sc] for r in b])
-                          for sc in SCORES] for spec in specs]
-        rows.append(["failure AUROC"] + [fmt_paired([r["failure"][sc]["auroc"] for r in a],
-                                                    [r["failure"][sc]["auroc"] for r in b]) for sc in SCORES])
-        sections.append((f"Difference {kinds[1]} - {kinds[0]} in per-image AUROC (and failure AUROC)",
-                         ["shift", *SCORES], rows))
+    return ("Failure prediction on the clean test images (an error: any label wrong at p = 0.5)",
+            ["models", "metric", *SCORES], rows)
+
+
+def _difference_section(specs: list[str], kinds: list[str], by_kind: dict) -> tuple:
+    """Second kind minus first in per-image AUROC and failure AUROC, over models matched by training seed."""
+    from ..monitor import SCORES
+    from ..monitor.study import fmt_paired
+
+    a, b = by_kind[kinds[1]], by_kind[kinds[0]]
+    rows = [[spec] + [fmt_paired([r["auroc"][spec][sc] for r in a], [r["auroc"][spec][sc] for r in b])
+                      for sc in SCORES] for spec in specs]
+    rows.append(["failure AUROC"] + [fmt_paired([r["failure"][sc]["auroc"] for r in a],
+                                                [r["failure"][sc]["auroc"] for r in b]) for sc in SCORES])
+    return (f"Difference {kinds[1]} - {kinds[0]} in per-image AUROC (and failure AUROC)", ["shift", *SCORES], rows)
+
+
+def _study_csv_rows(results: list[dict], specs: list[str]) -> list[dict]:
+    """``monitor.csv``: per model and score, one row per shift and one for the clean test images."""
+    from ..monitor import SCORES
+
     csv_rows = []
     for r in results:
         base = {"kind": r["kind"], "checkpoint": r["checkpoint"]}
@@ -550,7 +646,22 @@ def write_study_tables(out: Path, study: dict, rewritten_by: str | None = None) 
             csv_rows.append({**base, "shift": "clean", "score": sc, "detect16": r["detection"]["clean"][sc]["16"],
                              "detect64": r["detection"]["clean"][sc]["64"], "failure_auroc": r["failure"][sc]["auroc"],
                              "aurc": r["failure"][sc]["aurc"]})
-    paths = write_outputs(out, "monitor", "Monitor scores: shift detection and failure prediction", header, sections,
+    return csv_rows
+
+
+def write_study_tables(out: Path, study: dict, rewritten_by: str | None = None) -> None:
+    """``OUT/monitor.md`` and ``OUT/monitor.csv`` from a study (``OUT/monitor.json``)."""
+    from ..experiments.tables import write_outputs
+
+    results, specs = study["results"], study["shifts"]
+    kinds = list(dict.fromkeys(r["kind"] for r in results))
+    by_kind = {k: [r for r in results if r["kind"] == k] for k in kinds}
+    sections = _shift_sections(specs, study["alpha"], by_kind)
+    sections.append(_failure_section(by_kind))
+    if len(kinds) == 2 and len(by_kind[kinds[0]]) == len(by_kind[kinds[1]]):
+        sections.append(_difference_section(specs, kinds, by_kind))
+    paths = write_outputs(out, "monitor", "Monitor scores: shift detection and failure prediction",
+                          _study_header(study, by_kind, rewritten_by), sections,
                           ["kind", "checkpoint", "shift", "score", "auroc", "detect16", "detect64", "failure_auroc",
-                           "aurc"], csv_rows)
+                           "aurc"], _study_csv_rows(results, specs))
     print(f"written: {paths['markdown']}, {paths['csv']}, {out / 'monitor.json'}")
