@@ -29,6 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import __version__
 from ..errors import ConfigError
+from ..saliency import check_options
+from ..saliency import get as get_saliency
 from .conformal import batch_test, p_values
 from .profile import Profile, model_fingerprint
 from .scores import SCORES, fit_gaussian, image_scores, mahalanobis_score
@@ -115,13 +117,11 @@ def fit(model: nn.Module, data, *, method=DEFAULT_METHOD, options: dict | None =
         fit_fraction: float = 0.5, seed: int = 0, score: str = DEFAULT_SCORE, batch_size: int = 32,
         source: dict | None = None, progress=None) -> Profile:
     """A reference :class:`Profile` of ``model`` from in-distribution images ``data`` (see the module doc)."""
-    from .. import saliency
-
     name = method if isinstance(method, str) else None
     if name is None:
         raise ConfigError("monitor: the saliency method must be given by name (it is recorded in the profile)")
-    saliency.get(name)
-    saliency.check_options(name, options)
+    get_saliency(name)
+    check_options(name, options)
     if score not in SCORES:
         raise ConfigError(f"monitor: unknown score {score!r}; choose from {', '.join(SCORES)}")
     if not 0 < fit_fraction < 1:

@@ -39,6 +39,12 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..losses import SIBNetLoss
+from ..losses.coherence import spatial_coherence
+from ..losses.distinctiveness import class_distinctiveness
+from ..losses.normalise import normalise_maps
+from ..models.embedding import logits_and_penultimate
+from ..saliency import get as get_saliency
 
 SCORES = ("cd", "sc", "cd+sc", "msp", "energy", "mahalanobis")
 SALIENCY_SCORES = ("cd", "sc")
@@ -98,16 +104,10 @@ def saliency_scores(model: nn.Module, x: torch.Tensor, method="gradcam", *, opti
                     embed_size: int | None = 32, radius: int = 4, threshold="otsu") -> dict:
     """``{"cd": (B,), "sc": (B,), "maps": (B, K, H, W) normalised}`` of a batch (model in eval mode
     for the call, its mode restored)."""
-    from .. import saliency
-    from ..losses import SIBNetLoss
-    from ..losses.coherence import spatial_coherence
-    from ..losses.distinctiveness import class_distinctiveness
-    from ..losses.normalise import normalise_maps
-
     was = model.training
     model.eval()
     try:
-        maps = saliency.get(method)(model, x, **(options or {})).detach().float()
+        maps = get_saliency(method)(model, x, **(options or {})).detach().float()
         maps = normalise_maps(maps)
         sc = spatial_coherence(maps, radius=radius, threshold=threshold, reduction="none",
                                scale="pair_mean").mean(1)
@@ -126,8 +126,6 @@ def image_scores(model: nn.Module, x: torch.Tensor, task: str, *, method="gradca
                  embed_size: int | None = 32, radius: int = 4, threshold="otsu", saliency: bool = True) -> dict:
     """Raw per-image ingredients of a batch: ``logits``, ``features``, ``msp``, ``energy`` and,
     with ``saliency``, ``cd``, ``sc``, ``maps`` (numpy arrays except ``maps``, a CPU tensor)."""
-    from ..models.embedding import logits_and_penultimate
-
     was = model.training
     model.eval()
     try:

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
+from ..evaluation.robustness import add_gaussian_noise
 
 IMAGE_SHIFTS = ("noise", "blur", "contrast", "gamma")
 
@@ -37,8 +38,6 @@ def parse_shift(text: str) -> tuple[str, str]:
 def shift_images(x: torch.Tensor, kind: str, value: float, seed: int = 0) -> torch.Tensor:
     """The (C, H, W) or (B, C, H, W) [0, 1] images ``x`` under the shift ``kind`` of strength ``value``."""
     from scipy.ndimage import gaussian_filter
-
-    from ..evaluation.robustness import add_gaussian_noise
 
     if kind == "noise":
         return add_gaussian_noise(x, float(value), seed=seed)

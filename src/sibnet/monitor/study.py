@@ -31,6 +31,7 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
+from ..evaluation.statistics import paired_difference
 from .conformal import batch_test
 from .core import fit, score
 from .scores import SCORES
@@ -136,8 +137,6 @@ def fmt_range(values, digits: int = 2) -> str:
 
 def fmt_paired(a, b, digits: int = 2) -> str:
     """``"+d [lo, hi]"``: mean difference a - b over matched models and its 95% t-interval."""
-    from ..evaluation.statistics import paired_difference
-
     d = paired_difference(a, b)
     if d["n"] == 0:
         return "n/a"
