@@ -22,6 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.glas import GlaS
+from ..data.imageio import read_image, read_mask
+from ..data.synthetic_glands import CLASS_NAMES, SyntheticGlands
 from ..data.transforms import as_hw, normalizer, resize_labels
 from ..errors import ConfigError, DataError
 
@@ -43,9 +46,6 @@ def load_samples(source: str, root=None, split: str = "train", *, limit: int | N
     if limit is not None and (isinstance(limit, bool) or int(limit) < 1):
         raise ConfigError(f"limit must be a positive number of images, got {limit!r}")
     if source == "glas":
-        from ..data.glas import GlaS
-        from ..data.imageio import read_image, read_mask
-
         if root is None:
             raise ConfigError("dataset 'glas' needs --root (the GlaS folder)")
         ds = GlaS(root, split=split, image_size=64)
@@ -63,8 +63,6 @@ def load_samples(source: str, root=None, split: str = "train", *, limit: int | N
             out.append(Sample(r.id, np.asarray(arr, np.float32) / np.float32(hi), inst, grade))
         return out
     if source == "synthetic-glands":
-        from ..data.synthetic_glands import CLASS_NAMES, SyntheticGlands
-
         n = limit if limit is not None else None
         ds = SyntheticGlands(None, split=split, size=size, n=n, seed=seed, cache=False)
         out = []
