@@ -50,7 +50,6 @@ def find_csv(root: Path) -> Path:
     return found[0]
 
 
-
 def _row_file(value: str, base: Path, what: str, missing: str, skipped: list) -> Path | None:
     """The file a CSV cell names (relative paths from the CSV's folder ``base``). A missing file is a
     DataError (``missing="error"``) or is noted in ``skipped`` and gives None (``missing="skip"``)."""
@@ -64,6 +63,68 @@ def _row_file(value: str, base: Path, what: str, missing: str, skipped: list) ->
     skipped.append(msg)
     return None
 
+
+def _label_columns(csv_path: Path, columns: list[str], labels, task: str) -> list[str]:
+    """The label columns: ``labels`` if given, else every column that is not reserved (exactly one for multiclass)."""
+    label_cols = list(labels) if labels else [c for c in columns if c not in RESERVED and c]
+    if not label_cols:
+        raise DataError(f"{csv_path}: no label columns (columns found: {', '.join(columns)})")
+    if task == "multiclass" and len(label_cols) != 1:
+        raise ConfigError(f"csv: task 'multiclass' needs exactly one label column, got {label_cols}")
+    return label_cols
+
+
+def _class_names(rows: list, label_cols: list[str], task: str, class_names) -> tuple[str, ...]:
+    """The label columns (multilabel), else ``class_names`` or the sorted distinct values of the label column
+    (numerically when they are all integers)."""
+    if task != "multiclass":
+        return tuple(label_cols)
+    col = label_cols[0]
+    distinct = sorted({r[col] for _, r in rows} - {""})
+    if all(v.lstrip("-").isdigit() for v in distinct):
+        distinct.sort(key=int)
+    return tuple(class_names) if class_names else tuple(distinct)
+
+
+def _row_label(row: dict, where: str, task: str, label_cols: list[str], names: tuple[str, ...]) -> np.ndarray:
+    """The (K,) float32 label of one row: one-hot of its class (multiclass), else 1, 0, -1 or nan per column."""
+    if task == "multiclass":
+        v = row[label_cols[0]]
+        if v not in names:
+            raise DataError(f"{where}, column {label_cols[0]!r}: unknown label value {v!r} "
+                            f"(classes: {', '.join(names)})")
+        return np.array([v == c for c in names], dtype=np.float32)
+    vals = []
+    for c in label_cols:
+        if row[c] not in _ML:
+            raise DataError(f"{where}, column {c!r}: unknown label value {row[c]!r} (expected 1, 0, -1 or blank)")
+        vals.append(_ML[row[c]])
+    return np.array(vals, dtype=np.float32)
+
+
+def _row_record(row: dict, where: str, *, base: Path, has_split: bool, task: str, label_cols: list[str],
+                names: tuple[str, ...], missing: str, skipped: list) -> tuple[str, Record] | None:
+    """The split (train, val or test) and the record of one CSV row; None when a file of the row is missing and
+    ``missing="skip"`` (the reason is added to ``skipped``)."""
+    part = row.get("split", "train") or "train"
+    if has_split and part not in ("train", "val", "test"):
+        raise DataError(f"{where}, column 'split': unknown value {part!r} (expected train, val or test)")
+    if not row["path"]:
+        raise DataError(f"{where}, column 'path': empty")
+    image = _row_file(row["path"], base, f"{where}, column 'path': image", missing, skipped)
+    if image is None:
+        return None
+    mask = None
+    if row.get("mask"):
+        mask = _row_file(row["mask"], base, f"{where}, column 'mask': mask", missing, skipped)
+        if mask is None:
+            return None
+    label = _row_label(row, where, task, label_cols, names)
+    patient = row.get("patient") or row.get("id") or row["path"]
+    return part, Record(id=row.get("id") or row["path"], patient=patient, label=label, image=image, mask=mask,
+                        where=where)
+
+
 class CSVDataset(RecordDataset):
     """Images and labels listed in a CSV; see the module doc for the columns."""
 
@@ -76,21 +137,8 @@ class CSVDataset(RecordDataset):
             raise ConfigError(f"csv: task must be 'multilabel' or 'multiclass', got {task!r}")
         csv_path = find_csv(Path(root))
         columns, rows = read_table(csv_path, required=("path", *(labels or ())))
-        name = csv_path.name
-        label_cols = list(labels) if labels else [c for c in columns if c not in RESERVED and c]
-        if not label_cols:
-            raise DataError(f"{csv_path}: no label columns (columns found: {', '.join(columns)})")
-        if task == "multiclass":
-            if len(label_cols) != 1:
-                raise ConfigError(f"csv: task 'multiclass' needs exactly one label column, got {label_cols}")
-            col = label_cols[0]
-            values = [r[col] for _, r in rows]
-            distinct = sorted(set(values) - {""})
-            if all(v.lstrip("-").isdigit() for v in distinct):
-                distinct.sort(key=int)
-            names = tuple(class_names) if class_names else tuple(distinct)
-        else:
-            names = tuple(label_cols)
+        label_cols = _label_columns(csv_path, columns, labels, task)
+        names = _class_names(rows, label_cols, task, class_names)
         has_split = "split" in columns
         if split in ("val", "test") and not has_split:
             raise DataError(f"{csv_path}: split {split!r} needs a 'split' column (or use fold= for a patient-wise "
@@ -102,39 +150,14 @@ class CSVDataset(RecordDataset):
         by_split: dict[str, list[str]] = {}
         records = []
         for line, row in rows:
-            where = f"{name} line {line}"
-            part = row.get("split", "train") or "train"
-            if has_split and part not in ("train", "val", "test"):
-                raise DataError(f"{where}, column 'split': unknown value {part!r} (expected train, val or test)")
-            if not row["path"]:
-                raise DataError(f"{where}, column 'path': empty")
-            image = _row_file(row["path"], base, f"{where}, column 'path': image", missing, self.skipped)
-            if image is None:
+            parsed = _row_record(row, f"{csv_path.name} line {line}", base=base, has_split=has_split, task=task,
+                                 label_cols=label_cols, names=names, missing=missing, skipped=self.skipped)
+            if parsed is None:
                 continue
-            mask = None
-            if row.get("mask"):
-                mask = _row_file(row["mask"], base, f"{where}, column 'mask': mask", missing, self.skipped)
-                if mask is None:
-                    continue
-            if task == "multiclass":
-                v = row[label_cols[0]]
-                if v not in names:
-                    raise DataError(f"{where}, column {label_cols[0]!r}: unknown label value {v!r} "
-                                    f"(classes: {', '.join(names)})")
-                label = np.array([v == c for c in names], dtype=np.float32)
-            else:
-                vals = []
-                for c in label_cols:
-                    if row[c] not in _ML:
-                        raise DataError(f"{where}, column {c!r}: unknown label value {row[c]!r} "
-                                        "(expected 1, 0, -1 or blank)")
-                    vals.append(_ML[row[c]])
-                label = np.array(vals, dtype=np.float32)
-            patient = row.get("patient") or row.get("id") or row["path"]
-            by_split.setdefault(part, []).append(patient)
+            part, record = parsed
+            by_split.setdefault(part, []).append(record.patient)
             if split == "all" or part == split:
-                records.append(Record(id=row.get("id") or row["path"], patient=patient, label=label, image=image,
-                                      mask=mask, where=where))
+                records.append(record)
         if has_split:
             check_disjoint(by_split, source=f"{csv_path}, column 'split'")
         nonempty(records, f"csv {csv_path}", split)
