@@ -5,6 +5,8 @@ Start with :func:`build_dataset` (``sibnet.data.registry``); every dataset follo
 interface of :mod:`sibnet.data.base`.
 """
 
+import importlib
+
 from .base import DatasetInfo
 from .busi import BUSI
 from .cache import CachedDataset, default_cache_dir
@@ -23,8 +25,6 @@ _LAZY = {"SyntheticChestXray": "sibnet.data.synthetic", "SyntheticGlands": "sibn
 
 def __getattr__(name):  # the synthetic sets import lazily (they are heavier and optional here)
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'sibnet.data' has no attribute {name!r}")
 

@@ -25,6 +25,7 @@ import inspect
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
+from .cache import CachedDataset
 from .splits import fold_split
 
 _LOADERS = {
@@ -142,8 +143,6 @@ def build_dataset(name: str, *, root=None, split: str = "train", image_size=128,
             ds = _subset(pool, train_idx if split == "train" else val_idx, split)
     _ensure_patients(ds)
     if cache:
-        from .cache import CachedDataset
-
         ds = CachedDataset(ds, cache_dir, workers=cache_workers)
     return ds
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ConfigError
 from .synth_fields import (
     Frame,
     bump,
@@ -280,7 +281,6 @@ def render_case(seed, size: int = 128, findings: dict | None = None, *, difficul
     with different findings gives the same patient, acquisition and noise."""
     unknown = set(findings or {}) - set(CLASS_NAMES)
     if unknown:
-        from ..errors import ConfigError
         raise ConfigError(f"render_case: unknown finding(s) {sorted(unknown)}; choose from {list(CLASS_NAMES)}")
     img, masks, parts = render(sample_case(seed, findings, difficulty), int(size))
     out = (to_float(img)[None], masks.astype(np.float32))
