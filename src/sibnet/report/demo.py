@@ -21,7 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .figures import case_figure, training_curves
+from ..config import load_config
+from ..data.registry import build_dataset
+from ..evaluation.run import agreement_rows, evaluate
+from ..training import Trainer
+from ..training.checkpoint import load_model_from_checkpoint
+from .figures import case_figure, read_metrics_csv, training_curves
 from .html import Figure, Section, Table, figure_png, write_report
 
 
@@ -44,8 +49,6 @@ QUICK = DemoPlan(image_size=32, n_train=8, n_val=8, n_test=8, batch_size=8, epoc
 
 
 def _datasets(plan: DemoPlan):
-    from ..data.registry import build_dataset
-
     def make(split, n):
         return build_dataset("synthetic", split=split, image_size=plan.image_size, seed=plan.seed, n=n,
                              difficulty=plan.difficulty)
@@ -54,8 +57,6 @@ def _datasets(plan: DemoPlan):
 
 
 def _config(plan: DemoPlan, saliency: str | None, out: Path, progress: bool):
-    from ..config import load_config
-
     settings = {"model.name": "densenet121", "loss.saliency": saliency, "data.name": "synthetic",
                 "data.image_size": plan.image_size, "data.batch_size": plan.batch_size,
                 "data.options": {"difficulty": plan.difficulty},
@@ -66,8 +67,6 @@ def _config(plan: DemoPlan, saliency: str | None, out: Path, progress: bool):
 
 def train_one(plan: DemoPlan, saliency: str | None, out: Path, datasets, progress: bool = True) -> dict:
     """Train one model through :class:`sibnet.training.Trainer`; returns its summary and timing."""
-    from ..training import Trainer
-
     cfg = _config(plan, saliency, out, progress)
     trainer = Trainer(cfg, datasets=(datasets[0], datasets[1], None))
     t0 = time.perf_counter()
@@ -163,9 +162,6 @@ def agreement_section(results: dict, method: str) -> Section:
 def run_demo(out: str | Path = "runs/demo", plan: DemoPlan = DemoPlan(), progress: bool = True,
              log=print) -> dict:
     """Train both models, evaluate them and write ``out/report.html``; returns the results summary."""
-    from ..evaluation.run import agreement_rows, evaluate
-    from ..training.checkpoint import load_model_from_checkpoint
-
     out = Path(out)
     start = time.perf_counter()
     torch_threads = torch.get_num_threads()
@@ -268,8 +264,6 @@ def _method_text(method: str, options: dict) -> str:
 def loss_terms_section(metrics_csv: Path, lam: dict, results: dict) -> Section:
     """Per epoch of the SIBNet run: each term raw and its share of the total, and how alike and how
     flat the class maps are; then the class maps' similarity of both final models on the test split."""
-    from .figures import read_metrics_csv
-
     m = read_metrics_csv(metrics_csv)
     n = len(m["epoch"])
 
