@@ -187,16 +187,18 @@ def _embed_size(value, config: dict):
     return size
 
 
-def run(args) -> int:
-    from ..evaluation.run import evaluate
-    from ..training.checkpoint import load_checkpoint, load_model_from_checkpoint
-
+def _check_arguments(args) -> None:
+    """Refuse negative counts among the options before anything is read."""
     if args.n_boot < 0:
         raise SibnetError(f"--n-boot must be >= 0, got {args.n_boot}")
     if args.batch_size < 1:
         raise SibnetError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_maps is not None and args.max_maps < 0:
         raise SibnetError(f"--max-maps must be >= 0, got {args.max_maps}")
+
+
+def _saliency_method(args) -> tuple[str | None, dict]:
+    """The saliency method (None for ``--method none``) and its options, both checked before any work."""
     method = None if args.method.lower() in ("none", "null", "") else args.method
     options = saliency_options(args.saliency_option, args.contrast)
     if method is not None:
@@ -204,22 +206,79 @@ def run(args) -> int:
 
         get(method)  # unknown names and options fail before any work
         check_options(method, options)
+    return method, options
+
+
+def _recalibrate(model, meta: dict, config: dict, args) -> str:
+    """Re-estimate the BatchNorm statistics on the checkpoint's training split (``--bn-stats train``).
+
+    Returns:
+        The note on the statistics for ``metrics.json``, also printed.
+    """
+    from ..evaluation.batchnorm import recalibrate_batchnorm
+
+    train, train_name = dataset_for_checkpoint(meta, config, root=args.root if args.dataset is None else None,
+                                               split="train")
+    bs = int((config.get("data") or {}).get("batch_size") or 16)
+    n = recalibrate_batchnorm(model, train, batch_size=max(2, bs), seed=args.seed,
+                              name=f"the training split of {train_name}")
+    bn_note = f"re-estimated on {n} images of {train_name}/train"
+    print(f"BatchNorm statistics {bn_note}")
+    return bn_note
+
+
+def _print_distinctiveness(distinct: dict, method: str, options: dict) -> None:
+    """The class distinctiveness of the maps: mean pairwise cosine of the maps and of their embeddings."""
+    shown = method + "".join(f", {k}={v}" for k, v in options.items())
+    print(f"\nclass distinctiveness of the {shown} maps ({distinct['n_images']} images; mean pairwise cosine "
+          "over the classes, 1 = alike):")
+    print(f"  maps       {_num(distinct['map_cosine']['mean'])} (sd {_num(distinct['map_cosine']['sd'])})")
+    print(f"  embeddings {_num(distinct['embedding_cosine']['mean'], 5)} "
+          f"(sd {_num(distinct['embedding_cosine']['sd'], 5)}; L_CD, maps embedded at "
+          f"{distinct['embed_size'] or 'full'} px)")
+
+
+def _print_marks(on_marks: dict, method: str) -> None:
+    """The share of the maps on burned-in marks, over all maps and per class."""
+    print(f"\nshare of the {method} maps on burned-in marks (bright thin text and calipers; labelled class, "
+          f"{on_marks['n']} maps; a uniform map would have the marks' area):")
+    print(f"  all        {_num(on_marks['mean'])} (sd {_num(on_marks['sd'])}); area {_num(on_marks['area_mean'])}, "
+          f"enrichment {_num(on_marks['enrichment'], 2)}")
+    for name, c in on_marks["per_class"].items():
+        print(f"  {name[:10]:<10} {_num(c['mean'])} ({c['n']} maps)")
+
+
+def _print_results(result: dict, method: str | None, options: dict, marks: bool | None) -> None:
+    """The tables of an evaluation: classification, then agreement, distinctiveness and marks where computed."""
+    print(classification_table(result["classification"]))
+    if result["n_uncertain_masked"]:
+        print(f"({result['n_uncertain_masked']} uncertain labels left out of AUROC/AUPRC)")
+    if result["agreement"] is not None:
+        print(f"\nsaliency agreement ({method}, convex hull at Otsu threshold; mean over pairs with label 1 "
+              "and a nonempty mask):")
+        print(agreement_table(result["agreement"]))
+    elif method is not None:
+        print("\n(no expert masks in this dataset: no saliency agreement)")
+    if result.get("distinctiveness") is not None:
+        _print_distinctiveness(result["distinctiveness"], method, options)
+    if result.get("marks") is not None:
+        _print_marks(result["marks"], method)
+    elif marks and method is None:
+        print("\n(--marks needs a saliency method)")
+
+
+def run(args) -> int:
+    from ..evaluation.run import evaluate
+    from ..training.checkpoint import load_checkpoint, load_model_from_checkpoint
+
+    _check_arguments(args)
+    method, options = _saliency_method(args)
     ckpt_path = Path(args.checkpoint)
     model, meta = load_model_from_checkpoint(ckpt_path, map_location=args.device)
     config = load_checkpoint(ckpt_path).get("config") or {}
     dataset, name = dataset_for_checkpoint(meta, config, name=args.dataset, root=args.root, split=args.split)
     embed_size = _embed_size(args.embed_size, config)
-    bn_note = "stored"
-    if args.bn_stats == "train":
-        from ..evaluation.batchnorm import recalibrate_batchnorm
-
-        train, train_name = dataset_for_checkpoint(meta, config, root=args.root if args.dataset is None else None,
-                                                   split="train")
-        bs = int((config.get("data") or {}).get("batch_size") or 16)
-        n = recalibrate_batchnorm(model, train, batch_size=max(2, bs), seed=args.seed,
-                                  name=f"the training split of {train_name}")
-        bn_note = f"re-estimated on {n} images of {train_name}/train"
-        print(f"BatchNorm statistics {bn_note}")
+    bn_note = _recalibrate(model, meta, config, args) if args.bn_stats == "train" else "stored"
     result = evaluate(model, dataset, task=meta["task"], class_names=meta["class_names"], method=method,
                       n_boot=args.n_boot, seed=args.seed, max_maps=args.max_maps, batch_size=args.batch_size,
                       device=args.device, embed_size=embed_size, marks=args.marks, saliency_options=options)
@@ -230,34 +289,7 @@ def run(args) -> int:
               "bn_stats": bn_note}
     write_outputs(out, result, header)
     print(f"{name}/{args.split}: {len(dataset)} images, {meta['model_name']} from {ckpt_path}")
-    print(classification_table(result["classification"]))
-    if result["n_uncertain_masked"]:
-        print(f"({result['n_uncertain_masked']} uncertain labels left out of AUROC/AUPRC)")
-    if result["agreement"] is not None:
-        print(f"\nsaliency agreement ({method}, convex hull at Otsu threshold; mean over pairs with label 1 "
-              "and a nonempty mask):")
-        print(agreement_table(result["agreement"]))
-    elif method is not None:
-        print("\n(no expert masks in this dataset: no saliency agreement)")
-    distinct = result.get("distinctiveness")
-    if distinct is not None:
-        shown = method + "".join(f", {k}={v}" for k, v in options.items())
-        print(f"\nclass distinctiveness of the {shown} maps ({distinct['n_images']} images; mean pairwise cosine "
-              "over the classes, 1 = alike):")
-        print(f"  maps       {_num(distinct['map_cosine']['mean'])} (sd {_num(distinct['map_cosine']['sd'])})")
-        print(f"  embeddings {_num(distinct['embedding_cosine']['mean'], 5)} "
-              f"(sd {_num(distinct['embedding_cosine']['sd'], 5)}; L_CD, maps embedded at "
-              f"{distinct['embed_size'] or 'full'} px)")
-    on_marks = result.get("marks")
-    if on_marks is not None:
-        print(f"\nshare of the {method} maps on burned-in marks (bright thin text and calipers; labelled class, "
-              f"{on_marks['n']} maps; a uniform map would have the marks' area):")
-        print(f"  all        {_num(on_marks['mean'])} (sd {_num(on_marks['sd'])}); area {_num(on_marks['area_mean'])}, "
-              f"enrichment {_num(on_marks['enrichment'], 2)}")
-        for name, c in on_marks["per_class"].items():
-            print(f"  {name[:10]:<10} {_num(c['mean'])} ({c['n']} maps)")
-    elif args.marks and method is None:
-        print("\n(--marks needs a saliency method)")
+    _print_results(result, method, options, args.marks)
     print(f"\nwritten: {out}/metrics.json, metrics.csv, predictions.csv"
           + (", agreement.csv" if result["agreement"] is not None else ""))
     return 0
