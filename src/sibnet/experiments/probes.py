@@ -21,6 +21,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from ..errors import SibnetError
+from ..evaluation.probes import PROBE_VERSION, evaluate_probes
 from ..evaluation.statistics import finite_mean, finite_sd, mean_sd
 from .evaluate import eval_dataset, load_job_model, train_split
 from .methods import BASELINE, Method
@@ -57,8 +58,6 @@ def penultimate_features(model: nn.Module, dataset, batch_size: int = 32) -> tup
 def job_probes(study: Study, job: Job, probes, bn_stats: str = "stored") -> dict:
     """The probes' scores on the job's evaluated model's features, from its cache when the cache's
     probes, budget and probe version match."""
-    from ..evaluation.probes import PROBE_VERSION, evaluate_probes  # scikit-learn's classifiers: imported when used
-
     folder = job.folder(study)
     cache = eval_cache(folder, "probes", bn_stats)
     old = read_json(cache)
