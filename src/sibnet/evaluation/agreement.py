@@ -115,6 +115,76 @@ def _summary(values: list[float]) -> dict:
     }
 
 
+def _check_inputs(maps, masks, labels, class_names) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Check and convert the arguments of :func:`saliency_agreement`.
+
+    Returns:
+        The maps as floats, the masks as booleans, the labels (all as numpy arrays) and the K class names
+        (``class_0``, ``class_1``, ... when none are given).
+
+    Raises:
+        DataError: When the shapes do not match (N, K, H, W) and (N, K) or there are not K names.
+    """
+    m = as_float(maps, "maps")
+    g = as_mask(masks, "masks")
+    y = labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels, dtype=float)
+    if m.ndim != 4:
+        raise DataError(f"argument 'maps' must have shape (N, K, H, W), got {tuple(m.shape)}")
+    if g.shape != m.shape:
+        raise DataError(f"argument 'masks' has shape {tuple(g.shape)} but 'maps' has {tuple(m.shape)}")
+    if y.shape != m.shape[:2]:
+        raise DataError(f"argument 'labels' has shape {tuple(y.shape)}, expected {tuple(m.shape[:2])}")
+    k = m.shape[1]
+    names = [str(c) for c in class_names] if class_names is not None else [f"class_{j}" for j in range(k)]
+    if len(names) != k:
+        raise DataError(f"argument 'class_names' has {len(names)} names but the maps have {k} classes")
+    return m, g, y, names
+
+
+def _pair_records(m: np.ndarray, g: np.ndarray, y: np.ndarray, names: list[str], threshold, spacing) -> list[dict]:
+    """One record per scored pair (image, class): label 1 and a nonempty mask, in image then class order."""
+    n, k = m.shape[:2]
+    records = []
+    for i in range(n):
+        for j in range(k):
+            if y[i, j] != 1 or not g[i, j].any():
+                continue
+            hull = binarise_convex_hull(m[i, j], threshold)
+            records.append(
+                {
+                    "index": i,
+                    "class": names[j],
+                    "dice": dice(hull, g[i, j]),
+                    "hd95": hd95(hull, g[i, j], spacing=spacing),
+                    "ssim": ssim(hull, g[i, j]),
+                    "empty_map": not hull.any(),
+                }
+            )
+    return records
+
+
+def _class_entry(records: list[dict]) -> dict:
+    """Summary of one class's records: each metric's mean, sd and n, the number of pairs and of empty maps."""
+    return {
+        "dice": _summary([r["dice"] for r in records]),
+        "hd95": _summary([r["hd95"] for r in records]),
+        "ssim": _summary([r["ssim"] for r in records]),
+        "n_pairs": len(records),
+        "n_empty_maps": sum(r["empty_map"] for r in records),
+    }
+
+
+def _macro_mean(per_class: dict) -> dict:
+    """Unweighted mean of the per-class means of each metric over the classes with any pair."""
+    scored = [c for c in per_class.values() if c["n_pairs"]]
+
+    def macro(metric: str):
+        vals = [c[metric]["mean"] for c in scored if c[metric]["mean"] is not None]
+        return float(np.mean(vals)) if vals else None
+
+    return {"dice": macro("dice"), "hd95": macro("hd95"), "ssim": macro("ssim"), "n_classes": len(scored)}
+
+
 def saliency_agreement(
     maps,
     masks,
@@ -138,51 +208,7 @@ def saliency_agreement(
     covers. ``mean`` is the unweighted mean of the per-class means over classes with any pair.
     HD95 is in pixels, or in the unit of ``spacing`` when given.
     """
-    m = as_float(maps, "maps")
-    g = as_mask(masks, "masks")
-    y = labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels, dtype=float)
-    if m.ndim != 4:
-        raise DataError(f"argument 'maps' must have shape (N, K, H, W), got {tuple(m.shape)}")
-    if g.shape != m.shape:
-        raise DataError(f"argument 'masks' has shape {tuple(g.shape)} but 'maps' has {tuple(m.shape)}")
-    if y.shape != m.shape[:2]:
-        raise DataError(f"argument 'labels' has shape {tuple(y.shape)}, expected {tuple(m.shape[:2])}")
-    n, k = m.shape[:2]
-    names = [str(c) for c in class_names] if class_names is not None else [f"class_{j}" for j in range(k)]
-    if len(names) != k:
-        raise DataError(f"argument 'class_names' has {len(names)} names but the maps have {k} classes")
-
-    records = []
-    for i in range(n):
-        for j in range(k):
-            if y[i, j] != 1 or not g[i, j].any():
-                continue
-            hull = binarise_convex_hull(m[i, j], threshold)
-            records.append(
-                {
-                    "index": i,
-                    "class": names[j],
-                    "dice": dice(hull, g[i, j]),
-                    "hd95": hd95(hull, g[i, j], spacing=spacing),
-                    "ssim": ssim(hull, g[i, j]),
-                    "empty_map": not hull.any(),
-                }
-            )
-    per_class = {}
-    for name in names:
-        rs = [r for r in records if r["class"] == name]
-        per_class[name] = {
-            "dice": _summary([r["dice"] for r in rs]),
-            "hd95": _summary([r["hd95"] for r in rs]),
-            "ssim": _summary([r["ssim"] for r in rs]),
-            "n_pairs": len(rs),
-            "n_empty_maps": sum(r["empty_map"] for r in rs),
-        }
-    scored = [c for c in per_class.values() if c["n_pairs"]]
-
-    def macro(metric: str):
-        vals = [c[metric]["mean"] for c in scored if c[metric]["mean"] is not None]
-        return float(np.mean(vals)) if vals else None
-
-    mean = {"dice": macro("dice"), "hd95": macro("hd95"), "ssim": macro("ssim"), "n_classes": len(scored)}
-    return {"per_class": per_class, "mean": mean, "records": records}
+    m, g, y, names = _check_inputs(maps, masks, labels, class_names)
+    records = _pair_records(m, g, y, names, threshold, spacing)
+    per_class = {name: _class_entry([r for r in records if r["class"] == name]) for name in names}
+    return {"per_class": per_class, "mean": _macro_mean(per_class), "records": records}
