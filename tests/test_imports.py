@@ -40,3 +40,26 @@ def test_the_configuration_layer_imports_nothing_above_it():
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout) == ["sibnet", "sibnet.config", "sibnet.errors", "sibnet.loss_options",
                                       "sibnet.recipe_options"]
+
+
+def test_the_package_imports_its_own_modules_at_the_top():
+    """docs/architecture.md: an import of a sibnet module inside a function would hide a cycle or a
+    layering violation; only the commands import lazily (the CLI loads just the subcommand used)."""
+    import ast
+    from pathlib import Path
+
+    import sibnet
+
+    root = Path(sibnet.__file__).parent
+    inside = []
+    for path in sorted(root.rglob("*.py")):
+        if "commands" in path.relative_to(root).parts:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top = set(map(id, tree.body))
+        for node in ast.walk(tree):
+            own = (isinstance(node, ast.ImportFrom) and (node.level > 0 or (node.module or "").startswith("sibnet"))
+                   or isinstance(node, ast.Import) and any(a.name.startswith("sibnet") for a in node.names))
+            if own and id(node) not in top:
+                inside.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert inside == []
