@@ -112,6 +112,68 @@ def _nuclei(image: np.ndarray, centres, axes, angles, value, size: int) -> None:
     np.maximum.at(image, (rows[ok], cols[ok]), val[ok])
 
 
+def _lumen(g: dict, u, v, rho, radius, px: float) -> np.ndarray:
+    """Soft lumen of gland ``g`` in [0, 1]: one open lumen, several small ones (cribriform) or none (solid)."""
+    if g["kind"] == "open":
+        return inside((g["lumen"] - rho) * radius, 1.5 * px)
+    lumen = np.zeros_like(rho)
+    if g["kind"] == "cribriform":
+        for h in g["holes"]:
+            d = np.hypot(u - (g["c"][0] + h[0] * g["r"]), v - (g["c"][1] + h[1] * g["r"]))
+            lumen = np.maximum(lumen, inside(g["hole_r"] * g["r"] - d, 1.5 * px))
+        lumen = lumen * inside((0.8 - rho) * radius, px)
+    return lumen
+
+
+def _gland_nuclei(rng: np.random.Generator, g: dict, malignant: bool) -> tuple[np.ndarray, ...]:
+    """Epithelial nuclei of gland ``g``: one basal row (benign) or stratified, larger, pleomorphic (malignant).
+
+    Returns:
+        Centres (N, 2) in unit coordinates, axes (N, 2), angles (N,) and haematoxylin values (N,).
+    """
+    perim = 2 * np.pi * g["r"] * (1.0 + 0.5 * np.abs(g["amp"]).sum())
+    count = int(perim / (0.017 if malignant else 0.018)) * (2 if malignant else 1)
+    ang = np.linspace(0, 2 * np.pi, count, endpoint=False) + rng.uniform(0, 2 * np.pi)
+    depth = rng.uniform(0.5, 0.92, count) if malignant else np.full(count, 0.86) + rng.normal(0, 0.015, count)
+    rad = g["r"] * (1.0 + sum(g["amp"][k] * np.cos((k + 2) * ang + g["phase"][k]) for k in range(4)))
+    p, q = depth * rad * np.cos(ang) * g["stretch"], depth * rad * np.sin(ang)
+    ca, sa = np.cos(g["angle"]), np.sin(g["angle"])
+    centres = np.stack([g["c"][0] + ca * p - sa * q, g["c"][1] + sa * p + ca * q], 1)
+    scale = rng.uniform(1.0, 1.6, count) if malignant else rng.uniform(0.9, 1.05, count)
+    axes = np.stack([0.014 * scale, 0.0075 * scale], 1)
+    angles = ang + g["angle"] + rng.normal(0, 0.5 if malignant else 0.1, count)
+    values = rng.uniform(1.7, 2.3, count) if malignant else rng.uniform(1.3, 1.6, count)
+    return centres, axes, angles, values
+
+
+def _stromal_nuclei(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """30 to 59 scattered stromal nuclei, anywhere in the tile (same arrays as :func:`_gland_nuclei`)."""
+    n_stroma = int(rng.integers(30, 60))
+    centres = rng.uniform(0, 1, (n_stroma, 2))
+    axes = np.stack([rng.uniform(0.010, 0.016, n_stroma), rng.uniform(0.004, 0.006, n_stroma)], 1)
+    return centres, axes, rng.uniform(0, np.pi, n_stroma), rng.uniform(1.1, 1.5, n_stroma)
+
+
+def _nuclei_map(gland_nuclei: list[tuple], stromal_nuclei: tuple, epi_all: np.ndarray, size: int) -> np.ndarray:
+    """Haematoxylin (H, W) of all nuclei: every gland nucleus, the stromal ones that fall outside the glands."""
+    nuc_c, nuc_ax, nuc_ang, nuc_val = (np.concatenate(parts) for parts in zip(*gland_nuclei, stromal_nuclei))
+    in_gland = np.zeros(len(nuc_c), bool)
+    in_gland[: len(nuc_c) - len(stromal_nuclei[0])] = True
+    cidx = np.clip((nuc_c * size).astype(int), 0, size - 1)
+    keep = in_gland | (epi_all[cidx[:, 1], cidx[:, 0]] < 0.5)  # stromal nuclei stay outside glands
+    hmask = np.zeros((size, size), np.float32)
+    _nuclei(hmask, nuc_c[keep], nuc_ax[keep], nuc_ang[keep], nuc_val[keep], size)
+    return hmask
+
+
+def _stain(rng: np.random.Generator, H: np.ndarray, E: np.ndarray, size: int) -> np.ndarray:
+    """RGB uint8 (H, W, 3) of the stain densities: per-tile stain strengths, brightness and noise."""
+    kh, ke = rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.2)
+    od = kh * H[..., None] * HEMATOXYLIN + ke * E[..., None] * EOSIN
+    rgb = np.exp(-od) * rng.uniform(0.92, 1.0) + rng.normal(0, 0.012, (size, size, 3))
+    return np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+
+
 def render_tile(key, size: int = 128, malignant: bool | None = None):
     """Draw one tile: ``(rgb uint8 (H, W, 3), instances int64 (H, W), malignant bool)``.
     ``malignant=None`` draws the grade from the key (probability 0.5)."""
@@ -128,61 +190,23 @@ def render_tile(key, size: int = 128, malignant: bool | None = None):
     pale = fourier_field(rng, frame, 8, (6.0, 14.0))
     E = 0.34 + 0.10 * stroma_tex - 0.10 * np.clip(pale - 0.8, 0, None)
     H = 0.06 + 0.02 * stroma_tex
-    hmask = np.zeros((size, size), np.float32)
-    masks, nuc_c, nuc_ax, nuc_ang, nuc_val = [], [], [], [], []
+    masks, gland_nuclei = [], []
     epi_all = np.zeros((size, size), np.float32)
     lumen_all = np.zeros((size, size), np.float32)
     for g in glands:
-        rho, theta, radius = _polar(g, u, v)
+        rho, _, radius = _polar(g, u, v)
         outer = inside((1.0 - rho) * radius, 1.5 * px)
         masks.append(outer > 0.5)
-        if g["kind"] == "open":
-            lumen = inside((g["lumen"] - rho) * radius, 1.5 * px)
-        elif g["kind"] == "cribriform":
-            lumen = np.zeros_like(outer)
-            for h in g["holes"]:
-                d = np.hypot(u - (g["c"][0] + h[0] * g["r"]), v - (g["c"][1] + h[1] * g["r"]))
-                lumen = np.maximum(lumen, inside(g["hole_r"] * g["r"] - d, 1.5 * px))
-            lumen = lumen * inside((0.8 - rho) * radius, px)
-        else:
-            lumen = np.zeros_like(outer)
         epi_all = np.maximum(epi_all, outer)
-        lumen_all = np.maximum(lumen_all, lumen)
-        # nuclei: one basal row (benign) or stratified, larger, pleomorphic (malignant)
-        perim = 2 * np.pi * g["r"] * (1.0 + 0.5 * np.abs(g["amp"]).sum())
-        count = int(perim / (0.017 if malignant else 0.018)) * (2 if malignant else 1)
-        ang = np.linspace(0, 2 * np.pi, count, endpoint=False) + rng.uniform(0, 2 * np.pi)
-        depth = rng.uniform(0.5, 0.92, count) if malignant else np.full(count, 0.86) + rng.normal(0, 0.015, count)
-        rad = g["r"] * (1.0 + sum(g["amp"][k] * np.cos((k + 2) * ang + g["phase"][k]) for k in range(4)))
-        p, q = depth * rad * np.cos(ang) * g["stretch"], depth * rad * np.sin(ang)
-        ca, sa = np.cos(g["angle"]), np.sin(g["angle"])
-        nuc_c.append(np.stack([g["c"][0] + ca * p - sa * q, g["c"][1] + sa * p + ca * q], 1))
-        scale = rng.uniform(1.0, 1.6, count) if malignant else rng.uniform(0.9, 1.05, count)
-        nuc_ax.append(np.stack([0.014 * scale, 0.0075 * scale], 1))
-        nuc_ang.append(ang + g["angle"] + rng.normal(0, 0.5 if malignant else 0.1, count))
-        nuc_val.append(rng.uniform(1.7, 2.3, count) if malignant else rng.uniform(1.3, 1.6, count))
-    n_stroma = int(rng.integers(30, 60))
-    nuc_c.append(rng.uniform(0, 1, (n_stroma, 2)))
-    nuc_ax.append(np.stack([rng.uniform(0.010, 0.016, n_stroma), rng.uniform(0.004, 0.006, n_stroma)], 1))
-    nuc_ang.append(rng.uniform(0, np.pi, n_stroma))
-    nuc_val.append(rng.uniform(1.1, 1.5, n_stroma))
-    nuc_c, nuc_ax = np.concatenate(nuc_c), np.concatenate(nuc_ax)
-    nuc_ang, nuc_val = np.concatenate(nuc_ang), np.concatenate(nuc_val)
-    in_gland = np.zeros(len(nuc_c), bool)
-    in_gland[: len(nuc_c) - n_stroma] = True
-    cidx = np.clip((nuc_c * size).astype(int), 0, size - 1)
-    keep = in_gland | (epi_all[cidx[:, 1], cidx[:, 0]] < 0.5)  # stromal nuclei stay outside glands
-    _nuclei(hmask, nuc_c[keep], nuc_ax[keep], nuc_ang[keep], nuc_val[keep], size)
+        lumen_all = np.maximum(lumen_all, _lumen(g, u, v, rho, radius, px))
+        gland_nuclei.append(_gland_nuclei(rng, g, malignant))
+    hmask = _nuclei_map(gland_nuclei, _stromal_nuclei(rng), epi_all, size)
 
     epi = epi_all * (1.0 - lumen_all)
     E = E * (1.0 - epi_all) + 0.26 * epi + 0.06 * lumen_all * epi_all
     H = H * (1.0 - epi_all) + (0.36 if malignant else 0.30) * epi + 0.01 * lumen_all * epi_all
     H = np.maximum(H, hmask * (1.0 - 0.8 * lumen_all))
-    kh, ke = rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.2)
-    od = kh * H[..., None] * HEMATOXYLIN + ke * E[..., None] * EOSIN
-    rgb = np.exp(-od) * rng.uniform(0.92, 1.0) + rng.normal(0, 0.012, (size, size, 3))
-    rgb = np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
-    return rgb, _fuse(masks), malignant
+    return _stain(rng, H, E, size), _fuse(masks), malignant
 
 
 class SyntheticGlands(MappedArrays, Dataset):
