@@ -82,6 +82,78 @@ def _score(model, x: np.ndarray) -> np.ndarray:
     return model.predict_proba(x)[:, 1]
 
 
+def _n_labels(train_labels, test_labels, class_names) -> int:
+    """The number of labels K: the class names, else the columns of 2-D labels, else from the class indices."""
+    if class_names is not None:
+        return len(class_names)
+    if np.ndim(train_labels) == 2:
+        return np.shape(train_labels)[1]
+    if np.ndim(test_labels) == 2:
+        return np.shape(test_labels)[1]
+    # class indices on both sides; 0/1 indices are one binary label
+    k = int(np.nanmax(np.concatenate([np.ravel(train_labels), np.ravel(test_labels)]))) + 1
+    return 1 if k <= 2 else k
+
+
+def _check_inputs(train_features, train_labels, test_features, test_labels, class_names, probes):
+    """Check and convert the arguments of :func:`evaluate_probes`, the probe names included, before any fitting.
+
+    Returns:
+        ``(xtr, ytr, xte, yte, names)``: features (N, D), targets (N, K) with 0, 1, nan, and the K label names.
+    """
+    xtr, xte = _features(train_features, "train_features"), _features(test_features, "test_features")
+    if xtr.shape[1] != xte.shape[1]:
+        raise DataError(f"train features have {xtr.shape[1]} dimensions but test features have {xte.shape[1]}")
+    k = _n_labels(train_labels, test_labels, class_names)
+    ytr = _targets(train_labels, len(xtr), k, "train_labels")
+    yte = _targets(test_labels, len(xte), k, "test_labels")
+    names = [str(c) for c in class_names] if class_names is not None else [f"class_{j}" for j in range(k)]
+    if len(names) != k:
+        raise DataError(f"argument 'class_names' has {len(names)} names but the labels have {k} columns")
+    for p in probes:
+        make_probe(p)  # validates the names before any fitting
+    return xtr, ytr, xte, yte, names
+
+
+def _num(v: float) -> float | None:
+    """``v`` as a float; ``None`` (JSON ``null``) when it is not finite."""
+    return None if not math.isfinite(v) else float(v)
+
+
+def _fit_and_score(probe: str, seed: int, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray):
+    """AUROC and AUPRC on the test rows of one binary probe fitted on the train rows (``nan`` rows left out)."""
+    tr, te = ~np.isnan(ytr), ~np.isnan(yte)
+    model = make_probe(probe, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(xtr[tr], ytr[tr].astype(int))
+    return binary_scores(_score(model, xte[te]), yte[te])
+
+
+def _run_probe(probe: str, seed: int, xtr, ytr, xte, yte, names: list[str]) -> dict:
+    """One probe per label: the per-label scores, their means over the labels with a value, and the notes."""
+    per_label, notes = {}, []
+    aurocs, auprcs = [], []
+    for j, name in enumerate(names):
+        if len(np.unique(ytr[~np.isnan(ytr[:, j]), j])) < 2:
+            notes.append(f"label {name!r}: one class only in the train split, no probe fitted")
+            per_label[name] = {"auroc": None, "auprc": None}
+            continue
+        auroc, auprc = _fit_and_score(probe, seed, xtr, ytr[:, j], xte, yte[:, j])
+        if math.isnan(auroc):
+            notes.append(f"label {name!r}: one class only in the test split, AUROC undefined")
+        else:
+            aurocs.append(auroc)
+            auprcs.append(auprc)
+        per_label[name] = {"auroc": _num(auroc), "auprc": _num(auprc)}
+    return {
+        "per_label": per_label,
+        "mean_auroc": float(np.mean(aurocs)) if aurocs else None,
+        "mean_auprc": float(np.mean(auprcs)) if auprcs else None,
+        "notes": notes,
+    }
+
+
 def evaluate_probes(
     train_features,
     train_labels,
@@ -96,54 +168,6 @@ def evaluate_probes(
     Returns ``{name: {"per_label": {label: {"auroc", "auprc"}}, "mean_auroc", "mean_auprc",
     "notes"}}`` with ``None`` where undefined (JSON-serialisable).
     """
-    xtr, xte = _features(train_features, "train_features"), _features(test_features, "test_features")
-    if xtr.shape[1] != xte.shape[1]:
-        raise DataError(f"train features have {xtr.shape[1]} dimensions but test features have {xte.shape[1]}")
-    if class_names is not None:
-        k = len(class_names)
-    elif np.ndim(train_labels) == 2:
-        k = np.shape(train_labels)[1]
-    elif np.ndim(test_labels) == 2:
-        k = np.shape(test_labels)[1]
-    else:  # class indices on both sides; 0/1 indices are one binary label
-        k = int(np.nanmax(np.concatenate([np.ravel(train_labels), np.ravel(test_labels)]))) + 1
-        k = 1 if k <= 2 else k
-    ytr = _targets(train_labels, len(xtr), k, "train_labels")
-    yte = _targets(test_labels, len(xte), k, "test_labels")
-    names = [str(c) for c in class_names] if class_names is not None else [f"class_{j}" for j in range(k)]
-    if len(names) != k:
-        raise DataError(f"argument 'class_names' has {len(names)} names but the labels have {k} columns")
-    for p in probes:
-        make_probe(p)  # validates the names before any fitting
-
-    def num(v):
-        return None if not math.isfinite(v) else float(v)
-
-    out = {}
-    for p in probes:
-        per_label, notes = {}, []
-        aurocs, auprcs = [], []
-        for j, name in enumerate(names):
-            tr, te = ~np.isnan(ytr[:, j]), ~np.isnan(yte[:, j])
-            if len(np.unique(ytr[tr, j])) < 2:
-                notes.append(f"label {name!r}: one class only in the train split, no probe fitted")
-                per_label[name] = {"auroc": None, "auprc": None}
-                continue
-            model = make_probe(p, seed)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                model.fit(xtr[tr], ytr[tr, j].astype(int))
-            auroc, auprc = binary_scores(_score(model, xte[te]), yte[te, j])
-            if math.isnan(auroc):
-                notes.append(f"label {name!r}: one class only in the test split, AUROC undefined")
-            else:
-                aurocs.append(auroc)
-                auprcs.append(auprc)
-            per_label[name] = {"auroc": num(auroc), "auprc": num(auprc)}
-        out[p] = {
-            "per_label": per_label,
-            "mean_auroc": float(np.mean(aurocs)) if aurocs else None,
-            "mean_auprc": float(np.mean(auprcs)) if auprcs else None,
-            "notes": notes,
-        }
-    return out
+    xtr, ytr, xte, yte, names = _check_inputs(train_features, train_labels, test_features, test_labels,
+                                              class_names, probes)
+    return {p: _run_probe(p, seed, xtr, ytr, xte, yte, names) for p in probes}
