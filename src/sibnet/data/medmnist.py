@@ -64,6 +64,71 @@ def _load(npz: Path, key: str) -> np.ndarray:
         raise DataError(f"{npz}: unreadable .npz ({exc})") from None
 
 
+def _flag_of(npz: Path) -> str:
+    """The MedMNIST flag a file name carries: ``{flag}.npz`` or ``{flag}_{size}.npz``."""
+    stem, _, tail = npz.stem.rpartition("_")
+    return stem if stem and tail.isdigit() else npz.stem
+
+
+def _read_split(npz: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
+    """The images (N, H, W, C) uint8 and labels (N, L) of one split of the file, checked."""
+    x, y = _load(npz, f"{part}_images"), _load(npz, f"{part}_labels")
+    if len(x) != len(y):
+        raise DataError(f"{npz}: {part}_images has {len(x)} rows but {part}_labels has {len(y)}")
+    if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3)):
+        raise DataError(f"{npz}: {part}_images must be (N, H, W) or (N, H, W, 3), got {x.shape}")
+    if x.dtype != np.uint8:
+        raise DataError(f"{npz}: {part}_images must be uint8, got {x.dtype}")
+    return (x if x.ndim == 4 else x[..., None]), np.asarray(y).reshape(len(y), -1)
+
+
+def _read_splits(npz: Path, parts: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The images and labels of the splits ``parts`` one after the other, and their ids (``{split}_{index}``)."""
+    images, labels, ids = [], [], []
+    for p in parts:
+        x, y = _read_split(npz, p)
+        images.append(x)
+        labels.append(y)
+        ids += [f"{p}_{i}" for i in range(len(x))]
+    x = np.concatenate(images) if images else np.zeros((0, 1, 1, 1), np.uint8)
+    return x, np.concatenate(labels), ids
+
+
+def _multiclass_targets(npz: Path, y: np.ndarray, ids: list[str], num_classes: int | None) -> tuple[np.ndarray, int]:
+    """One-hot targets of one-column class labels, and the number of classes (max label + 1 over all splits
+    unless given)."""
+    if y.shape[1] != 1:
+        raise DataError(f"{npz}: multiclass labels must have one column, found {y.shape[1]}")
+    if num_classes is None:
+        every = np.concatenate([_load(npz, f"{p}_labels").ravel() for p in ("train", "val", "test")])
+        num_classes = int(every.max()) + 1
+    bad = (y[:, 0] < 0) | (y[:, 0] >= num_classes)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{npz}: {ids[i].rsplit('_', 1)[0]}_labels row {ids[i].rsplit('_', 1)[1]}: "
+                        f"unknown label value {y[i, 0]} (expected 0..{num_classes - 1})")
+    return np.eye(num_classes, dtype=np.float32)[y[:, 0].astype(int)], num_classes
+
+
+def _multilabel_targets(npz: Path, y: np.ndarray, ids: list[str]) -> np.ndarray:
+    """Float32 targets of 0/1 label columns."""
+    bad = ~np.isin(y, (0, 1)).all(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{npz}: labels of {ids[i]}: unknown label value in {y[i].tolist()} (expected 0/1)")
+    return y.astype(np.float32)
+
+
+def _class_names(flag: str, class_names, num_classes: int) -> tuple[str, ...]:
+    """``class_names``, else the flag's known names, else ``class_0``, ``class_1``, ... (also when the count
+    does not match)."""
+    names = (tuple(class_names) if class_names
+             else CLASS_NAMES.get(flag, tuple(f"class_{i}" for i in range(num_classes))))
+    if len(names) != num_classes:
+        names = tuple(f"class_{i}" for i in range(num_classes))
+    return names
+
+
 class MedMNIST(RecordDataset):
     """A MedMNIST split held in memory; see the module doc."""
 
@@ -73,52 +138,17 @@ class MedMNIST(RecordDataset):
         if split not in SPLITS:
             raise ConfigError(f"medmnist: split must be one of {SPLITS}, got {split!r}")
         npz = find_npz(Path(root), flag, npz_size)
-        if flag is None:
-            stem, _, tail = npz.stem.rpartition("_")
-            flag = stem if stem and tail.isdigit() else npz.stem
-        parts = ("train", "val", "test") if split == "all" else (split,)
-        images, labels, ids = [], [], []
-        for p in parts:
-            x, y = _load(npz, f"{p}_images"), _load(npz, f"{p}_labels")
-            if len(x) != len(y):
-                raise DataError(f"{npz}: {p}_images has {len(x)} rows but {p}_labels has {len(y)}")
-            if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3)):
-                raise DataError(f"{npz}: {p}_images must be (N, H, W) or (N, H, W, 3), got {x.shape}")
-            if x.dtype != np.uint8:
-                raise DataError(f"{npz}: {p}_images must be uint8, got {x.dtype}")
-            images.append(x if x.ndim == 4 else x[..., None])
-            labels.append(np.asarray(y).reshape(len(y), -1))
-            ids += [f"{p}_{i}" for i in range(len(x))]
-        x = np.concatenate(images) if images else np.zeros((0, 1, 1, 1), np.uint8)
-        y = np.concatenate(labels)
-        width = y.shape[1]
+        flag = _flag_of(npz) if flag is None else flag
+        x, y, ids = _read_splits(npz, ("train", "val", "test") if split == "all" else (split,))
         if task is None:
-            task = "multiclass" if width == 1 else "multilabel"
+            task = "multiclass" if y.shape[1] == 1 else "multilabel"
         if task == "multiclass":
-            if width != 1:
-                raise DataError(f"{npz}: multiclass labels must have one column, found {width}")
-            if num_classes is None:
-                every = np.concatenate([_load(npz, f"{p}_labels").ravel() for p in ("train", "val", "test")])
-                num_classes = int(every.max()) + 1
-            bad = (y[:, 0] < 0) | (y[:, 0] >= num_classes)
-            if bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                raise DataError(f"{npz}: {ids[i].rsplit('_', 1)[0]}_labels row {ids[i].rsplit('_', 1)[1]}: "
-                                f"unknown label value {y[i, 0]} (expected 0..{num_classes - 1})")
-            onehot = np.eye(num_classes, dtype=np.float32)[y[:, 0].astype(int)]
+            onehot, num_classes = _multiclass_targets(npz, y, ids, num_classes)
         elif task == "multilabel":
-            bad = ~np.isin(y, (0, 1)).all(axis=1)
-            if bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                raise DataError(f"{npz}: labels of {ids[i]}: unknown label value in {y[i].tolist()} (expected 0/1)")
-            onehot = y.astype(np.float32)
-            num_classes = width
+            onehot, num_classes = _multilabel_targets(npz, y, ids), y.shape[1]
         else:
             raise ConfigError(f"medmnist: task must be 'multiclass' or 'multilabel', got {task!r}")
-        names = (tuple(class_names) if class_names
-                 else CLASS_NAMES.get(flag, tuple(f"class_{i}" for i in range(num_classes))))
-        if len(names) != num_classes:
-            names = tuple(f"class_{i}" for i in range(num_classes))
+        names = _class_names(flag, class_names, num_classes)
         records = [Record(id=ids[i], patient=ids[i], label=onehot[i], where=f"{npz.name} {ids[i]}")
                    for i in range(len(ids))]
         nonempty(records, f"medmnist {npz}", split)
