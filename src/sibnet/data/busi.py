@@ -176,6 +176,59 @@ def _check_sizes(rec: Record, shape: tuple[int, int]) -> None:
                             f"{shape[1]}x{shape[0]}")
 
 
+def _check_options(split: str, classes, duplicate_bits, n) -> tuple[str, ...]:
+    """Check the options of :class:`BUSI`; returns ``classes`` as a tuple."""
+    if split not in SPLITS:
+        raise ConfigError(f"busi: split must be one of {SPLITS}, got {split!r} (BUSI has no official test "
+                          "split: pass fold= and split='val' for held-out images)")
+    if isinstance(classes, str) or len(classes) < 2 or len(set(classes)) != len(classes) \
+            or any(c not in CLASSES for c in classes):
+        raise ConfigError(f"busi: classes must be two or three distinct names of {', '.join(CLASSES)}, "
+                          f"got {classes!r}")
+    if duplicate_bits is not None and (isinstance(duplicate_bits, bool) or not isinstance(duplicate_bits, int)
+                                       or not 0 <= duplicate_bits <= 256):
+        raise ConfigError(f"busi: duplicate_bits must be an integer in 0..256 or null, got {duplicate_bits!r}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ConfigError(f"busi: n must be a positive integer or null, got {n!r}")
+    return tuple(classes)
+
+
+def _hashes(records: list[Record]) -> np.ndarray:
+    """Difference hashes (N, 256) of the records' images, each decoded once and checked against its mask(s)."""
+    hashes = []
+    for rec in records:
+        bits, shape = _image_hash(rec.image)
+        _check_sizes(rec, shape)
+        hashes.append(bits)
+    return np.stack(hashes)
+
+
+def _name_groups(records: list[Record], groups: np.ndarray) -> dict[str, list[Record]]:
+    """Set each record's ``patient`` to its group (``group:<first image id>``); returns the members of each."""
+    first: dict[int, str] = {}
+    for rec, g in zip(records, groups):
+        rec.patient = "group:" + first.setdefault(int(g), rec.id)
+    members: dict[str, list[Record]] = {}
+    for rec in records:
+        members.setdefault(rec.patient, []).append(rec)
+    return members
+
+
+def _select(records: list[Record], classes: tuple[str, ...], n: int | None, seed) -> list[Record]:
+    """The records of ``classes``, their labels one-hot in that order; a random ``n`` of them (drawn with
+    ``seed``, in their original order) when ``n`` is smaller."""
+    kept = []
+    for rec in records:
+        name = str(rec.label[0])
+        if name in classes:
+            rec.label = np.array([name == c for c in classes], dtype=np.float32)
+            kept.append(rec)
+    if n is not None and n < len(kept):
+        pick = np.sort(np.random.default_rng(int(seed)).choice(len(kept), size=n, replace=False))
+        kept = [kept[int(i)] for i in pick]
+    return kept
+
+
 class BUSI(RecordDataset):
     """BUSI; see the module doc for layouts, classes, masks, splits and near-duplicate groups."""
 
@@ -184,48 +237,14 @@ class BUSI(RecordDataset):
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"{root}: BUSI folder not found")
-        if split not in SPLITS:
-            raise ConfigError(f"busi: split must be one of {SPLITS}, got {split!r} (BUSI has no official test "
-                              "split: pass fold= and split='val' for held-out images)")
-        if isinstance(classes, str) or len(classes) < 2 or len(set(classes)) != len(classes) \
-                or any(c not in CLASSES for c in classes):
-            raise ConfigError(f"busi: classes must be two or three distinct names of {', '.join(CLASSES)}, "
-                              f"got {classes!r}")
-        classes = tuple(classes)
-        if duplicate_bits is not None and (isinstance(duplicate_bits, bool) or not isinstance(duplicate_bits, int)
-                                           or not 0 <= duplicate_bits <= 256):
-            raise ConfigError(f"busi: duplicate_bits must be an integer in 0..256 or null, got {duplicate_bits!r}")
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            raise ConfigError(f"busi: n must be a positive integer or null, got {n!r}")
+        classes = _check_options(split, classes, duplicate_bits, n)
         root, layout = _layout(root)
         records = _processed_records(root) if layout == "processed" else _release_records(root, classes)
         nonempty(records, f"busi {root}", split)
         # every image decoded once: hash, size check against its mask(s), groups
-        hashes = []
-        for rec in records:
-            bits, shape = _image_hash(rec.image)
-            _check_sizes(rec, shape)
-            hashes.append(bits)
-        groups = near_duplicate_groups(np.stack(hashes), duplicate_bits)
-        first: dict[int, str] = {}
-        for rec, g in zip(records, groups):
-            rec.patient = "group:" + first.setdefault(int(g), rec.id)
-        members: dict[str, list[Record]] = {}
-        for rec in records:
-            members.setdefault(rec.patient, []).append(rec)
+        members = _name_groups(records, near_duplicate_groups(_hashes(records), duplicate_bits))
         conflicting = [[r.id for r in rs] for rs in members.values() if len({str(r.label[0]) for r in rs}) > 1]
-        n_groups = len(members)
-        grouped = sum(len(rs) for rs in members.values() if len(rs) > 1)
-        # labels
-        kept = []
-        for rec in records:
-            name = str(rec.label[0])
-            if name in classes:
-                rec.label = np.array([name == c for c in classes], dtype=np.float32)
-                kept.append(rec)
-        if n is not None and n < len(kept):
-            pick = np.sort(np.random.default_rng(int(seed)).choice(len(kept), size=n, replace=False))
-            kept = [kept[int(i)] for i in pick]
+        kept = _select(records, classes, n, seed)
         nonempty(kept, f"busi {root}", split)
         k = 1 if mask_mode == "binary" else len(classes)
         notes = []
@@ -235,9 +254,9 @@ class BUSI(RecordDataset):
         info = DatasetInfo(name="busi", class_names=classes, task="multiclass", in_channels=1, has_masks=True,
                            extra={"layout": layout, "burned_in_marks": True, "mask_mode": mask_mode, "mask_channels": k,
                                   "patient_groups": "near-duplicate groups (no patient ids)",
-                                  "duplicate_bits": duplicate_bits, "near_duplicate_groups": n_groups,
-                                  "images_in_shared_groups": grouped, "conflicting_groups": conflicting,
-                                  "notes": notes})
+                                  "duplicate_bits": duplicate_bits, "near_duplicate_groups": len(members),
+                                  "images_in_shared_groups": sum(len(rs) for rs in members.values() if len(rs) > 1),
+                                  "conflicting_groups": conflicting, "notes": notes})
         super().__init__(kept, info, root=root, image_size=image_size, channels=1, split=split,
                          mask_mode=mask_mode, seed=seed, **common)
 
