@@ -226,7 +226,7 @@ def _num(x: float | None) -> float | None:
 
 
 def _ci(samples: list[float], ci: float) -> list[float | None]:
-    """``[lo, hi]`` percentile interval of ``samples`` at level ``ci``; ``None`` ends when there are no samples."""
+    """``[lo, hi]`` percentile interval of ``samples`` at level ``ci``; both ``None`` when there are no samples."""
     return [_num(v) for v in _interval(samples, ci)]
 
 
