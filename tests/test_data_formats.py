@@ -131,3 +131,11 @@ def test_light_augment_is_seeded_and_keeps_masks_binary():
     assert torch.equal((a["instances"] > 0).float(), a["mask"][0])  # same geometric draw
     c = LightAugment(6)(item)
     assert not torch.equal(a["image"], c["image"])
+
+
+def test_medmnist_empty_split_is_an_error_naming_it(tmp_path):
+    arrays = {f"{s}_images": np.zeros((n, 28, 28), np.uint8) for s, n in (("train", 2), ("val", 0), ("test", 1))}
+    arrays |= {f"{s}_labels": np.zeros((n, 1), np.uint8) for s, n in (("train", 2), ("val", 0), ("test", 1))}
+    np.savez(tmp_path / "pneumoniamnist.npz", **arrays)
+    with pytest.raises(DataError, match="'val' split has no images"):
+        MedMNIST(tmp_path / "pneumoniamnist.npz", split="val", image_size=28)

@@ -79,6 +79,8 @@ def _read_split(npz: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{npz}: {part}_images must be (N, H, W) or (N, H, W, 3), got {x.shape}")
     if x.dtype != np.uint8:
         raise DataError(f"{npz}: {part}_images must be uint8, got {x.dtype}")
+    if len(x) == 0:
+        raise DataError(f"{npz}: the {part!r} split has no images")
     return (x if x.ndim == 4 else x[..., None]), np.asarray(y).reshape(len(y), -1)
 
 
