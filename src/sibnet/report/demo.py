@@ -170,45 +170,79 @@ def run_demo(out: str | Path = "runs/demo", plan: DemoPlan = DemoPlan(), progres
         f"SIBNet saliency: {plan.method}")
     datasets = _datasets(plan)
     runs = {"baseline": None, "SIBNet": plan.method}
-    summaries, results, models = {}, {}, {}
+    summaries = _train_both(plan, runs, datasets, out, progress, log)
+    test = datasets[2]
+    names = list(test.info.class_names)
+    options = summaries["SIBNet"]["saliency_options"]  # the maps SIBNet trained on, for both models
+    results = _evaluate_both(plan, runs, test, names, options, out, log)
+    cases = pick_cases(test, plan.cases)
+    fig_dir = out / "figures"
+    curves_png = figure_png(training_curves({n: out / n.lower() / "metrics.csv" for n in runs}))
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    (fig_dir / "training_curves.png").write_bytes(curves_png)
+    case_blocks = _case_figures(plan, runs, test, names, results, cases, fig_dir)
+    total = time.perf_counter() - start
+    lam = summaries["SIBNet"]
+    sections = [_setup_section(plan, summaries, options, torch_threads, total),
+                classification_section(results, names, plan.n_boot), agreement_section(results, plan.method),
+                loss_terms_section(out / "sibnet" / "metrics.csv", lam, results), _curves_section(curves_png),
+                _cases_section(cases, case_blocks), _files_section(out, fig_dir)]
+    report = write_report(out / "report.html", sections, title="sibnet demo: baseline vs SIBNet DenseNet-121")
+    summary = {
+        "plan": asdict(plan), "seconds": total, "torch_threads": torch_threads, "report": str(report),
+        "training": summaries, "cases": cases,
+        "classification": {n: results[n]["classification"] for n in runs},
+        "agreement": {n: agreement_rows(results[n]["agreement"]) if results[n]["agreement"] else None for n in runs},
+    }
+    (out / "results.json").write_text(json.dumps(_finite(summary), indent=2))
+    return summary
+
+
+def _train_both(plan: DemoPlan, runs: dict, datasets, out: Path, progress: bool, log) -> dict:
+    """Train the baseline and SIBNet runs one after the other; their training summaries by name."""
+    summaries = {}
     for name, saliency in runs.items():
         log(f"training {name} "
             f"({'weighted BCE only' if saliency is None else 'weighted BCE + L_CD + L_SC, ' + saliency})")
         summaries[name] = train_one(plan, saliency, out / name.lower(), datasets, progress)
         log(f"  {name}: {summaries[name]['seconds']:.0f} s, best validation AUROC "
             f"{summaries[name]['best_val_auroc']:.3f} (epoch {summaries[name]['best_epoch']})")
-    test = datasets[2]
-    names = list(test.info.class_names)
-    options = summaries["SIBNet"]["saliency_options"]  # the maps SIBNet trained on, for both models
+    return summaries
+
+
+def _evaluate_both(plan: DemoPlan, runs: dict, test, names: list, options: dict, out: Path, log) -> dict:
+    """Each run's best.pt evaluated on the test split with the maps SIBNet trained on (``options``)."""
+    results = {}
     for name in runs:
         log(f"evaluating {name} on the test split")
         model, meta = load_model_from_checkpoint(out / name.lower() / "best.pt")
-        models[name] = model
         results[name] = evaluate(model, test, task=meta["task"], class_names=names, method=plan.method,
                                  n_boot=plan.n_boot, seed=plan.seed, batch_size=32, saliency_options=options)
-    cases = pick_cases(test, plan.cases)
-    fig_dir = out / "figures"
-    curves = training_curves({n: out / n.lower() / "metrics.csv" for n in runs})
-    curves_png = figure_png(curves)
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    (fig_dir / "training_curves.png").write_bytes(curves_png)
-    case_blocks = []
+    return results
+
+
+def _case_figures(plan: DemoPlan, runs: dict, test, names: list, results: dict, cases: list,
+                  fig_dir: Path) -> list:
+    """One figure per test case (both models' maps), written to ``fig_dir``; the report's figure blocks."""
+    blocks = []
     for i in cases:
         item = test[i]
-        per_model = {}
-        for name in runs:
-            maps = results[name]["maps"]
-            per_model[name] = (maps["maps"][i], results[name]["predictions"].probs[i])
+        per_model = {name: (results[name]["maps"]["maps"][i], results[name]["predictions"].probs[i])
+                     for name in runs}
         fig = case_figure(item["image"].numpy(), item["mask"].numpy(), item["label"].numpy(), per_model, names,
                           title=f"test image {item['id']}")
         png = figure_png(fig)
         (fig_dir / f"case_{i:03d}.png").write_bytes(png)
-        case_blocks.append(Figure(png, caption=f"{item['id']}: top row baseline, bottom row SIBNet; {plan.method} "
-                                               "maps (positive part, one colour scale per case); lime: expert "
-                                               "mask contours (in a class panel only when the class is present)."))
-    total = time.perf_counter() - start
+        blocks.append(Figure(png, caption=f"{item['id']}: top row baseline, bottom row SIBNet; {plan.method} "
+                                          "maps (positive part, one colour scale per case); lime: expert "
+                                          "mask contours (in a class panel only when the class is present)."))
+    return blocks
+
+
+def _setup_section(plan: DemoPlan, summaries: dict, options: dict, torch_threads: int, total: float) -> Section:
+    """The report's "What was run": data, models, loss, machine and times."""
     lam = summaries["SIBNet"]
-    setup = Section("What was run", [
+    return Section("What was run", [
         f"Data: synthetic chest radiographs (sibnet's built-in generator, five CheXpert findings with pixel "
         f"masks, difficulty {plan.difficulty}, seed {plan.seed}): {plan.n_train} training, {plan.n_val} "
         f"validation and {plan.n_test} test images of {plan.image_size}x{plan.image_size} pixels.",
@@ -228,33 +262,33 @@ def run_demo(out: str | Path = "runs/demo", plan: DemoPlan = DemoPlan(), progres
         f"{plan.n_train} images of {plan.image_size} px is a demonstration of the pipeline, not a replication of "
         "the paper (320 px, thousands of images, many epochs): intervals are wide and the ranking of the two "
         "models can change with the seed, the data size and the number of epochs."])
-    curves_section = Section("Training curves", [
+
+
+def _curves_section(curves_png: bytes) -> Section:
+    """The report's "Training curves"."""
+    return Section("Training curves", [
         Figure(curves_png, caption="Per epoch, from each run's metrics.csv: mean training loss (total and its "
                                    "weighted BCE part) and validation mean AUROC."),
         "The SIBNet total includes the saliency terms, so its total is not comparable with the baseline's; "
         "the weighted BCE part is."])
-    cases_section = Section("Saliency on test cases", [
+
+
+def _cases_section(cases: list, case_blocks: list) -> Section:
+    """The report's "Saliency on test cases"."""
+    return Section("Saliency on test cases", [
         f"{len(cases)} test images with at least one finding; columns: the image with all expert mask contours, "
         "then one panel per class titled with the model's predicted probability and whether the finding is "
         "present."] + case_blocks)
-    files = Section("Files and commands", [[
+
+
+def _files_section(out: Path, fig_dir: Path) -> Section:
+    """The report's "Files and commands"."""
+    return Section("Files and commands", [[
         f"runs: {out / 'baseline'}, {out / 'sibnet'} (best.pt, last.pt, metrics.csv, tensorboard/)",
         f"numbers: {out / 'results.json'}; figures: {fig_dir}",
         f"evaluate a run again: sibnet evaluate --checkpoint {out / 'sibnet' / 'best.pt'} (on the full synthetic "
         "test split unless given otherwise)",
         f"explain an image: sibnet explain --checkpoint {out / 'sibnet' / 'best.pt'} IMAGE.png"]])
-    sections = [setup, classification_section(results, names, plan.n_boot), agreement_section(results, plan.method),
-                loss_terms_section(out / "sibnet" / "metrics.csv", lam, results), curves_section, cases_section,
-                files]
-    report = write_report(out / "report.html", sections, title="sibnet demo: baseline vs SIBNet DenseNet-121")
-    summary = {
-        "plan": asdict(plan), "seconds": total, "torch_threads": torch_threads, "report": str(report),
-        "training": summaries, "cases": cases,
-        "classification": {n: results[n]["classification"] for n in runs},
-        "agreement": {n: agreement_rows(results[n]["agreement"]) if results[n]["agreement"] else None for n in runs},
-    }
-    (out / "results.json").write_text(json.dumps(_finite(summary), indent=2))
-    return summary
 
 
 def _method_text(method: str, options: dict) -> str:
