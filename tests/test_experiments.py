@@ -125,6 +125,23 @@ def test_statistics_against_evaluation_module(study):
     assert f"| baseline | 2/2 | {mean_sd(_per_run(study['runs'], 'baseline', 'mean_auroc'))} |" in md
 
 
+def test_reference_method_takes_the_place_of_the_baseline(study, tmp_path, capsys):
+    out = tmp_path / "vs-sibnet"
+    assert main(argv(study["runs"], out, extra=("--report-only", "--reference", "sibnet-gradcam"))) == 0
+    header, rows = read_csv_table(out / "table1.csv")
+    by = {r["method"]: r for r in rows}
+    d = paired_difference(_per_run(study["runs"], "baseline", "mean_auroc"),
+                          _per_run(study["runs"], "sibnet-gradcam", "mean_auroc"))
+    assert float(by["baseline"]["diff_auroc"]) == pytest.approx(d["mean_diff"])
+    assert by["sibnet-gradcam"]["diff_auroc"] == ""
+    md = (out / "table1.md").read_text()
+    assert "ΔAUROC vs sibnet-gradcam [95% CI]" in md and "--reference sibnet-gradcam" in md
+    assert "paired differences against sibnet-gradcam (--reference), not the baseline" in md
+    assert main(argv(study["runs"], out, extra=("--report-only", "--reference", "no-cd"))) == 2
+    err = capsys.readouterr().err
+    assert "--reference 'no-cd': table1 only, and one of --methods (baseline, sibnet-gradcam)" in err
+
+
 def test_header(study):
     header, _ = read_csv_table(study["out"] / "table1.csv")
     text = "\n".join(header)

@@ -83,6 +83,9 @@ def _add_study_arguments(p) -> None:
 
 def _add_table_arguments(p) -> None:
     """The settings of single tables."""
+    p.add_argument("--reference", default=None, metavar="METHOD",
+                   help="table1: the method the paired differences are taken against (default baseline; e.g. "
+                        "warm-baseline, the control of warm-sibnet)")
     p.add_argument("--sigmas", default=None, help="table4: comma-separated noise sds on [0, 1] images "
                                                   "(default 0,0.005,0.01,0.05,0.1)")
     p.add_argument("--probes", default=None, help="table5: comma-separated probes (default linear_svm,rbf_svm,"
@@ -146,6 +149,7 @@ def run(args) -> int:
 
     study = build_study(args)
     methods, settings = _methods(args)
+    settings["reference"] = reference_method(args, methods)
     jobs = study_jobs(study, methods)
     for job in jobs[:len(methods)]:
         job_config(study, job)  # settings checked before anything runs
@@ -196,7 +200,7 @@ def _write_table(args, study, methods, jobs, out, command: str, settings: dict) 
     if args.table == "table1":
         from ..experiments.table1 import write_table1
 
-        return write_table1(study, methods, jobs, out, command)
+        return write_table1(study, methods, jobs, out, command, reference=settings["reference"])
     if args.table == "lambda-grid":
         from ..experiments.lambda_grid import write_lambda_grid
 
@@ -224,6 +228,19 @@ def _write_table(args, study, methods, jobs, out, command: str, settings: dict) 
     options = saliency_options(args.saliency_option)
     check_options(args.saliency, options)
     return write_table3(study, methods, jobs, out, command, args.saliency, args.max_maps, args.bn_stats, options)
+
+
+def reference_method(args, methods) -> str:
+    """table1's ``--reference`` (default the baseline), checked to be one of the study's methods."""
+    from ..errors import ConfigError
+    from ..experiments.methods import BASELINE
+
+    if args.reference is None:
+        return BASELINE
+    names = [m.name for m in methods]
+    if args.table != "table1" or args.reference not in names:
+        raise ConfigError(f"--reference {args.reference!r}: table1 only, and one of --methods ({', '.join(names)})")
+    return args.reference
 
 
 def canonical_argv(args) -> list[str]:
@@ -256,6 +273,8 @@ def canonical_argv(args) -> list[str]:
         out += ["--sigmas", args.sigmas]
     if args.table == "table5" and args.probes is not None:
         out += ["--probes", args.probes]
+    if args.table == "table1" and args.reference is not None:
+        out += ["--reference", args.reference]
     if args.table == "table3":
         out += ["--saliency", args.saliency, "--max-maps", str(args.max_maps)]
         for opt in args.saliency_option:

@@ -45,8 +45,9 @@ def paired_vs_baseline(records: dict[Job, dict], method: str, key: str, baseline
     return out
 
 
-def summarise(study: Study, methods: list[Method], jobs: list[Job]) -> dict:
-    """Per-method summaries and paired differences from the finished jobs (no files written)."""
+def summarise(study: Study, methods: list[Method], jobs: list[Job], reference: str = BASELINE) -> dict:
+    """Per-method summaries and paired differences against ``reference`` from the finished jobs (no files
+    written)."""
     records = collect(study, jobs)
     labels: list[str] = []
     for r in records.values():
@@ -60,13 +61,13 @@ def summarise(study: Study, methods: list[Method], jobs: list[Job]) -> dict:
                  "mean_auprc": [_value(r["mean_auprc"]) for r in rs],
                  "per_label": {lab: [_value(r["per_label"][lab]["auroc"]) for r in rs] for lab in labels},
                  "per_label_auprc": {lab: [_value(r["per_label"][lab]["auprc"]) for r in rs] for lab in labels}}
-        if m.name != BASELINE:
-            entry["diff"] = {key: paired_vs_baseline(records, m.name, key) for key, _ in METRICS}
+        if m.name != reference:
+            entry["diff"] = {key: paired_vs_baseline(records, m.name, key, reference) for key, _ in METRICS}
         out["methods"][m.name] = entry
     return out
 
 
-def _header_notes(s: dict, n_done: int, n_jobs: int, has_base: bool) -> list[str]:
+def _header_notes(s: dict, n_done: int, n_jobs: int, has_base: bool, reference: str = BASELINE) -> list[str]:
     """The table's own header lines (after :func:`study_header`'s)."""
     extra = [f"finished jobs: {n_done} of {n_jobs}"
              + ("" if n_done == n_jobs else " (the table covers the finished ones; rerun the command to continue)"),
@@ -77,11 +78,14 @@ def _header_notes(s: dict, n_done: int, n_jobs: int, has_base: bool) -> list[str
         n_eval = sorted({r["n_eval"] for r in s["records"].values()})
         extra.append(f"evaluation split: {', '.join(evals)} ({', '.join(map(str, n_eval))} images per run)")
     if not has_base:
-        extra.append("the baseline is not among the methods: no paired differences")
+        extra.append("the baseline is not among the methods: no paired differences" if reference == BASELINE
+                     else f"the reference method {reference} is not among the methods: no paired differences")
+    elif reference != BASELINE:
+        extra.append(f"paired differences against {reference} (--reference), not the baseline")
     return extra
 
 
-def _method_rows(m: Method, e: dict, labels: list[str], has_base: bool) -> tuple[list, dict]:
+def _method_rows(m: Method, e: dict, labels: list[str], has_base: bool, reference: str = BASELINE) -> tuple[list, dict]:
     """(Markdown row, CSV row) of one method's summary ``e``."""
     row = [m.name, f"{e['n']}/{e['total']}", mean_sd(e["mean_auroc"]) if e["n"] else "n/a",
            mean_sd(e["mean_auprc"]) if e["n"] else "n/a"]
@@ -89,7 +93,7 @@ def _method_rows(m: Method, e: dict, labels: list[str], has_base: bool) -> tuple
          "auroc_mean": finite_mean(e["mean_auroc"]), "auroc_sd": finite_sd(e["mean_auroc"]),
          "auprc_mean": finite_mean(e["mean_auprc"]), "auprc_sd": finite_sd(e["mean_auprc"])}
     if has_base:
-        if m.name == BASELINE:
+        if m.name == reference:
             row += ["(reference)", "", "(reference)", ""]
         else:
             for key, short in METRICS:
@@ -116,17 +120,18 @@ def _csv_columns(labels: list[str], has_base: bool) -> list[str]:
 
 
 def write_table1(study: Study, methods: list[Method], jobs: list[Job], out: Path, command: str,
-                 figures: bool = True) -> dict:
+                 figures: bool = True, reference: str = BASELINE) -> dict:
     """Write ``table1.md``, ``table1.csv`` and (with ``figures`` and a finished job) Fig. 3-5 to ``out``;
-    returns their paths plus ``summary`` (:func:`summarise`)."""
-    s = summarise(study, methods, jobs)
+    returns their paths plus ``summary`` (:func:`summarise`). Differences are paired against the method
+    ``reference`` (default the baseline; e.g. ``warm-baseline`` as the control of ``warm-sibnet``)."""
+    s = summarise(study, methods, jobs, reference)
     labels = s["labels"]
-    has_base = any(m.name == BASELINE for m in methods)
+    has_base = any(m.name == reference for m in methods)
     n_done = sum(e["n"] for e in s["methods"].values())
-    header = study_header(command, study, methods, _header_notes(s, n_done, len(jobs), has_base))
+    header = study_header(command, study, methods, _header_notes(s, n_done, len(jobs), has_base, reference))
     main_cols = ["method", "runs", "AUROC", "AUPRC"] + (
-        ["ΔAUROC vs baseline [95% CI]", "p", "ΔAUPRC vs baseline [95% CI]", "p"] if has_base else [])
-    rows = [_method_rows(m, s["methods"][m.name], labels, has_base) for m in methods]
+        [f"ΔAUROC vs {reference} [95% CI]", "p", f"ΔAUPRC vs {reference} [95% CI]", "p"] if has_base else [])
+    rows = [_method_rows(m, s["methods"][m.name], labels, has_base, reference) for m in methods]
     label_rows = [[m.name] + [mean_sd(s["methods"][m.name]["per_label"][lab]) if s["methods"][m.name]["n"] else "n/a"
                               for lab in labels] for m in methods]
     figs = _figures(study, methods, s, out) if figures and n_done else []
