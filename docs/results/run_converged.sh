@@ -12,6 +12,10 @@
 # Decisive comparison first (baseline, sibnet; 3 seeds: ~4 h), then the GradCAM and ablation
 # methods (no-cd, no-sc, sibnet-plain-dt, sibnet-raw, authors, sibnet-plus, warm-*), then shortcut on.
 # About two sessions of this machine for the first block; a GPU would do all of it in minutes.
+# State on 2026-12-05: baseline, sibnet, warm-baseline, warm-sibnet finished for 3 seeds (SIBNet jobs
+# stopped early after 15-19 epochs, 40-90 min each with two or three jobs sharing the 2 cores; warm
+# jobs 5-18 epochs). Next: METHODS=baseline,sibnet-gradcam,no-cd,no-sc then sibnet-raw,authors,
+# sibnet-plus (about 1 h per SIBNet job and seed here), then VARIANTS=on.
 set -u
 cd "$(dirname "$0")/../.."
 COMMON="--dataset synthetic --image-size 64 --folds 1 --seeds 3 --budget epochs=20 --patience 4 --batch-size 16"
