@@ -63,7 +63,7 @@ def test_choices_are_defined_once():
     ("lambda_cd", -1.0, "lambda_cd: must be >= 0 or null, got -1.0"),
     ("lambda_sc", "1", "lambda_sc: expected a number >= 0 or null, got '1'"),
     ("use_cd", 1, "use_cd: expected true/false, got 1"),
-    ("embed_size", 4, "embed_size: expected None or an integer >= 8, got 4"),
+    ("embed_size", 4, "embed_size: expected null (the input size) or an integer >= 8, got 4"),
     ("balance", "grad", "balance: expected one of none, first_step, running, got 'grad'"),
     ("balance_momentum", 1.0, "balance_momentum: must be in [0, 1), got 1.0"),
     ("contrast", "clrp2", "contrast: expected one of auto, none, clrp, sglrp, got 'clrp2'"),
@@ -78,7 +78,7 @@ def test_sibnet_loss_checks_every_option_when_built(name, value, message):
 def test_the_configuration_names_the_key_with_its_section():
     for override, message in [("loss.radius=0", "loss.radius: expected an integer from 1 to 7"),
                               ("loss.threshold=median", "loss.threshold: expected 'otsu', 'mean'"),
-                              ("loss.embed_size=4", "loss.embed_size: expected None or an integer >= 8"),
+                              ("loss.embed_size=4", "loss.embed_size: expected null (the input size) or an integer"),
                               ("loss.saliency=deep_taylor loss.sc_resolution=features",
                                "loss.sc_resolution='features'")]:
         with pytest.raises(ConfigError, match=None) as err:

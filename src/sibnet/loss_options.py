@@ -105,7 +105,7 @@ def _threshold(value: Any) -> str | None:
 def _embed_size(value: Any) -> str | None:
     if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= MIN_EMBED_SIZE):
         return None
-    return f"expected None or an integer >= {MIN_EMBED_SIZE}, got {value!r}"
+    return f"expected null (the input size) or an integer >= {MIN_EMBED_SIZE}, got {value!r}"
 
 
 def _saliency(value: Any) -> str | None:
