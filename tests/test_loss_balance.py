@@ -179,6 +179,23 @@ def test_collapse_warning_names_identical_and_flat_maps():
     assert "flat" in collapse_warning({"map_cos": 0.2, "flat_maps": 0.9}, 3)
 
 
+def test_collapse_warning_advises_only_what_the_loss_does_not_do():
+    from sibnet.training.collapse import collapse_warning
+
+    net = SmallCNN()
+    identical = {"map_cos": 0.995, "flat_maps": 0.0}
+    gradcam = collapse_warning(identical, 4, SIBNetLoss(net, saliency="gradcam", task="multilabel"))
+    assert "loss.saliency=deep_taylor loss.contrast=clrp" in gradcam and "balance" not in gradcam
+    default = collapse_warning(identical, 4, SIBNetLoss(net, saliency="deep_taylor", task="multilabel"))
+    assert "contrast" not in default and "balance" not in default and "model.pretrained=RUN/best.pt" in default
+    raw = collapse_warning(identical, 4, SIBNetLoss(net, saliency="deep_taylor", balance="none", contrast="none",
+                                                    task="multilabel"))
+    assert "loss.balance=first_step" in raw and "loss.contrast=clrp" in raw
+    flat = collapse_warning({"map_cos": 0.2, "flat_maps": 0.9}, 4, SIBNetLoss(net, saliency="deep_taylor",
+                                                                             task="multilabel"))
+    assert "a lower loss.lambda_sc" in flat
+
+
 def test_collapse_metrics_by_hand():
     from sibnet.training.collapse import FLAT_SD, collapse_metrics
 

@@ -22,6 +22,7 @@ import torch
 
 from ..evaluation.distinctiveness import map_distinctiveness
 from ..losses.normalise import normalise_maps
+from ..saliency import takes_option
 from ..saliency.resize import resize_linear
 
 COLLAPSE_IMAGES = 32
@@ -57,15 +58,32 @@ def collapse_metrics(model: torch.nn.Module, loss_fn, dataset, device, n_images:
             "flat_maps": float(flat.float().mean())}
 
 
-def collapse_warning(metrics: dict, epoch: int) -> str | None:
-    """A one-line warning when the class maps have collapsed, else None."""
+def collapse_warning(metrics: dict, epoch: int, loss_fn=None) -> str | None:
+    """A one-line warning when the class maps have collapsed, else None; its advice leaves out what the
+    loss ``loss_fn`` (a :class:`~sibnet.losses.SIBNetLoss`) already does."""
     cos, flat = metrics.get("map_cos", math.nan), metrics.get("flat_maps", math.nan)
     if flat >= FLAT_SHARE:
         return (f"warning: epoch {epoch}: {flat:.0%} of the class maps are flat (uniform or zero) on "
                 f"{COLLAPSE_IMAGES} validation images: the saliency terms are being met trivially "
-                "(try loss.balance=first_step, a lower loss.lambda_sc, or loss.contrast=clrp)")
+                f"(try {_advice(loss_fn, 'a lower loss.lambda_sc')})")
     if cos >= IDENTICAL_COS:
         return (f"warning: epoch {epoch}: the class maps have become identical (mean pairwise cosine {cos:.3f} on "
-                f"{COLLAPSE_IMAGES} validation images): L_CD has nothing to separate "
-                "(try loss.contrast=clrp with a relevance method, or loss.balance=first_step)")
+                f"{COLLAPSE_IMAGES} validation images): L_CD has nothing to separate (try {_advice(loss_fn)})")
     return None
+
+
+def _advice(loss_fn, *extra: str) -> str:
+    """The remedies that the loss does not use yet, joined with "or"."""
+    method = getattr(loss_fn, "method", None)
+    balance = getattr(getattr(loss_fn, "balance", None), "mode", None)
+    contrast = getattr(loss_fn, "saliency_options", {}).get("contrast", "none")
+    tips = []
+    if loss_fn is None or balance == "none":
+        tips.append("loss.balance=first_step")
+    if method is None or not takes_option(method, "contrast"):
+        tips.append("class-contrastive relevance maps (loss.saliency=deep_taylor loss.contrast=clrp)")
+    elif contrast == "none":
+        tips.append("loss.contrast=clrp")
+    tips += list(extra)
+    tips.append("fine-tuning a converged model instead (model.pretrained=RUN/best.pt)")
+    return ", ".join(tips[:-1]) + " or " + tips[-1]

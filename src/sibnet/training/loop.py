@@ -440,7 +440,7 @@ def _end_epoch(run: Run, state: TrainState, logger: RunLogger, seconds: float) -
     maps = {}
     if cfg.train.watch_maps:  # the same images on every rank: the same figures
         maps = collapse_metrics(run.model, run.loss_fn, run.val_set or run.train_set, run.env.device)
-        warning = collapse_warning(maps, state.epoch + 1)
+        warning = collapse_warning(maps, state.epoch + 1, run.loss_fn)
         if warning and run.env.is_main:
             print(warning, file=sys.stderr)
     state.epoch += 1
