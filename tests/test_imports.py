@@ -42,6 +42,16 @@ def test_the_configuration_layer_imports_nothing_above_it():
                                       "sibnet.recipe_options"]
 
 
+def test_the_rendering_helpers_of_report_import_only_the_errors():
+    """docs/architecture.md: report.figures and report.html serve the monitor (layer 6) as well, so
+    importing them must load nothing of the package but the errors."""
+    code = ("import json, sys, sibnet.report.figures, sibnet.report.html; "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('sibnet'))))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout) == ["sibnet", "sibnet.errors", "sibnet.report", "sibnet.report.figures",
+                                      "sibnet.report.html"]
+
 def test_the_package_imports_its_own_modules_at_the_top():
     """docs/architecture.md: an import of a sibnet module inside a function would hide a cycle or a
     layering violation; only the commands import lazily (the CLI loads just the subcommand used)."""
