@@ -77,14 +77,14 @@ def job_agreement(study: Study, job: Job, method: str, max_maps: int, bn_stats: 
     folder = job.folder(study)
     slug = "".join(f"-{k}-{v}" for k, v in sorted((options or {}).items()))
     cache = eval_cache(folder, "agreement" + slug, bn_stats)
-    cfg = job_config(study, job)
-    dataset, split = eval_dataset(study, cfg)
+    # "marks": written by code that adds the marks share where the dataset has marks (older caches lack it)
     key = {"saliency": method, "max_maps": int(max_maps), "budget": str(study.budget),
-           "checkpoint": study.checkpoint, **({"options": options} if options else {}),
-           **({"marks": True} if has_marks(dataset) else {})}
+           "checkpoint": study.checkpoint, **({"options": options} if options else {}), "marks": True}
     old = read_json(cache)
     if old is not None and old.get("key") == key:
         return old
+    cfg = job_config(study, job)
+    dataset, split = eval_dataset(study, cfg)
     if not getattr(dataset.info, "has_masks", False):
         raise SibnetError(f"table3: dataset {study.dataset!r} has no expert masks (use a synthetic dataset)")
     train = train_split(cfg) if bn_stats == "train" else None  # built once for every checkpoint

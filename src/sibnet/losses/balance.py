@@ -72,6 +72,8 @@ class LossBalance(nn.Module):
         if self.mode == "none" or not values:
             return
         names = [k for k in TERM_NAMES if k in values]
+        if self.mode == "first_step" and all(int(self.count[TERM_NAMES.index(k)]) for k in names):
+            return  # every normaliser is fixed: no collective, no device sync on later steps (same on every rank)
         observed = torch.stack([values[k].detach().double().abs().reshape(()) for k in names])
         observed = _all_reduce_mean(observed.to(self.scale.device)).cpu()
         for name, value in zip(names, observed.tolist()):
