@@ -526,6 +526,31 @@ def test_own_splits_early_stopping_and_warm_start(tmp_path, monkeypatch):
     assert "early stopping after 1 epochs" in (out / "table1.md").read_text()
 
 
+def test_warm_budget_applies_to_warm_started_jobs_only(tmp_path, capsys):
+    """--warm-budget: the warm-started jobs fine-tune for their own budget while the others keep --budget;
+    the baseline stays finished, the header says both, and a larger warm budget continues the warm job."""
+    from sibnet.training import load_checkpoint
+
+    runs, out = tmp_path / "runs", tmp_path / "tables"
+    args = ["experiment", "table1", "--dataset", "synthetic", "--image-size", "32", "--folds", "1", "--seeds", "1",
+            "--budget", "epochs=2", "--batch-size", "8", "--data-option", "n=16", "--runs", str(runs),
+            "--out", str(out), "--methods", "baseline,warm-baseline"]
+    assert main(args + ["--warm-budget", "epochs=1"]) == 0
+    base, warm = runs / "baseline" / "fold0-seed0", runs / "warm-baseline" / "fold0-seed0"
+    assert load_checkpoint(base / "last.pt")["state"]["epoch"] == 2
+    assert load_checkpoint(warm / "last.pt")["state"]["epoch"] == 1
+    assert json.loads((warm / "done.json").read_text())["budget"] == "epochs=1"
+    assert json.loads((base / "done.json").read_text())["budget"] == "epochs=2"
+    text = (out / "table1.md").read_text()
+    assert "budget: epochs=2; warm-started jobs epochs=1 per job" in text and "--warm-budget epochs=1" in text
+    base_mtime = (base / "done.json").stat().st_mtime_ns
+    assert main(args + ["--warm-budget", "epochs=2"]) == 0  # the warm job continues, the baseline is kept
+    assert load_checkpoint(warm / "last.pt")["state"]["epoch"] == 2
+    assert (base / "done.json").stat().st_mtime_ns == base_mtime
+    assert main(args + ["--warm-budget", "epochs=0"]) == 2
+    assert "--warm-budget: expected epochs=N" in capsys.readouterr().err
+
+
 def test_agreement_table_with_contrastive_maps(study):
     """table3 --saliency-option contrast=clrp: the contrastive maps' agreement, cached apart from the plain."""
     from sibnet.data.registry import build_dataset

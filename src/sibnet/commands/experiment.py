@@ -61,6 +61,9 @@ def _add_study_arguments(p) -> None:
     p.add_argument("--seeds", type=int, default=1, help="number of seeds per fold: 0..N-1 (default 1)")
     p.add_argument("--budget", default="epochs=3", help="training budget per job: epochs=N and/or steps=N "
                                                         "(default epochs=3)")
+    p.add_argument("--warm-budget", default=None, metavar="BUDGET",
+                   help="training budget of the warm-started methods (warm-baseline, warm-sibnet), e.g. epochs=3: "
+                        "fine-tune the converged model for a few epochs (default: --budget)")
     p.add_argument("--methods", default=None, help=f"comma-separated methods (default {DEFAULT_METHODS}; "
                    f"capacity: the base methods, default {CAPACITY_METHODS})")
     p.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
@@ -133,11 +136,12 @@ def build_study(args):
     for text in args.overrides:
         parse_override(text)
     budget = parse_budget(args.budget)
+    warm_budget = parse_budget(args.warm_budget, "--warm-budget") if args.warm_budget else None
     runs = Path(args.runs or f"runs/experiments/{args.dataset}-{args.image_size}px")
     return Study(dataset=args.dataset, runs=runs, budget=budget, root=args.root, image_size=args.image_size,
                  folds=args.folds, seeds=tuple(range(args.seeds)), batch_size=args.batch_size, options=options,
                  overrides=tuple(args.overrides), eval_split=args.eval_split, keep_epochs=args.keep_epochs,
-                 device=args.device, patience=args.patience)
+                 device=args.device, patience=args.patience, warm_budget=warm_budget)
 
 
 def run(args) -> int:
@@ -251,6 +255,8 @@ def canonical_argv(args) -> list[str]:
         out += ["--root", args.root]
     out += ["--image-size", str(args.image_size), "--folds", str(args.folds), "--seeds", str(args.seeds),
             "--budget", args.budget]
+    if args.warm_budget:
+        out += ["--warm-budget", args.warm_budget]
     if args.table == "lambda-grid":
         out += ["--lambdas", args.lambdas or "0,0.5,1,1.5,2"]
     elif args.table == "capacity":

@@ -78,7 +78,7 @@ def job_agreement(study: Study, job: Job, method: str, max_maps: int, bn_stats: 
     slug = "".join(f"-{k}-{v}" for k, v in sorted((options or {}).items()))
     cache = eval_cache(folder, "agreement" + slug, bn_stats)
     # "marks": written by code that adds the marks share where the dataset has marks (older caches lack it)
-    key = {"saliency": method, "max_maps": int(max_maps), "budget": str(study.budget),
+    key = {"saliency": method, "max_maps": int(max_maps), "budget": study.budget_label,
            "checkpoint": study.checkpoint, **({"options": options} if options else {}), "marks": True}
     old = read_json(cache)
     if old is not None and old.get("key") == key:

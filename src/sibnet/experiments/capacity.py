@@ -255,7 +255,7 @@ def _figure(study: Study, s: dict, path: Path) -> Path:
         ax.set_xlabel("parameters (multiples of P)")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Fig. 12: capacity ({study.dataset}, {study.image_size} px, budget {study.budget}, "
+    fig.suptitle(f"Fig. 12: capacity ({study.dataset}, {study.image_size} px, budget {study.budget_label}, "
                  f"{study.folds} folds x {len(study.seeds)} seed(s); mean and sd over runs, dots single runs)",
                  fontsize=9)
     fig.tight_layout()

@@ -89,7 +89,7 @@ def evaluate_job(study: Study, job: Job, cfg: Config) -> dict:
     write_predictions(folder, pred.probs, pred.labels)
     per_label = {k: {"auroc": v["auroc"], "auprc": v["auprc"], "n_pos": v["n_pos"]}
                  for k, v in metrics["per_label"].items()}
-    return {"method": job.method, "fold": job.fold, "seed": job.seed, "budget": str(study.budget),
+    return {"method": job.method, "fold": job.fold, "seed": job.seed, "budget": str(study.job_budget(job)),
             "checkpoint": study.checkpoint, "eval_split": split, "n_eval": int(len(dataset)),
             "n_uncertain_masked": masked, "class_names": list(meta["class_names"]),
             "mean_auroc": metrics["mean"]["auroc"], "mean_auprc": metrics["mean"]["auprc"], "per_label": per_label,

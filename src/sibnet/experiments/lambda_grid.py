@@ -53,7 +53,7 @@ def write_lambda_grid(study: Study, values_cd, values_sc, jobs: list[Job], out: 
     figs = []
     if np.isfinite(grid).any():
         fig = heatmap(grid, [f"{a:g}" for a in values_cd], [f"{b:g}" for b in values_sc], "lambda_cd", "lambda_sc",
-                      f"Fig. 11: mean AUROC ({study.dataset}, {study.image_size} px, budget {study.budget})")
+                      f"Fig. 11: mean AUROC ({study.dataset}, {study.image_size} px, budget {study.budget_label})")
         figs.append(str(save_figure(fig, Path(out) / "fig11_lambda_grid.png")))
     paths = write_outputs(out, "lambda_grid", f"Lambda grid: SIBNet on {study.dataset}", header,
                           [("Mean AUROC (rows lambda_sc, columns lambda_cd)",

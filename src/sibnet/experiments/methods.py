@@ -22,10 +22,10 @@ cannot continue a finished ``pham`` job (its configuration differs): use another
 
 ``warm-baseline`` and ``warm-sibnet`` re-use a converged model (the paper stresses re-using
 pre-trained models): each starts from the evaluated checkpoint of the ``baseline`` job of the same
-fold and seed (its weights; a fresh optimizer) and trains for the study's budget, with the weighted
-BCE alone (the control) or with SIBNet's loss. The baseline job must be finished first (list it
-before them in ``--methods``; with ``--jobs`` > 1 a warm job whose baseline is not finished fails
-with a message saying so and runs on the next call).
+fold and seed (its weights; a fresh optimizer) and trains for the study's ``--warm-budget`` (default
+its ``--budget``), with the weighted BCE alone (the control) or with SIBNet's loss. The baseline job
+must be finished first (list it before them in ``--methods``; with ``--jobs`` > 1 a warm job whose
+baseline is not finished fails with a message saying so and runs on the next call).
 """
 
 from __future__ import annotations

@@ -62,13 +62,13 @@ def job_noise(study: Study, job: Job, sigmas, bn_stats: str = "stored") -> dict:
     cache = eval_cache(folder, "noise", bn_stats)
     key = [float(s) for s in sigmas]
     old = read_json(cache)
-    if old is not None and old.get("sigmas") == key and old.get("budget") == str(study.budget):
+    if old is not None and old.get("sigmas") == key and old.get("budget") == study.budget_label:
         return old["results"]
     cfg = job_config(study, job)
     dataset, split = eval_dataset(study, cfg)
     model, meta = load_job_model(study, job, cfg, bn_stats=bn_stats)
     results = noisy_scores(model, dataset, key, meta["task"], meta["class_names"], seed=1000 * job.fold)
-    write_eval_cache(cache, {"sigmas": key, "budget": str(study.budget), "split": split, "results": results})
+    write_eval_cache(cache, {"sigmas": key, "budget": study.budget_label, "split": split, "results": results})
     return results
 
 
@@ -118,7 +118,7 @@ def write_table4(study: Study, methods: list[Method], jobs: list[Job], out: Path
     figs = []
     if series:
         fig = lines(series, "noise sigma", "mean AUROC", f"AUROC under Gaussian noise ({study.dataset}, "
-                    f"{study.image_size} px, budget {study.budget})", logx=True)
+                    f"{study.image_size} px, budget {study.budget_label})", logx=True)
         figs.append(str(save_figure(fig, Path(out) / "fig_noise.png")))
     cols = ["method", "runs"] + [f"{p}sigma_{k}" for k in keys for p in ("auroc_", "auroc_sd_")]
     cols += [f"{p}sigma_{k}" for k in keys for p in ("diff_auroc_", "p_")] if has_base else []

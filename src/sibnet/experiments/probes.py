@@ -61,7 +61,7 @@ def job_probes(study: Study, job: Job, probes, bn_stats: str = "stored") -> dict
     folder = job.folder(study)
     cache = eval_cache(folder, "probes", bn_stats)
     old = read_json(cache)
-    if old is not None and old.get("probes") == list(probes) and old.get("budget") == str(study.budget) \
+    if old is not None and old.get("probes") == list(probes) and old.get("budget") == study.budget_label \
             and old.get("version") == PROBE_VERSION:
         return old["results"]
     cfg = job_config(study, job)
@@ -70,7 +70,7 @@ def job_probes(study: Study, job: Job, probes, bn_stats: str = "stored") -> dict
     test, split = eval_dataset(study, cfg)
     xte, yte = penultimate_features(model, test)
     results = evaluate_probes(xtr, ytr, xte, yte, class_names=meta["class_names"], probes=probes, seed=job.seed)
-    write_eval_cache(cache, {"probes": list(probes), "version": PROBE_VERSION, "budget": str(study.budget),
+    write_eval_cache(cache, {"probes": list(probes), "version": PROBE_VERSION, "budget": study.budget_label,
                              "split": split, "results": results})
     return results
 

@@ -96,10 +96,10 @@ def _trained_state(folder: Path) -> dict:
     return load_checkpoint(last)["state"]
 
 
-def _finished(state: dict, study: Study) -> bool:
+def _finished(state: dict, study: Study, job: Job) -> bool:
     if state.get("stop_reason"):  # early stopping
         return True
-    return study.budget.reached(state["epoch"], state["step"])
+    return study.job_budget(job).reached(state["epoch"], state["step"])
 
 
 def _record_epoch(study: Study, job: Job, cfg: Config, val, task: str, class_weight, log) -> dict:
@@ -125,7 +125,7 @@ def train_to_budget(study: Study, job: Job, cfg: Config, datasets: tuple, class_
     folder = job.folder(study)
     train, val, _ = datasets
     state = _trained_state(folder)
-    while not _finished(state, study):
+    while not _finished(state, study, job):
         next_epochs = state["epoch"] + 1
         step_cfg = copy.deepcopy(cfg)
         step_cfg.train.epochs = next_epochs

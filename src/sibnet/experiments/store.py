@@ -61,7 +61,7 @@ def read_done(folder: Path) -> dict | None:
 def finished_record(study: Study, job: Job) -> dict | None:
     """The job's ``done.json`` when it finished the study's budget, else None."""
     done = read_done(job.folder(study))
-    return done if done is not None and done.get("budget") == str(study.budget) else None
+    return done if done is not None and done.get("budget") == str(study.job_budget(job)) else None
 
 
 def write_done(folder: Path, record: dict) -> None:

@@ -61,8 +61,8 @@ class Budget:
         return (self.epochs is not None and epoch >= self.epochs) or (self.steps is not None and step >= self.steps)
 
 
-def parse_budget(text: str) -> Budget:
-    """``"epochs=3"``, ``"steps=200"`` or ``"epochs=3,steps=200"``."""
+def parse_budget(text: str, flag: str = "--budget") -> Budget:
+    """``"epochs=3"``, ``"steps=200"`` or ``"epochs=3,steps=200"`` (``flag`` names the argument in errors)."""
     values: dict[str, int] = {}
     for part in str(text).split(","):
         part = part.strip()
@@ -71,10 +71,10 @@ def parse_budget(text: str) -> Budget:
         key, _, raw = part.partition("=")
         key = {"epoch": "epochs", "step": "steps", "iterations": "steps"}.get(key.strip(), key.strip())
         if key not in ("epochs", "steps") or not raw.strip().isdigit() or int(raw) < 1:
-            raise ConfigError(f"--budget: expected epochs=N and/or steps=N (N >= 1), got {part!r}")
+            raise ConfigError(f"{flag}: expected epochs=N and/or steps=N (N >= 1), got {part!r}")
         values[key] = int(raw)
     if not values:
-        raise ConfigError(f"--budget: expected epochs=N and/or steps=N, got {text!r}")
+        raise ConfigError(f"{flag}: expected epochs=N and/or steps=N, got {text!r}")
     return Budget(values.get("epochs"), values.get("steps"))
 
 
@@ -98,6 +98,19 @@ class Study:
     keep_epochs: bool = False
     device: str = "auto"
     patience: int | None = None  # early stopping on validation AUROC; the evaluated model is then best.pt
+    warm_budget: Budget | None = None  # the budget of warm-started methods (None: ``budget``, as every job)
+
+    def job_budget(self, job: "Job") -> Budget:
+        """The budget ``job`` trains to: ``warm_budget`` for a warm-started method when it is set
+        (fine-tuning a converged model for a few epochs), else the study's ``budget``."""
+        if self.warm_budget is not None and get_method(job.method).warm_start is not None:
+            return self.warm_budget
+        return self.budget
+
+    @property
+    def budget_label(self) -> str:
+        """The budgets of the study in words (table headers, evaluation caches)."""
+        return str(self.budget) + (f"; warm-started jobs {self.warm_budget}" if self.warm_budget else "")
 
     def data_options(self) -> dict:
         return {**DATASET_DEFAULT_OPTIONS.get(self.dataset, {}), **self.options}
@@ -107,7 +120,8 @@ class Study:
                 "image_size": self.image_size, "folds": self.folds, "seeds": list(self.seeds),
                 "batch_size": self.batch_size, "options": self.data_options(), "overrides": list(self.overrides),
                 "eval_split": self.eval_split, "keep_epochs": self.keep_epochs, "device": self.device,
-                "patience": self.patience}
+                "patience": self.patience,
+                "warm_budget": str(self.warm_budget) if self.warm_budget is not None else None}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Study":
@@ -117,6 +131,7 @@ class Study:
         d["seeds"] = tuple(d["seeds"])
         d["overrides"] = tuple(d["overrides"])
         d.setdefault("patience", None)
+        d["warm_budget"] = parse_budget(d["warm_budget"]) if d.get("warm_budget") else None
         return cls(**d)
 
     @property
@@ -151,7 +166,7 @@ def study_jobs(study: Study, methods: list[Method]) -> list[Job]:
 def job_config(study: Study, job: Job) -> Config:
     """The full training configuration of a job (budget as the trainer's epochs / max_steps)."""
     method = get_method(job.method)
-    b = study.budget
+    b = study.job_budget(job)
     settings = {
         "data.name": study.dataset, "data.root": study.root, "data.folds": study.folds,
         "data.fold": job.fold if study.folds > 1 else None,
@@ -187,7 +202,7 @@ def job_identity(study: Study, job: Job, cfg: Config) -> dict:
     evaluation split, full configuration and, for a warm-started job, the checkpoint it starts from."""
     method = get_method(job.method)
     identity = {"method": job.method, "model": method.model or cfg.model.name, "fold": job.fold, "seed": job.seed,
-                "budget": str(study.budget), "eval_split": study.eval_split, "config": cfg.to_dict()}
+                "budget": str(study.job_budget(job)), "eval_split": study.eval_split, "config": cfg.to_dict()}
     if method.warm_start is not None:
         identity["warm_start"] = f"{Job(method.warm_start, job.fold, job.seed).key}/{study.checkpoint}"
     return identity

@@ -147,7 +147,7 @@ def write_table1(study: Study, methods: list[Method], jobs: list[Job], out: Path
 
 def _figures(study: Study, methods: list[Method], s: dict, out: Path) -> list[str]:
     done = [m for m in methods if s["methods"][m.name]["n"]]
-    title = f"{study.dataset}, {study.image_size} px, budget {study.budget}"
+    title = f"{study.dataset}, {study.image_size} px, budget {study.budget_label}"
     paths = []
     fig = box_plot({m.name: s["methods"][m.name]["mean_auroc"] for m in done}, "mean AUROC over labels",
                    f"Fig. 3: per-run mean AUROC ({title})")

@@ -155,7 +155,7 @@ def study_header(command: str, study, methods, extra: Sequence[str] = ()) -> lis
              f"dataset: {study.dataset}" + (f" (root {study.root})" if study.root else "")
              + (f", options {study.data_options()}" if study.data_options() else ""),
              f"image size: {study.image_size} px; batch size {study.batch_size}",
-             f"budget: {study.budget} per job " + (
+             f"budget: {study.budget_label} per job " + (
                  "(no early stopping; the model at the end of the budget is evaluated)" if study.patience is None
                  else f"(early stopping after {study.patience} epochs without a better validation AUROC; the "
                       "model of the best validation epoch, best.pt, is evaluated)"),
