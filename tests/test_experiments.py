@@ -551,6 +551,34 @@ def test_warm_budget_applies_to_warm_started_jobs_only(tmp_path, capsys):
     assert "--warm-budget: expected epochs=N" in capsys.readouterr().err
 
 
+def test_case_indices_take_the_first_images_of_each_class_once():
+    from sibnet.experiments.cases import case_indices
+
+    labels = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0], [0, 0, 1]])
+    assert case_indices(labels, 1) == [0, 1, 6, 2]
+    assert case_indices(labels, 2) == [0, 1, 4, 6, 2]  # row 1 counts once (for the first class)
+    assert case_indices(labels[:, :2][[0, 1]], 3) == [0, 1]  # no row without a class: none added
+    with pytest.raises(Exception, match="--cases: must be >= 1"):
+        case_indices(labels, 0)
+
+
+def test_cases_figures_show_every_method_on_the_same_images(study, capsys):
+    """experiment cases: one PNG per case (rows: the methods' maps) and cases.md under the command."""
+    from PIL import Image
+
+    out = study["out"] / "cases"
+    assert main(argv(study["runs"], out, table="cases", extra=("--cases", "1", "--saliency", "gradcam",
+                                                               "--case-job", "1,0"))) == 0
+    text = (out / "cases.md").read_text()
+    pngs = sorted(out.glob("case_*.png"))
+    assert pngs and all(f"`{p.name}`" in text for p in pngs) and "experiment cases" in text
+    assert "fold-1 seed-0 job" in text and "gradcam map" in text
+    width, height = Image.open(pngs[0]).size
+    assert height > width / 6 * len(METHODS) * 0.8  # one row per method, six columns (image + 5 classes)
+    assert main(argv(study["runs"], out, table="cases", extra=("--case-job", "2,0"))) == 2
+    assert "--case-job '2,0'" in capsys.readouterr().err
+
+
 def test_agreement_table_with_contrastive_maps(study):
     """table3 --saliency-option contrast=clrp: the contrastive maps' agreement, cached apart from the plain."""
     from sibnet.data.registry import build_dataset

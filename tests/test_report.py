@@ -161,5 +161,11 @@ def test_case_figure_contours_only_for_present_classes_and_shared_scale():
     heat_b = axes[1, 1].get_images()[1].get_array()
     assert float(heat_a.max()) == 1.0 and float(heat_b.max()) == 0.0
     plt.close(fig)
+    marks = np.zeros((h, w), dtype=bool)
+    marks[0, :5] = True
+    fig = case_figure(image, mask, label, {"A": (maps_a, [0.9, 0.1, 0.2])}, ["c0", "c1", "c2"], marks=marks)
+    shade = fig.axes[0].get_images()[1].get_array()  # the marks, shaded over the image of the first panel
+    assert np.array_equal(shade[..., 3] > 0, marks) and fig.axes[0].get_title().endswith("+ marks")
+    plt.close(fig)
     with pytest.raises(DataError, match="2 class names for 3 maps"):
         case_figure(image, mask, label, {"A": (maps_a, [0, 0, 0])}, ["c0", "c1"])

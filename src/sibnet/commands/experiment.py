@@ -7,7 +7,7 @@ import sys
 
 from ..config import BN_STATS
 
-TABLES = ("table1", "table3", "table4", "table5", "lambda-grid", "capacity", "status")
+TABLES = ("table1", "table3", "table4", "table5", "lambda-grid", "capacity", "cases", "status")
 TRAINED = ("table1", "lambda-grid", "capacity")  # the tables whose missing jobs are trained (unless --report-only)
 DEFAULT_METHODS = "baseline,se,cbam,sibnet,sibnet-gradcam,sibnet-lrp,no-cd,no-sc,image-embed"
 CAPACITY_METHODS = "baseline,sibnet"
@@ -22,7 +22,9 @@ DESCRIPTION = (
     "same study and never train. lambda-grid trains SIBNet over a grid of (lambda_cd, lambda_sc) and draws the "
     "heatmap. capacity trains the --methods (default baseline,sibnet) on DenseNet-121s of about m x the standard "
     "parameter count for each --capacities m and plots validation/evaluation loss and AUROC against m "
-    "(Fig. 12). 'status' lists the jobs. Tables are written to --out as Markdown and CSV beside "
+    "(Fig. 12). cases draws every method's maps of the same evaluation images beside the expert masks (one "
+    "figure per case, from the finished jobs of one fold and seed). 'status' lists the jobs. Tables are "
+    "written to --out as Markdown and CSV beside "
     "their figures, with a header stating the command, data, budget and code version.")
 EXAMPLES = (
     "  sibnet experiment table1 --dataset synthetic --methods baseline,sibnet --folds 2 --budget epochs=2\n"
@@ -97,6 +99,10 @@ def _add_table_arguments(p) -> None:
                                                              "(default deep_taylor)")
     p.add_argument("--saliency-option", action="append", default=[], metavar="KEY=VALUE",
                    help="table3: an option of the saliency method (YAML value), e.g. contrast=clrp; repeatable")
+    p.add_argument("--cases", type=int, default=2, metavar="N",
+                   help="cases: figures of the first N evaluation images with each class present (default 2)")
+    p.add_argument("--case-job", default=None, metavar="FOLD,SEED",
+                   help="cases: the fold and seed whose jobs are shown (default the first of each)")
     p.add_argument("--max-maps", type=int, default=100, help="table3: images per job whose maps are scored "
                                                              "(default 100)")
     p.add_argument("--bn-stats", choices=BN_STATS, default="stored",
@@ -167,7 +173,8 @@ def run(args) -> int:
     out = Path(args.out) if args.out else study.runs / "tables"
     paths = _write_table(args, study, methods, jobs, out, command_line(canonical_argv(args)), settings)
     print(paths["markdown"])
-    print(paths["csv"])
+    if paths.get("csv"):
+        print(paths["csv"])
     for f in failed:
         print(f"failed: {f['job']}: {f['error']}", file=sys.stderr)
     return 1 if failed else 0
@@ -231,6 +238,11 @@ def _write_table(args, study, methods, jobs, out, command: str, settings: dict) 
 
     options = saliency_options(args.saliency_option)
     check_options(args.saliency, options)
+    if args.table == "cases":
+        from ..experiments.cases import parse_case_job, write_cases
+
+        return write_cases(study, methods, jobs, out, command, args.saliency, args.cases,
+                           parse_case_job(args.case_job, study), options)
     return write_table3(study, methods, jobs, out, command, args.saliency, args.max_maps, args.bn_stats, options)
 
 

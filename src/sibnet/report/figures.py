@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import DataError, SibnetError
 
 MASK_COLOUR = "lime"
+MARKS_COLOUR = "magenta"
 
 
 def pyplot():
@@ -158,12 +159,15 @@ def explain_figure(image, maps, class_names: Sequence[str], probs: Sequence[floa
     return fig
 
 
-def case_figure(image, mask, label, models: Mapping[str, tuple], class_names: Sequence[str], title: str = ""):
+def case_figure(image, mask, label, models: Mapping[str, tuple], class_names: Sequence[str], title: str = "",
+                marks=None):
     """Saliency of several models for one case beside the ground-truth mask contours.
 
     ``mask`` (K, H, W) and ``label`` (K,) are the case's; ``models`` maps a model's name to
     ``(maps (K, H, W), probs (K,))``. Row r is model r: the image with every mask contour, then
     one overlay per class with that class's contour; titles give p and whether the class is present.
+    ``marks`` (H, W), optional: the burned-in marks region (:func:`sibnet.evaluation.marks.marks_region`),
+    shaded in the first column.
     """
     plt = pyplot()
     mask = np.asarray(mask, dtype=float)
@@ -179,7 +183,11 @@ def case_figure(image, mask, label, models: Mapping[str, tuple], class_names: Se
         for j in range(k):
             if mask[j].max() > 0.5:
                 ax.contour(mask[j], levels=[0.5], colors=[MASK_COLOUR], linewidths=1.0)
-        ax.set_title("image + expert masks", fontsize=8)
+        if marks is not None and np.any(marks):
+            shade = np.zeros((*np.shape(marks), 4))
+            shade[np.asarray(marks, dtype=bool)] = (1.0, 0.0, 1.0, 0.8)  # MARKS_COLOUR
+            ax.imshow(shade)
+        ax.set_title("image + expert masks" + (" + marks" if marks is not None else ""), fontsize=8)
         ax.set_ylabel(name, fontsize=10)
         for j in range(k):
             present = "present" if label[j] == 1 else ("uncertain" if label[j] == -1 else "absent")
