@@ -135,3 +135,36 @@ def test_bad_checkpoint_and_method(ckpt, tmp_path, capsys):
     assert main(["explain", "--checkpoint", str(ckpt), "--method", "nope", str(png)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nope" in err and "gradcam" in err
+
+
+def test_contrastive_maps_and_their_options(ckpt, tmp_path, capsys, monkeypatch):
+    """--contrast clrp: the figure shows the CLRP maps (as the saliency function gives them) and says so in
+    its name and title; an option the method does not take is a one-line error before any work."""
+    import sibnet.report.figures as figures
+    from sibnet.saliency import get
+    from sibnet.training.checkpoint import load_model_from_checkpoint
+
+    png, _ = _synthetic_png(tmp_path)
+    shown = {}
+    real = figures.explain_figure
+
+    def spy(image, maps, names, probs, title="", method=""):
+        shown.update(maps=maps, method=method)
+        return real(image, maps, names, probs, title=title, method=method)
+
+    monkeypatch.setattr(figures, "explain_figure", spy)
+    out = tmp_path / "out"
+    assert main(["explain", "--checkpoint", str(ckpt), "--contrast", "clrp", "--out", str(out), str(png)]) == 0
+    assert [p.name for p in out.iterdir()] == ["case0_deep_taylor-contrast-clrp.png"]
+    assert shown["method"] == "deep_taylor contrast=clrp"
+    from sibnet.commands.explain import load_input
+
+    model, meta = load_model_from_checkpoint(ckpt)
+    model.eval()
+    want = get("deep_taylor")(model, load_input(png, meta)[1][None], contrast="clrp")[0].detach()
+    np.testing.assert_allclose(shown["maps"], want.numpy(), rtol=1e-5, atol=1e-7)
+    capsys.readouterr()
+    assert main(["explain", "--checkpoint", str(ckpt), "--method", "gradcam", "--contrast", "clrp",
+                 "--out", str(tmp_path / "o2"), str(png)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "contrast" in err and not (tmp_path / "o2").exists()

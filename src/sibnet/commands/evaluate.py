@@ -19,8 +19,7 @@ from pathlib import Path
 
 from ..config import BN_STATS
 from ..errors import SibnetError
-from ..saliency.contrast import CONTRASTS
-from .arguments import add_checkpoint_data
+from .arguments import add_checkpoint_data, add_saliency_options, saliency_options
 
 
 def register(subparsers) -> None:
@@ -41,10 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--method", default="deep_taylor",
                    help="saliency method for the agreement and the class distinctiveness (default deep_taylor; "
                         "'none' skips both)")
-    p.add_argument("--contrast", choices=CONTRASTS, default="none",
-                   help="class-contrastive maps for deep_taylor, lrp_epsilon, lrp_alpha_beta (default none)")
-    p.add_argument("--saliency-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="another option of the saliency method (YAML value), e.g. start=relu_logit; repeatable")
+    add_saliency_options(p)
     p.add_argument("--max-maps", type=int, default=None, metavar="N",
                    help="compute saliency maps for the first N images only (default all)")
     p.add_argument("--embed-size", default=None, metavar="N",
@@ -150,26 +146,6 @@ def write_outputs(out: Path, result: dict, header: dict) -> dict:
     if result["agreement"] is not None:
         _write_csv(out / "agreement.csv", agreement_rows(result["agreement"]))
     return doc
-
-
-def saliency_options(texts: list[str], contrast: str = "none") -> dict:
-    """``--saliency-option KEY=VALUE`` (YAML values) and ``--contrast`` as the method's keyword options."""
-    import yaml
-
-    options = {}
-    for text in texts:
-        key, sep, raw = text.partition("=")
-        if not sep or not key.strip():
-            raise SibnetError(f"--saliency-option {text!r}: expected KEY=VALUE, e.g. start=relu_logit")
-        try:
-            options[key.strip()] = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise SibnetError(f"--saliency-option {text!r}: the value is not valid YAML") from None
-    if contrast != "none":
-        if options.get("contrast", contrast) != contrast:
-            raise SibnetError(f"--contrast {contrast} and --saliency-option contrast={options['contrast']} disagree")
-        options["contrast"] = contrast
-    return options
 
 
 def _embed_size(value, config: dict):

@@ -234,7 +234,7 @@ def _write_table(args, study, methods, jobs, out, command: str, settings: dict) 
         return write_table5(study, methods, jobs, out, command, probes, bn_stats=args.bn_stats)
     from ..experiments.agreement import write_table3
     from ..saliency import check_options
-    from .evaluate import saliency_options
+    from .arguments import saliency_options
 
     options = saliency_options(args.saliency_option)
     check_options(args.saliency, options)
