@@ -205,6 +205,27 @@ def test_folds_are_stratified_and_keep_near_duplicates_together(tmp_path):
     assert sorted(seen) == sorted(pool.ids)
 
 
+def test_held_out_test_parts_partition_the_pool_and_never_meet(tmp_path):
+    """held_out_test: test = the fold's part, val = the next fold's part, train = the rest; groups never
+    straddle parts, the test parts of the folds partition the pool, and every fold's parts are disjoint."""
+    dups = {("benign", 1), ("benign", 5), ("malignant", 3)}
+    root = _processed(tmp_path, n_per_class=(20, 10, 10), duplicates=dups)
+    tests = []
+    for fold in range(5):
+        parts = {s: build_dataset("busi", root=root, image_size=16, fold=fold, split=s, held_out_test=True)
+                 for s in ("train", "val", "test")}
+        plain = {s: build_dataset("busi", root=root, image_size=16, fold=f, split="val")
+                 for s, f in (("test", fold), ("val", (fold + 1) % 5))}
+        assert parts["test"].ids == plain["test"].ids and parts["val"].ids == plain["val"].ids
+        assert sum(len(p) for p in parts.values()) == 40
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+            assert not set(parts[a].patients) & set(parts[b].patients), (fold, a, b)
+        tests += parts["test"].ids
+    assert sorted(tests) == sorted(BUSI(root, image_size=16).ids)
+    with pytest.raises(ConfigError, match="held_out_test needs folds >= 3"):
+        build_dataset("busi", root=root, image_size=16, fold=0, folds=2, split="test", held_out_test=True)
+
+
 def test_agreement_scores_lesion_images_and_skips_normal_ones(tmp_path):
     root = _processed(tmp_path, n_per_class=(3, 2, 2))
     ds = BUSI(root, image_size=(H, W))

@@ -251,3 +251,19 @@ def test_contrastive_maps_distinctiveness_matches_the_method(tmp_path):
     i, j = torch.triu_indices(5, 5, 1)
     cos = (f @ f.transpose(1, 2))[:, i, j].mean(1)
     assert doc["distinctiveness"]["map_cosine"]["mean"] == pytest.approx(cos.mean().item(), abs=1e-5)
+
+
+def test_checkpoint_data_follows_its_fold_held_out_test_and_data_seed():
+    """The evaluated split is the one training drew: the fold's held-out test part (data.held_out_test)
+    with the data seed (data.seed, else train.seed)."""
+    from sibnet.commands.evaluate import dataset_for_checkpoint
+    from sibnet.data.registry import build_dataset
+
+    meta = {"image_size": 16, "class_names": ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
+                                              "Pleural Effusion"], "dataset": "synthetic"}
+    config = {"data": {"name": "synthetic", "fold": 2, "folds": 3, "held_out_test": True, "seed": 7,
+                       "options": {"n": 30}}, "train": {"seed": 0}}
+    got, _ = dataset_for_checkpoint(meta, config, split="test")
+    want = build_dataset("synthetic", split="test", image_size=16, fold=2, folds=3, seed=7, held_out_test=True,
+                         n=30)
+    assert list(got.patients) == list(want.patients) and len(got) == 10

@@ -551,6 +551,30 @@ def test_warm_budget_applies_to_warm_started_jobs_only(tmp_path, capsys):
     assert "--warm-budget: expected epochs=N" in capsys.readouterr().err
 
 
+def test_held_out_test_study_evaluates_on_the_fold_part_and_stops_on_the_next(tmp_path):
+    """--held-out-test: the jobs' configuration carries it, the evaluated split is the fold's part (not the
+    validation part early stopping used), and a configuration without a fold is refused."""
+    from sibnet.config import load_config
+    from sibnet.errors import ConfigError
+    from sibnet.experiments.evaluate import eval_dataset
+    from sibnet.experiments.study import Job, Study, job_config, parse_budget
+    from sibnet.experiments.tables import study_header
+    from sibnet.training.build import build_split
+
+    study = Study(dataset="synthetic", runs=tmp_path, budget=parse_budget("epochs=1"), image_size=32, folds=3,
+                  options={"n": 30}, held_out_test=True)
+    cfg = job_config(study, Job("baseline", 1, 0))
+    assert cfg.data.held_out_test and cfg.data.fold == 1
+    test, split = eval_dataset(study, cfg)
+    val, train = build_split(cfg, "val"), build_split(cfg, "train")
+    assert split == "test" and len(test) + len(val) + len(train) == 30
+    assert not {*test.patients} & {*val.patients} and not {*train.patients} & ({*test.patients} | {*val.patients})
+    assert "(each fold's part is the test split, the next fold's part the validation split, the other 1 train)" \
+        in "\n".join(study_header("cmd", study, []))
+    with pytest.raises(ConfigError, match="data.held_out_test: needs data.fold"):
+        load_config(None, ["data.held_out_test=true"], {})
+
+
 def test_case_indices_take_the_first_images_of_each_class_once():
     from sibnet.experiments.cases import case_indices
 

@@ -64,6 +64,9 @@ class DataConfig:
     val_split: Optional[str] = "val"  # null: no validation (no early stopping)
     fold: Optional[int] = None
     folds: int = 5
+    # with fold, on a dataset without an official test split: the fold's part is the test split, the
+    # next fold's part the validation split (early stopping), the others train (sibnet.data.registry)
+    held_out_test: bool = False
     image_size: int = 128
     batch_size: int = 16
     num_workers: int = 0
@@ -136,6 +139,7 @@ RESUMABLE_CHANGES = ("out", "train.epochs", "train.max_steps", "train.patience",
 
 # dataset options that the loaders get from other keys (``data.options`` may not hold them)
 RESERVED_DATA_OPTIONS = {"root": "root", "split": "train_split/val_split", "fold": "fold", "folds": "folds",
+                         "held_out_test": "held_out_test",
                          "image_size": "image_size", "size": "image_size", "seed": "seed"}
 
 
@@ -350,6 +354,10 @@ def validate(cfg: Config) -> None:
     if isinstance(cfg.loss.saliency, str) and cfg.loss.saliency.lower() in ("none", "null", ""):
         cfg.loss.saliency = None
     check_loss_options(cfg.loss, "loss.")
+    if cfg.data.held_out_test and (cfg.data.fold is None or cfg.data.folds < 3):
+        raise ConfigError("data.held_out_test: needs data.fold and data.folds >= 3 (each fold's part is the test "
+                          f"split, the next fold's the validation split), got fold {cfg.data.fold}, "
+                          f"folds {cfg.data.folds}")
     if cfg.data.fold is not None and not 0 <= cfg.data.fold < cfg.data.folds:
         raise ConfigError(f"data.fold: must be in 0..{cfg.data.folds - 1} (data.folds={cfg.data.folds}), "
                           f"got {cfg.data.fold}")

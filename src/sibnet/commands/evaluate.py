@@ -72,10 +72,12 @@ def dataset_for_checkpoint(meta: dict, config: dict, *, name=None, root=None, sp
     options = dict(data.get("options") or {}) if same else {}
     options.pop("augment", None)
     root = root if root is not None else (data.get("root") if same else None)
-    seed = int((config.get("train") or {}).get("seed", 0))
+    seed = data.get("seed")  # the data seed (data.seed, else train.seed), as training drew the splits
+    seed = int((config.get("train") or {}).get("seed", 0) if seed is None else seed)
     fold = data.get("fold") if same else None  # a fold's 'val' is part of the training pool
     ds = build_dataset(name, root=root, split=split, image_size=int(meta["image_size"]), seed=seed, fold=fold,
-                       folds=int(data.get("folds") or 5), **options)
+                       folds=int(data.get("folds") or 5), held_out_test=bool(same and data.get("held_out_test")),
+                       **options)
     info = getattr(ds, "info", None)
     if info is not None and list(info.class_names) != list(meta["class_names"]):
         raise SibnetError(f"dataset {name!r} has classes {list(info.class_names)} but the checkpoint was trained "

@@ -77,6 +77,9 @@ def _add_study_arguments(p) -> None:
     p.add_argument("--out", default=None, help="folder of the tables and figures (default RUNS/tables)")
     p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option (YAML value), e.g. shortcut=Cardiomegaly or n=200; repeatable")
+    p.add_argument("--held-out-test", action="store_true",
+                   help="datasets without an official test split (busi): each fold's part is the test split and "
+                        "the next fold's part the validation split of early stopping; the other folds train")
     p.add_argument("--eval-split", choices=("auto", "test", "val"), default="auto",
                    help="auto (default): the official test split when nonempty, else the fold's held-out part")
     p.add_argument("--keep-epochs", action="store_true", help="keep a model checkpoint of every epoch (table3 "
@@ -147,7 +150,8 @@ def build_study(args):
     return Study(dataset=args.dataset, runs=runs, budget=budget, root=args.root, image_size=args.image_size,
                  folds=args.folds, seeds=tuple(range(args.seeds)), batch_size=args.batch_size, options=options,
                  overrides=tuple(args.overrides), eval_split=args.eval_split, keep_epochs=args.keep_epochs,
-                 device=args.device, patience=args.patience, warm_budget=warm_budget)
+                 device=args.device, patience=args.patience, warm_budget=warm_budget,
+                 held_out_test=args.held_out_test)
 
 
 def run(args) -> int:
@@ -284,6 +288,8 @@ def canonical_argv(args) -> list[str]:
         out += ["--out", args.out]
     for opt in args.data_option:
         out += ["--data-option", opt]
+    if args.held_out_test:
+        out.append("--held-out-test")
     out += ["--eval-split", args.eval_split]
     if args.keep_epochs:
         out.append("--keep-epochs")
@@ -293,8 +299,10 @@ def canonical_argv(args) -> list[str]:
         out += ["--probes", args.probes]
     if args.table == "table1" and args.reference is not None:
         out += ["--reference", args.reference]
-    if args.table == "table3":
-        out += ["--saliency", args.saliency, "--max-maps", str(args.max_maps)]
+    if args.table in ("table3", "cases"):
+        out += ["--saliency", args.saliency] + (["--max-maps", str(args.max_maps)] if args.table == "table3" else
+                                                ["--cases", str(args.cases)] + (["--case-job", args.case_job]
+                                                                                if args.case_job else []))
         for opt in args.saliency_option:
             out += ["--saliency-option", opt]
     if args.table in ("table3", "table4", "table5") and args.bn_stats != "stored":

@@ -10,6 +10,11 @@ Names: ``synthetic``, ``synthetic-glands`` (generated, no files needed), ``chexp
   dataset's training pool (its ``"train"`` split), and ``"test"`` is the dataset's official test split
   where one exists. A dataset with a ``fold_strata`` attribute (one class per item, e.g. ``busi``)
   gets folds stratified by it.
+* With ``fold`` and ``held_out_test=True`` (datasets without an official test split, e.g. ``busi``;
+  ``folds`` >= 3): ``"test"`` is fold ``fold``'s part of the training pool, ``"val"`` the part of fold
+  ``fold + 1`` (mod ``folds``) and ``"train"`` the other ``folds - 2`` parts, so that early stopping on
+  ``"val"`` never sees the images the model is tested on; the ``folds`` test parts partition the pool.
+  The dataset's own test split, if any, is not used.
 * ``cached=True`` wraps the result in :class:`sibnet.data.cache.CachedDataset` (``cache_dir``
   defaults to ``$SIBNET_CACHE`` or ``~/.cache/sibnet``).
 * Any other keyword goes to the loader; one it does not take is a ConfigError naming it.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import importlib
 import inspect
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
@@ -103,7 +109,7 @@ def _subset(ds, indices, split):
 
 
 def build_dataset(name: str, *, root=None, split: str = "train", image_size=128, fold: int | None = None,
-                  folds: int = 5, seed: int = 0, **options) -> Dataset:
+                  folds: int = 5, seed: int = 0, held_out_test: bool = False, **options) -> Dataset:
     """The dataset ``name`` (see the module doc for ``split``, ``fold`` and the options)."""
     cls = loader_class(name)
     cache = options.pop("cached", False)
@@ -133,18 +139,35 @@ def build_dataset(name: str, *, root=None, split: str = "train", image_size=128,
     else:
         if split not in ("train", "val", "test"):
             raise ConfigError(f"with fold given, split must be 'train', 'val' or 'test', got {split!r}")
-        if split == "test":
+        if split == "test" and not held_out_test:
             ds = make("test")
         else:
-            pool = _ensure_patients(make("train"))
-            strata = getattr(pool, "fold_strata", None)
-            train_idx, val_idx = fold_split(list(pool.patients), k=folds, fold=fold, seed=seed,
-                                            strata=None if strata is None else list(strata))
-            ds = _subset(pool, train_idx if split == "train" else val_idx, split)
+            ds = _fold_part(make("train"), split, fold, folds, seed, held_out_test)
     _ensure_patients(ds)
     if cache:
         ds = CachedDataset(ds, cache_dir, workers=cache_workers)
     return ds
+
+
+def _fold_part(pool, split: str, fold: int, folds: int, seed: int, held_out_test: bool):
+    """The ``split`` part of fold ``fold`` of the training ``pool`` (see the module doc)."""
+    pool = _ensure_patients(pool)
+    strata = getattr(pool, "fold_strata", None)
+
+    def held_out(i: int):
+        return fold_split(list(pool.patients), k=folds, fold=i, seed=seed,
+                          strata=None if strata is None else list(strata))
+
+    if not held_out_test:
+        train_idx, val_idx = held_out(fold)
+        return _subset(pool, train_idx if split == "train" else val_idx, split)
+    if folds < 3:
+        raise ConfigError(f"held_out_test needs folds >= 3 (train, validation and test parts), got {folds}")
+    test_idx = held_out(fold)[1]
+    val_idx = held_out((fold + 1) % folds)[1]
+    parts = {"test": test_idx, "val": val_idx,
+             "train": np.setdiff1d(np.arange(len(pool)), np.concatenate([test_idx, val_idx]))}
+    return _subset(pool, parts[split], split)
 
 
 __all__ = ["available", "build_dataset", "loader_class", "SubsetDataset"]

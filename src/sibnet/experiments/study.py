@@ -99,6 +99,7 @@ class Study:
     device: str = "auto"
     patience: int | None = None  # early stopping on validation AUROC; the evaluated model is then best.pt
     warm_budget: Budget | None = None  # the budget of warm-started methods (None: ``budget``, as every job)
+    held_out_test: bool = False  # each fold's part is the test split, the next fold's validates (data.held_out_test)
 
     def job_budget(self, job: "Job") -> Budget:
         """The budget ``job`` trains to: ``warm_budget`` for a warm-started method when it is set
@@ -121,7 +122,8 @@ class Study:
                 "batch_size": self.batch_size, "options": self.data_options(), "overrides": list(self.overrides),
                 "eval_split": self.eval_split, "keep_epochs": self.keep_epochs, "device": self.device,
                 "patience": self.patience,
-                "warm_budget": str(self.warm_budget) if self.warm_budget is not None else None}
+                "warm_budget": str(self.warm_budget) if self.warm_budget is not None else None,
+                "held_out_test": self.held_out_test}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Study":
@@ -131,6 +133,7 @@ class Study:
         d["seeds"] = tuple(d["seeds"])
         d["overrides"] = tuple(d["overrides"])
         d.setdefault("patience", None)
+        d.setdefault("held_out_test", False)
         d["warm_budget"] = parse_budget(d["warm_budget"]) if d.get("warm_budget") else None
         return cls(**d)
 
@@ -169,7 +172,7 @@ def job_config(study: Study, job: Job) -> Config:
     b = study.job_budget(job)
     settings = {
         "data.name": study.dataset, "data.root": study.root, "data.folds": study.folds,
-        "data.fold": job.fold if study.folds > 1 else None,
+        "data.fold": job.fold if study.folds > 1 else None, "data.held_out_test": study.held_out_test,
         "data.image_size": study.image_size, "data.batch_size": study.batch_size,
         "data.options": study.data_options(), "data.val_split": "val",
         "train.seed": job.seed, "train.epochs": b.epochs or 1_000_000, "train.max_steps": b.steps,

@@ -159,7 +159,9 @@ def study_header(command: str, study, methods, extra: Sequence[str] = ()) -> lis
                  "(no early stopping; the model at the end of the budget is evaluated)" if study.patience is None
                  else f"(early stopping after {study.patience} epochs without a better validation AUROC; the "
                       "model of the best validation epoch, best.pt, is evaluated)"),
-             (f"runs: {study.folds} patient-wise folds" if study.folds > 1 else
+             (f"runs: {study.folds} patient-wise folds" + (
+                 " (each fold's part is the test split, the next fold's part the validation split, the other "
+                 f"{study.folds - 2} train)" if study.held_out_test else "") if study.folds > 1 else
               "runs: the dataset's own train/val/test splits") + f" x seeds {list(study.seeds)} "
              f"(job folders under {study.runs})",
              f"methods: {', '.join(m.name for m in methods)}",

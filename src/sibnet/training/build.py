@@ -55,11 +55,12 @@ def _plain(value: Any) -> Any:
 
 def build_split(cfg: Config, split: str, options: dict | None = None):
     """The ``split`` of the configured dataset (``data.name``): built with ``data.root``,
-    ``data.image_size``, ``data.fold``, ``data.folds``, the data seed and ``options`` (default
-    ``data.options``)."""
+    ``data.image_size``, ``data.fold``, ``data.folds``, ``data.held_out_test``, the data seed and
+    ``options`` (default ``data.options``)."""
     d = cfg.data
     return build_dataset(d.name, split=split, root=d.root, image_size=d.image_size, fold=d.fold, folds=d.folds,
-                         seed=data_seed(cfg), **(d.options if options is None else options))
+                         seed=data_seed(cfg), held_out_test=d.held_out_test,
+                         **(d.options if options is None else options))
 
 
 def build_datasets(cfg: Config) -> tuple[Any, Any, Any]:
