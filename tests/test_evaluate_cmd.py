@@ -267,3 +267,16 @@ def test_checkpoint_data_follows_its_fold_held_out_test_and_data_seed():
     want = build_dataset("synthetic", split="test", image_size=16, fold=2, folds=3, seed=7, held_out_test=True,
                          n=30)
     assert list(got.patients) == list(want.patients) and len(got) == 10
+
+
+def test_note_when_the_maps_are_not_those_the_loss_trained_on():
+    from sibnet.commands.evaluate import loss_maps_note
+
+    sib = {"loss": {"saliency": "deep_taylor", "contrast": "auto"}}
+    note = loss_maps_note(sib, "deep_taylor", {})
+    assert "trained on deep_taylor contrast=clrp maps" in note and "--method deep_taylor --contrast clrp" in note
+    assert loss_maps_note(sib, "deep_taylor", {"contrast": "clrp"}) is None
+    assert "--method deep_taylor" in loss_maps_note(sib, "gradcam", {})
+    assert loss_maps_note({"loss": {"saliency": None}}, "deep_taylor", {}) is None  # a baseline
+    assert loss_maps_note({"loss": {"saliency": "gradcam", "contrast": "auto"}}, "gradcam", {}) is None
+    assert loss_maps_note(sib, None, {}) is None  # --method none

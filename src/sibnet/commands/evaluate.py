@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..config import BN_STATS
 from ..errors import SibnetError
+from ..saliency import describe
 from .arguments import add_checkpoint_data, add_saliency_options, saliency_options
 
 
@@ -207,9 +208,8 @@ def _recalibrate(model, meta: dict, config: dict, args) -> str:
 
 def _print_distinctiveness(distinct: dict, method: str, options: dict) -> None:
     """The class distinctiveness of the maps: mean pairwise cosine of the maps and of their embeddings."""
-    shown = method + "".join(f", {k}={v}" for k, v in options.items())
-    print(f"\nclass distinctiveness of the {shown} maps ({distinct['n_images']} images; mean pairwise cosine "
-          "over the classes, 1 = alike):")
+    print(f"\nclass distinctiveness of the {describe(method, options)} maps ({distinct['n_images']} images; mean "
+          "pairwise cosine over the classes, 1 = alike):")
     print(f"  maps       {_num(distinct['map_cosine']['mean'])} (sd {_num(distinct['map_cosine']['sd'])})")
     print(f"  embeddings {_num(distinct['embedding_cosine']['mean'], 5)} "
           f"(sd {_num(distinct['embedding_cosine']['sd'], 5)}; L_CD, maps embedded at "
@@ -217,7 +217,7 @@ def _print_distinctiveness(distinct: dict, method: str, options: dict) -> None:
 
 
 def _print_marks(on_marks: dict, method: str) -> None:
-    """The share of the maps on burned-in marks, over all maps and per class."""
+    """The share of the maps on burned-in marks, over all maps and per class (``method``: the maps' name)."""
     print(f"\nshare of the {method} maps on burned-in marks (bright thin text and calipers; labelled class, "
           f"{on_marks['n']} maps; a uniform map would have the marks' area):")
     print(f"  all        {_num(on_marks['mean'])} (sd {_num(on_marks['sd'])}); area {_num(on_marks['area_mean'])}, "
@@ -232,17 +232,38 @@ def _print_results(result: dict, method: str | None, options: dict, marks: bool 
     if result["n_uncertain_masked"]:
         print(f"({result['n_uncertain_masked']} uncertain labels left out of AUROC/AUPRC)")
     if result["agreement"] is not None:
-        print(f"\nsaliency agreement ({method}, convex hull at Otsu threshold; mean over pairs with label 1 "
-              "and a nonempty mask):")
+        print(f"\nsaliency agreement ({describe(method, options)}, convex hull at Otsu threshold; mean over pairs "
+              "with label 1 and a nonempty mask):")
         print(agreement_table(result["agreement"]))
     elif method is not None:
         print("\n(no expert masks in this dataset: no saliency agreement)")
     if result.get("distinctiveness") is not None:
         _print_distinctiveness(result["distinctiveness"], method, options)
     if result.get("marks") is not None:
-        _print_marks(result["marks"], method)
+        _print_marks(result["marks"], describe(method, options))
     elif marks and method is None:
         print("\n(--marks needs a saliency method)")
+
+
+def loss_maps_note(config: dict, method: str | None, options: dict) -> str | None:
+    """A one-line note when the maps evaluated are not those the checkpoint's SIBNet loss trained on (e.g.
+    plain DeepTaylor maps of a model trained on its CLRP maps), naming the flags that evaluate those."""
+    loss = config.get("loss") or {}
+    trained = loss.get("saliency")
+    if not trained or method is None:
+        return None
+    from ..losses.sibnet_loss import with_contrast
+
+    try:
+        own = with_contrast(trained, dict(loss.get("saliency_options") or {}), str(loss.get("contrast", "auto")))
+    except SibnetError:
+        return None
+    if trained == method and own == options:
+        return None
+    flags = " ".join([f"--method {trained}"] + [f"--contrast {v}" if k == "contrast" else f"--saliency-option {k}={v}"
+                                                for k, v in sorted(own.items())])
+    return (f"note: the checkpoint's SIBNet loss trained on {describe(trained, own)} maps; these are other "
+            f"maps ({flags} evaluates those)")
 
 
 def run(args) -> int:
@@ -268,6 +289,9 @@ def run(args) -> int:
     write_outputs(out, result, header)
     print(f"{name}/{args.split}: {len(dataset)} images, {meta['model_name']} from {ckpt_path}")
     _print_results(result, method, options, args.marks)
+    note = loss_maps_note(config, method, options)
+    if note:
+        print(f"\n{note}")
     print(f"\nwritten: {out}/metrics.json, metrics.csv, predictions.csv"
           + (", agreement.csv" if result["agreement"] is not None else ""))
     return 0

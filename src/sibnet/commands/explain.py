@@ -59,7 +59,7 @@ def explain_images(model, meta: dict, paths, method: str, out: str | Path, devic
     the files written."""
     from ..evaluation.run import probabilities
     from ..report.figures import explain_figure, save_figure
-    from ..saliency import get
+    from ..saliency import describe, get
 
     fn = get(method)
     inputs = [load_input(p, meta) for p in paths]  # every file read (and checked) before any work
@@ -81,7 +81,7 @@ def explain_images(model, meta: dict, paths, method: str, out: str | Path, devic
         used.add(name)
         fig = explain_figure(shown.numpy(), maps.numpy(), meta["class_names"], probs.numpy(),
                              title=Path(path).name,
-                             method=method + "".join(f" {k}={v}" for k, v in sorted((options or {}).items())))
+                             method=describe(method, options))
         written.append(save_figure(fig, out / name))
     return written
 

@@ -24,6 +24,7 @@ from ..errors import SibnetError
 from ..evaluation.agreement import saliency_agreement
 from ..evaluation.run import compute_maps, marks_summary
 from ..evaluation.statistics import finite_mean, finite_sd, mean_sd
+from ..saliency import describe
 from .evaluate import eval_dataset, load_job_model, train_split
 from .figures import curves, save_figure
 from .methods import BASELINE, Method
@@ -65,11 +66,6 @@ def has_marks(dataset) -> bool:
     return bool(getattr(dataset.info, "extra", {}).get("burned_in_marks"))
 
 
-def maps_name(method: str, options: dict | None) -> str:
-    """``deep_taylor`` or ``deep_taylor contrast=clrp``: the maps' method and options, for headers."""
-    return method + "".join(f" {k}={v}" for k, v in sorted((options or {}).items()))
-
-
 def job_agreement(study: Study, job: Job, method: str, max_maps: int, bn_stats: str = "stored",
                   options: dict | None = None) -> dict:
     """The job's agreement (its evaluated model and, with ``--keep-epochs``, the Dice of every kept epoch),
@@ -106,7 +102,7 @@ def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path
     from the finished jobs; returns their paths plus ``agreement``, the per-job results."""
     done = collect(study, jobs)
     res = {job: job_agreement(study, job, method, max_maps, bn_stats, options) for job in done}
-    method = maps_name(method, options)
+    method = describe(method, options)
     has_base = any(m.name == BASELINE for m in methods)
     marks = any("marks" in r["last"] for r in res.values())
     rows, csv_rows, per_epoch = [], [], {}
@@ -157,4 +153,4 @@ def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path
     return paths
 
 
-__all__ = ["checkpoint_agreement", "job_agreement", "maps_name", "write_table3"]
+__all__ = ["checkpoint_agreement", "job_agreement", "write_table3"]

@@ -23,7 +23,8 @@ from ..errors import ConfigError, SibnetError
 from ..evaluation.marks import marks_region
 from ..evaluation.run import compute_maps, probabilities
 from ..report.figures import case_figure
-from .agreement import has_marks, maps_name
+from ..saliency import describe
+from .agreement import has_marks
 from .evaluate import eval_dataset, load_job_model
 from .figures import save_figure
 from .methods import Method
@@ -100,7 +101,7 @@ def write_cases(study: Study, methods: list[Method], jobs: list[Job], out: Path,
         "# Typical cases", "", f"command: `{command}`", "",
         f"Rows: the evaluated model of each method's fold-{fold} seed-{seed} job; columns: the image "
         f"(lime: expert mask contours{'; magenta: burned-in marks' if marks else ''}), then each class's "
-        f"{maps_name(method, options)} map (positive part, one colour scale per case; the class's mask contour "
+        f"{describe(method, options)} map (positive part, one colour scale per case; the class's mask contour "
         f"where the class is present). Cases: the first {per_class} {split} image(s) with each class present, in "
         "the split's order (not chosen by any score).", "", *lines, ""]))
     return {"markdown": str(md), "csv": "", "figures": figures}

@@ -43,7 +43,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
-def _with_contrast(method, options: dict, contrast: str) -> dict:
+def with_contrast(method, options: dict, contrast: str) -> dict:
     """The saliency options with ``contrast`` (a checked option value) resolved for ``method`` (see SIBNetLoss)."""
     if "contrast" in options:
         return options
@@ -137,7 +137,7 @@ class SIBNetLoss(nn.Module):
         self.balance = LossBalance(o.balance, o.balance_momentum)
         self.saliency_options = dict(o.saliency_options or {})
         if self.method is not None:
-            self.saliency_options = _with_contrast(self.method, self.saliency_options, o.contrast)
+            self.saliency_options = with_contrast(self.method, self.saliency_options, o.contrast)
             saliency_pkg.check_options(self.method, self.saliency_options)
         self.sc_features = o.sc_resolution == "features"
         if self.sc_features:

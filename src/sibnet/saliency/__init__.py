@@ -153,6 +153,11 @@ def takes_option(method: str | SaliencyMethod, option: str) -> bool:
     return forward is not None and option in inspect.signature(forward).parameters
 
 
+def describe(method: str, options: dict | None = None) -> str:
+    """``deep_taylor`` or ``deep_taylor contrast=clrp``: a method and its options, as tables and figures name maps."""
+    return method + "".join(f" {k}={v}" for k, v in sorted((options or {}).items()))
+
+
 def register(name: str, method: SaliencyMethod) -> SaliencyMethod:
     """Make a user's method available by name (signature as the built-in methods)."""
     if not callable(method):
@@ -161,5 +166,5 @@ def register(name: str, method: SaliencyMethod) -> SaliencyMethod:
     return method
 
 
-__all__ = ["available", "check_options", "takes_option", "deep_taylor", "eval_norm", "get", "gradcam",
+__all__ = ["available", "check_options", "describe", "takes_option", "deep_taylor", "eval_norm", "get", "gradcam",
            "input_x_gradient", "lrp_alpha_beta", "lrp_epsilon", "preserve_state", "register"]
