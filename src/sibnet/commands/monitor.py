@@ -391,6 +391,7 @@ def _print_check(what: str, summary: dict, out: Path) -> None:
 def run_check(args) -> int:
     import torch
 
+    from ..evaluation.run import probabilities
     from ..monitor import SCORES, Profile, check, score
     from ..monitor.report import check_sections
     from ..report.html import render_html
@@ -413,7 +414,7 @@ def run_check(args) -> int:
         close()
     s, p, ids = result["scores"], result["p_values"], result["ids"]
     logits = torch.as_tensor(result["logits"])
-    probs = (torch.softmax(logits, 1) if meta["task"] == "multiclass" else torch.sigmoid(logits)).numpy()
+    probs = probabilities(logits, meta["task"]).numpy()
     batches = _batch_verdicts(profile, s, ids, args.alpha, args.batch_size, primary)
     overall = check(profile, s, alpha=args.alpha, score_name=primary)
     rows = _batch_rows(s, p, ids, primary, args.alpha, args.batch_size, meta["class_names"], probs)

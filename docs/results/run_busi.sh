@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# BUSI breast ultrasound (benign / malignant / normal, expert lesion masks, burned-in text and calipers):
+# does SIBNet move the maps onto the lesion and off the marks, and at what cost in AUROC?
+# 128 px, DenseNet-121, batch 16, 5 folds stratified by class over near-duplicate groups, held-out test
+# folds (fold i tests, fold i+1 validates for early stopping, the other three train: 372 / 125 / 124
+# images in fold 0), early stopping after 4 epochs without a better validation AUROC (<= 20 epochs),
+# best.pt evaluated on the test fold. 1 seed.
+# Methods: baseline; warm-baseline / warm-sibnet: the converged baseline trained on for 3 epochs
+# without / with SIBNet's terms (the configuration's defaults: DeepTaylor + CLRP, first_step balance),
+# the recipe that kept AUROC on the synthetic study (docs/results/README.md, "Start here").
+# CPU plan (2-core machine, two single-thread processes): baseline ~30 s per epoch (about 10 min per
+# fold), warm-sibnet ~4-5 min per epoch: about 1.2 h for the 15 jobs. SIBNet from scratch with
+# DeepTaylor (~5 min per epoch, 10-20 epochs per fold: 5-8 h), no-cd, no-sc, SE and CBAM are not in
+# this block (about two more sessions of this machine; minutes on a GPU).
+# Resumable: rerun to continue; two copies of this script share the jobs (each takes the next free one).
+set -u
+cd "$(dirname "$0")/../.."
+COMMON="--dataset busi --root ../shared/data/busi --image-size 128 --folds 5 --seeds 1 --budget epochs=20
+        --warm-budget epochs=3 --patience 4 --batch-size 16 --held-out-test"
+METHODS=${METHODS:-baseline,warm-baseline,warm-sibnet}
+RUNS=$PWD/runs/busi/128px  # absolute: the jobs record the path they were started with
+OUT=docs/results/busi
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+for pass in 1 2; do  # a warm job whose baseline another process still trains runs on the second pass
+  sibnet experiment table1 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT
+done
+sibnet experiment table1 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/vs-warm-baseline \
+  --reference warm-baseline --report-only
+# agreement with the lesion masks and share on the marks: the loss's own maps (DeepTaylor + CLRP),
+# plain DeepTaylor and GradCAM, every test image of each fold
+sibnet experiment table3 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT --saliency deep_taylor \
+  --saliency-option contrast=clrp --max-maps 1000
+sibnet experiment table3 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/deep-taylor --saliency deep_taylor \
+  --max-maps 1000
+sibnet experiment table3 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/gradcam --saliency gradcam \
+  --max-maps 1000
+sibnet experiment table4 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT
+sibnet experiment cases $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/cases --saliency deep_taylor \
+  --saliency-option contrast=clrp --cases 2
