@@ -543,6 +543,7 @@ def test_warm_budget_applies_to_warm_started_jobs_only(tmp_path, capsys):
     assert json.loads((base / "done.json").read_text())["budget"] == "epochs=2"
     text = (out / "table1.md").read_text()
     assert "budget: epochs=2; warm-started jobs epochs=1 per job" in text and "--warm-budget epochs=1" in text
+    assert "- objectives: baseline, warm-baseline: weighted BCE/CE alone\n" in text
     base_mtime = (base / "done.json").stat().st_mtime_ns
     assert main(args + ["--warm-budget", "epochs=2"]) == 0  # the warm job continues, the baseline is kept
     assert load_checkpoint(warm / "last.pt")["state"]["epoch"] == 2

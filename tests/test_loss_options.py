@@ -125,3 +125,21 @@ def test_one_forward_checks_the_maps_once(monkeypatch):
     normalise.normalise_maps(torch.rand(1, 2, 4, 4))  # the public functions still check for direct callers
     coherence.spatial_coherence(torch.rand(1, 2, 4, 4), radius=1)
     assert len(calls) >= 2
+
+
+def test_objective_in_words_resolves_defaults_and_lists_other_options():
+    """objective_text: the lambdas and contrast the loss resolves (tested against a built loss), the terms
+    switched off left out, and every other option that differs from its default named."""
+    import torch
+
+    from sibnet.losses.sibnet_loss import objective_text
+
+    o = LossOptions()
+    loss = SIBNetLoss(torch.nn.Linear(2, 2), o)
+    assert objective_text(o, "multilabel") == (f"weighted BCE + {loss.lambda_cd:g} L_CD + {loss.lambda_sc:g} L_SC "
+                                               f"(deep_taylor contrast={loss.saliency_options['contrast']} maps; "
+                                               "balance first_step)")
+    assert objective_text(LossOptions(saliency=None), "multiclass") == "weighted CE alone"
+    text = objective_text(LossOptions(use_cd=False, lambda_sc=2.0, radius=3, saliency="gradcam"))
+    assert text.startswith("weighted BCE/CE + 2 L_SC (gradcam maps; balance first_step; radius=3")
+    assert "L_CD" not in text

@@ -149,6 +149,19 @@ def read_csv_table(path: str | Path) -> tuple[list[str], list[dict]]:
     return header, list(csv.DictReader(body))
 
 
+def objectives_line(study, methods) -> str:
+    """The header line stating each method's training objective in words (methods that share one are
+    named together), resolved from the jobs' configuration."""
+    from ..losses.sibnet_loss import objective_text
+    from .study import Job, job_config
+
+    groups: dict[str, list[str]] = {}
+    for m in methods:
+        cfg = job_config(study, Job(m.name, 0, study.seeds[0]))
+        groups.setdefault(objective_text(cfg.loss), []).append(m.name)
+    return "objectives: " + "; ".join(f"{', '.join(names)}: {text}" for text, names in groups.items())
+
+
 def study_header(command: str, study, methods, extra: Sequence[str] = ()) -> list[str]:
     """The common header lines of a table built from a study's jobs."""
     lines = [f"command: `{command}`",
@@ -165,6 +178,7 @@ def study_header(command: str, study, methods, extra: Sequence[str] = ()) -> lis
               "runs: the dataset's own train/val/test splits") + f" x seeds {list(study.seeds)} "
              f"(job folders under {study.runs})",
              f"methods: {', '.join(m.name for m in methods)}",
+             objectives_line(study, methods),
              f"code version: {code_version()}"]
     if study.overrides:
         lines.append(f"configuration overrides: {' '.join(study.overrides)}")
@@ -175,4 +189,5 @@ def study_header(command: str, study, methods, extra: Sequence[str] = ()) -> lis
 
 
 __all__ = ["PAIRED_NOTE", "code_version", "command_line", "fmt", "fmt_diff", "markdown_table", "models_line",
+           "objectives_line",
            "read_csv_table", "study_header", "write_outputs"]

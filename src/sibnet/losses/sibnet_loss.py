@@ -43,6 +43,37 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
+def resolved_lambdas(o: LossOptions) -> tuple[float, float]:
+    """``(lambda_cd, lambda_sc)`` of the options, the saliency method's defaults where they are None."""
+    default = DEFAULT_LAMBDAS.get(o.saliency, FALLBACK_LAMBDAS) if isinstance(o.saliency, str) else FALLBACK_LAMBDAS
+    return (float(default[0] if o.lambda_cd is None else o.lambda_cd),
+            float(default[1] if o.lambda_sc is None else o.lambda_sc))
+
+
+#: the options objective_text states in words; any other option that differs from its default is listed
+_NAMED = ("saliency", "use_cd", "use_sc", "lambda_cd", "lambda_sc", "contrast", "saliency_options", "balance")
+
+
+def objective_text(o: LossOptions, task: str | None = None) -> str:
+    """The training objective in words, e.g. ``weighted BCE + 1.2 L_CD + 0.9 L_SC (deep_taylor contrast=clrp
+    maps; balance first_step)``; options other than these that differ from their defaults follow. ``task``
+    None (not known): ``weighted BCE/CE``."""
+    wce = {"multiclass": "weighted CE", "multilabel": "weighted BCE"}.get(task or "", "weighted BCE/CE")
+    if o.saliency is None or not (o.use_cd or o.use_sc):
+        return f"{wce} alone"
+    lam_cd, lam_sc = resolved_lambdas(o)
+    terms = [wce] + ([f"{lam_cd:g} L_CD"] if o.use_cd else []) + ([f"{lam_sc:g} L_SC"] if o.use_sc else [])
+    try:
+        maps = saliency_pkg.describe(o.saliency, with_contrast(o.saliency, dict(o.saliency_options or {}),
+                                                                o.contrast))
+    except ConfigError:
+        maps = saliency_pkg.describe(o.saliency, dict(o.saliency_options or {}))
+    default = LossOptions()
+    other = [f"{f.name}={getattr(o, f.name)}" for f in dataclasses.fields(o)
+             if f.name not in _NAMED and getattr(o, f.name) != getattr(default, f.name)]
+    return f"{' + '.join(terms)} ({maps} maps; balance {o.balance}" + (f"; {', '.join(other)}" if other else "") + ")"
+
+
 def with_contrast(method, options: dict, contrast: str) -> dict:
     """The saliency options with ``contrast`` (a checked option value) resolved for ``method`` (see SIBNetLoss)."""
     if "contrast" in options:
@@ -129,10 +160,7 @@ class SIBNetLoss(nn.Module):
         object.__setattr__(self, "model", model)
         self.options, self.task = o, task
         self.method = None if o.saliency is None or not (o.use_cd or o.use_sc) else saliency_pkg.get(o.saliency)
-        default = DEFAULT_LAMBDAS.get(o.saliency, FALLBACK_LAMBDAS) if isinstance(o.saliency, str) \
-            else FALLBACK_LAMBDAS
-        self.lambda_cd = float(default[0] if o.lambda_cd is None else o.lambda_cd)
-        self.lambda_sc = float(default[1] if o.lambda_sc is None else o.lambda_sc)
+        self.lambda_cd, self.lambda_sc = resolved_lambdas(o)
         self.embed_size = o.embed_size
         self.balance = LossBalance(o.balance, o.balance_momentum)
         self.saliency_options = dict(o.saliency_options or {})
