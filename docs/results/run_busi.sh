@@ -7,9 +7,10 @@
 # best.pt evaluated on the test fold. 1 seed.
 # Methods: baseline; warm-baseline / warm-sibnet: the converged baseline trained on for 3 epochs
 # without / with SIBNet's terms (the configuration's defaults: DeepTaylor + CLRP, first_step balance),
-# the recipe that kept AUROC on the synthetic study (docs/results/README.md, "Start here").
+# the recipe that kept AUROC on the synthetic study (docs/results/README.md, "Start here");
+# sibnet-gradcam: SIBNet from scratch with GradCAM maps (same balance).
 # CPU plan (2-core machine, two single-thread processes): baseline ~30 s per epoch (about 10 min per
-# fold), warm-sibnet ~4-5 min per epoch: about 1.2 h for the 15 jobs. SIBNet from scratch with
+# fold), warm-sibnet ~3-5 min per epoch: about 1.2 h for the 15 jobs; sibnet-gradcam ~1.5x the baseline. SIBNet from scratch with
 # DeepTaylor (~5 min per epoch, 10-20 epochs per fold: 5-8 h), no-cd, no-sc, SE and CBAM are not in
 # this block (about two more sessions of this machine; minutes on a GPU).
 # Resumable: rerun to continue; two copies of this script share the jobs (each takes the next free one).
@@ -17,7 +18,7 @@ set -u
 cd "$(dirname "$0")/../.."
 COMMON="--dataset busi --root ../shared/data/busi --image-size 128 --folds 5 --seeds 1 --budget epochs=20
         --warm-budget epochs=3 --patience 4 --batch-size 16 --held-out-test"
-METHODS=${METHODS:-baseline,warm-baseline,warm-sibnet}
+METHODS=${METHODS:-baseline,warm-baseline,warm-sibnet,sibnet-gradcam}
 RUNS=$PWD/runs/busi/128px  # absolute: the jobs record the path they were started with
 OUT=docs/results/busi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
