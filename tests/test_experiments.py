@@ -576,6 +576,40 @@ def test_held_out_test_study_evaluates_on_the_fold_part_and_stops_on_the_next(tm
         load_config(None, ["data.held_out_test=true"], {})
 
 
+def test_workers_end_when_the_study_process_is_killed(tmp_path):
+    """--jobs 2: SIGKILL of the study process ends its workers (they held the job locks) within seconds, so
+    none goes on training into the job folders; the next call takes the stale locks over."""
+    import os
+    import signal
+    import sys
+    import time
+
+    from sibnet.experiments.store import lock_holder, pid_alive
+
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "sibnet", *argv(runs, tmp_path / "out", budget="epochs=500"), "--jobs", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        pids: list[int] = []
+        while time.time() < deadline and len(pids) < 2:
+            pids = [p for p in (lock_holder(f) for f in runs.glob("*/fold*-seed*")) if p]
+            time.sleep(0.5)
+        assert len(pids) == 2, "the workers did not start their jobs"
+        assert all(pid_alive(p) for p in pids)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(pid_alive(p) for p in pids):
+        time.sleep(0.2)
+    alive = [p for p in pids if pid_alive(p)]
+    for p in alive:  # do not leave them running when the test fails
+        os.kill(p, signal.SIGKILL)
+    assert not alive, "workers outlived the study process"
+
+
 def test_case_indices_take_the_first_images_of_each_class_once():
     from sibnet.experiments.cases import case_indices
 

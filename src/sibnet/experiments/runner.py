@@ -10,6 +10,10 @@ Conventions
   (:func:`sibnet.experiments.study.check_identity`).
 * A warm-started method (``warm_start``) begins its first epoch from the evaluated checkpoint of
   its source job of the same fold and seed, which must be finished first.
+* With ``--jobs`` > 1 each worker process ends itself within a second of its parent's end (a study
+  stopped with SIGTERM or SIGKILL leaves no worker training on and writing into its job folders);
+  the job it held resumes from its last finished epoch on the next call (checkpoints are atomic, and
+  the lock of a dead process is taken over).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import copy
 import math
 import multiprocessing as mp
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -179,6 +184,19 @@ def _run_or_fail(study: Study, job: Job, log) -> dict:
         return {"status": "failed", "job": job.key, "error": str(exc)}
 
 
+def exit_with_parent(parent: int, interval: float = 0.5) -> threading.Thread:
+    """Start a daemon thread that ends this process (exit code 3) as soon as its parent process is no
+    longer ``parent`` (it ended and the process was handed to another)."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(3)
+
+    thread = threading.Thread(target=watch, daemon=True, name="sibnet-parent-watch")
+    thread.start()
+    return thread
+
+
 def _worker(study_dict: dict, job: tuple, threads: int) -> dict:
     torch.set_num_threads(max(1, threads))
     return _run_or_fail(Study.from_dict(study_dict), Job(*job), lambda msg: print(msg, flush=True))
@@ -197,10 +215,11 @@ def run_jobs(study: Study, jobs: list[Job], n_parallel: int = 1, log=print) -> l
     if n_parallel <= 1:
         return [_reported(job, _run_or_fail(study, job, log), log) for job in jobs]
     threads = max(1, (os.cpu_count() or 1) // n_parallel)
-    with ProcessPoolExecutor(max_workers=n_parallel, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=n_parallel, mp_context=mp.get_context("spawn"),
+                             initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
         futures = [(job, pool.submit(_worker, study.to_dict(), (job.method, job.fold, job.seed), threads))
                    for job in jobs]
         return [_reported(job, future.result(), log) for job, future in futures]
 
 
-__all__ = ["build_job_model", "run_job", "run_jobs", "train_to_budget", "warm_start_weights"]
+__all__ = ["build_job_model", "exit_with_parent", "run_job", "run_jobs", "train_to_budget", "warm_start_weights"]

@@ -103,13 +103,17 @@ def collect(study: Study, jobs: list[Job]) -> dict[Job, dict]:
 # ------------------------------------------------------------------ locks and status
 
 def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, ended but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # Linux: the state field of /proc/PID/stat, after the parenthesised command name
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def lock_holder(folder: Path) -> int:
