@@ -22,6 +22,7 @@ import torch
 from ..errors import ConfigError, SibnetError
 from ..evaluation.marks import marks_region
 from ..evaluation.run import compute_maps, probabilities
+from ..files import atomic_write_text
 from ..report.figures import case_figure
 from ..saliency import describe
 from .agreement import has_marks
@@ -68,7 +69,9 @@ def write_cases(study: Study, methods: list[Method], jobs: list[Job], out: Path,
         raise SibnetError(f"cases: these jobs are not finished: {', '.join(missing)} (run table1 first)")
     cfg = job_config(study, wanted[0])
     dataset, split = eval_dataset(study, cfg)
-    labels = np.stack([np.asarray(dataset[i]["label"]) for i in range(len(dataset))])
+    labels = getattr(dataset, "labels", None)  # file-based datasets hold them; others are read item by item
+    if labels is None:
+        labels = np.stack([np.asarray(dataset[i]["label"]) for i in range(len(dataset))])
     indices = case_indices(labels, per_class)
     per_method = {}
     names: list[str] = []
@@ -97,13 +100,13 @@ def write_cases(study: Study, methods: list[Method], jobs: list[Job], out: Path,
         present = ", ".join(c for c, v in zip(names, first["labels"][n]) if v == 1) or "none"
         lines.append(f"- `{path.name}`: {ident} (present: {present})")
     md = out / "cases.md"
-    md.write_text("\n".join([
+    atomic_write_text(md, "\n".join([
         "# Typical cases", "", f"command: `{command}`", "",
         f"Rows: the evaluated model of each method's fold-{fold} seed-{seed} job; columns: the image "
         f"(lime: expert mask contours{'; magenta: burned-in marks' if marks else ''}), then each class's "
         f"{describe(method, options)} map (positive part, one colour scale per case; the class's mask contour "
         f"where the class is present). Cases: the first {per_class} {split} image(s) with each class present, in "
-        "the split's order (not chosen by any score).", "", *lines, ""]))
+        "the split's order (not chosen by any score).", "", *lines, ""]), what="cases")
     return {"markdown": str(md), "csv": "", "figures": figures}
 
 
