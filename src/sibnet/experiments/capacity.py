@@ -238,7 +238,7 @@ def write_capacity(study: Study, bases: list[Method], capacities, jobs: list[Job
 def _figure(study: Study, s: dict, path: Path) -> Path:
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    panels = (("val_loss", "validation loss (weighted BCE)"), ("eval_loss", "evaluation loss (weighted BCE)"),
+    panels = (("val_loss", "validation loss (weighted BCE/CE)"), ("eval_loss", "evaluation loss (weighted BCE/CE)"),
               ("auroc", "evaluation AUROC (mean over labels)"))
     bases = list(dict.fromkeys(e["base"] for e in s["rows"]))
     for ax, (key, label) in zip(axes, panels):

@@ -166,7 +166,7 @@ def _figures(study: Study, methods: list[Method], s: dict, out: Path) -> list[st
             loss[m.name].append(([r["epoch"] for r in vl], [r["val_loss"] for r in vl]))
             hist = read_metrics(folder)
             auroc[m.name].append((hist.get("epoch", []), hist.get("val_auroc", [])))
-    fig = two_panel_curves(loss, auroc, "epoch", ("validation loss (weighted BCE)", "validation AUROC"),
+    fig = two_panel_curves(loss, auroc, "epoch", ("validation loss (weighted BCE/CE)", "validation AUROC"),
                            f"Fig. 4: validation curves ({title})")
     paths.append(str(save_figure(fig, Path(out) / "fig4_curves.png")))
     return paths

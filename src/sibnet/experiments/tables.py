@@ -25,7 +25,9 @@ from typing import Sequence
 from .. import __version__
 from ..errors import SibnetError
 from ..files import atomic_write_text
+from ..losses.sibnet_loss import objective_text
 from .methods import not_implemented
+from .study import Job, job_config
 
 # what "-dirty" looks at: the code and the settings that make a result, not the result files
 # (tables written into the repository, e.g. under docs/results, do not make the code dirty)
@@ -152,9 +154,6 @@ def read_csv_table(path: str | Path) -> tuple[list[str], list[dict]]:
 def objectives_line(study, methods) -> str:
     """The header line stating each method's training objective in words (methods that share one are
     named together), resolved from the jobs' configuration."""
-    from ..losses.sibnet_loss import objective_text
-    from .study import Job, job_config
-
     groups: dict[str, list[str]] = {}
     for m in methods:
         cfg = job_config(study, Job(m.name, 0, study.seeds[0]))
