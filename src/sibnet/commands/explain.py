@@ -72,7 +72,7 @@ def explain_images(model, meta: dict, paths, method: str, out: str | Path, devic
             logits = model(xb).float()
         probs = probabilities(logits, meta["task"])[0].cpu()
         maps = fn(model, xb, **(options or {}))[0].detach().float().cpu()
-        label = method + "".join(f"-{k}-{v}" for k, v in sorted((options or {}).items()))
+        label = describe(method, options, for_files=True)
         name = f"{Path(path).stem}_{label}.png"
         n = 1
         while name in used:  # two inputs with the same stem in different folders

@@ -71,8 +71,7 @@ def job_agreement(study: Study, job: Job, method: str, max_maps: int, bn_stats: 
     """The job's agreement (its evaluated model and, with ``--keep-epochs``, the Dice of every kept epoch),
     from its cache when the cache's key matches."""
     folder = job.folder(study)
-    slug = "".join(f"-{k}-{v}" for k, v in sorted((options or {}).items()))
-    cache = eval_cache(folder, "agreement" + slug, bn_stats)
+    cache = eval_cache(folder, describe("agreement", options, for_files=True), bn_stats)
     # "marks": written by code that adds the marks share where the dataset has marks (older caches lack it)
     key = {"saliency": method, "max_maps": int(max_maps), "budget": study.budget_label,
            "checkpoint": study.checkpoint, **({"options": options} if options else {}), "marks": True}

@@ -153,9 +153,11 @@ def takes_option(method: str | SaliencyMethod, option: str) -> bool:
     return forward is not None and option in inspect.signature(forward).parameters
 
 
-def describe(method: str, options: dict | None = None) -> str:
-    """``deep_taylor`` or ``deep_taylor contrast=clrp``: a method and its options, as tables and figures name maps."""
-    return method + "".join(f" {k}={v}" for k, v in sorted((options or {}).items()))
+def describe(method: str, options: dict | None = None, for_files: bool = False) -> str:
+    """``deep_taylor`` or ``deep_taylor contrast=clrp``: a method and its options, as tables and figures name
+    maps; ``for_files``: ``deep_taylor-contrast-clrp``, as file names carry them."""
+    sep, eq = ("-", "-") if for_files else (" ", "=")
+    return method + "".join(f"{sep}{k}{eq}{v}" for k, v in sorted((options or {}).items()))
 
 
 def register(name: str, method: SaliencyMethod) -> SaliencyMethod:
