@@ -550,6 +550,31 @@ def test_warm_budget_applies_to_warm_started_jobs_only(tmp_path, capsys):
     assert (base / "done.json").stat().st_mtime_ns == base_mtime
     assert main(args + ["--warm-budget", "epochs=0"]) == 2
     assert "--warm-budget: expected epochs=N" in capsys.readouterr().err
+    # warm-baseline-lr<x>: the same warm start with its own Adam learning rate, beside the baseline it starts from
+    lr_args = [a if a != "baseline,warm-baseline" else "baseline,warm-baseline-lr0.0001" for a in args]
+    assert main(lr_args + ["--warm-budget", "epochs=1"]) == 0
+    lr_job = runs / "warm-baseline-lr0.0001" / "fold0-seed0"
+    ckpt = load_checkpoint(lr_job / "last.pt")
+    assert ckpt["config"]["optim"]["lr"] == 1e-4 and ckpt["state"]["epoch"] == 1
+    assert load_checkpoint(warm / "last.pt")["config"]["optim"]["lr"] == 1e-3
+    assert "warm-baseline-lr0.0001" in (out / "table1.md").read_text()
+    assert (base / "done.json").stat().st_mtime_ns == base_mtime
+
+
+def test_warm_lr_methods():
+    from sibnet.errors import ConfigError
+    from sibnet.experiments.methods import METHODS, get_method, warm_lr_method
+
+    m = get_method("warm-sibnet-lr0.0001")
+    assert m.warm_start == "baseline" and m.overrides == {**METHODS["warm-sibnet"].overrides, "optim.lr": 1e-4}
+    assert warm_lr_method("warm-baseline", 3e-5).name == "warm-baseline-lr3e-05"
+    for bad in ("warm-sibnet-lr1e-4", "warm-sibnet-lrx", "warm-sibnet-lr", "warm-sibnet-lr-0.1", "warm-sibnet-lr0"):
+        with pytest.raises(ConfigError, match="warm-sibnet-lr"):
+            get_method(bad)
+    with pytest.raises(ConfigError, match="'sibnet' is not a warm-started method"):
+        warm_lr_method("sibnet", 1e-4)
+    with pytest.raises(ConfigError, match="unknown method"):
+        get_method("sibnet-lr0.1")
 
 
 def test_held_out_test_study_evaluates_on_the_fold_part_and_stops_on_the_next(tmp_path):

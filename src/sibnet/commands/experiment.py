@@ -41,6 +41,10 @@ def register(subparsers) -> None:
 
     method_list = "".join("\n  " + f"{m.name}: {m.description}" + ("" if m.implemented else " [not implemented]")
                           for m in METHODS.values())
+    method_list += ("\n  sibnet-lambda-<l1>-<l2>: SIBNet (DeepTaylor) with lambda_cd=l1, lambda_sc=l2"
+                    "\n  warm-baseline-lr<x>, warm-sibnet-lr<x>: the warm-started method fine-tuning with Adam's "
+                    "learning rate x (e.g. warm-sibnet-lr0.0001)"
+                    "\n  capacity-<method>-<m>: the method on a DenseNet-121 of about m x the parameters")
     p = subparsers.add_parser(
         "experiment", help="run the paper's tables (cross-validated methods, ablations, noise, probes, agreement)",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,

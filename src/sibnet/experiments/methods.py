@@ -25,7 +25,10 @@ pre-trained models): each starts from the evaluated checkpoint of the ``baseline
 fold and seed (its weights; a fresh optimizer) and trains for the study's ``--warm-budget`` (default
 its ``--budget``), with the weighted BCE alone (the control) or with SIBNet's loss. The baseline job
 must be finished first (list it before them in ``--methods``; with ``--jobs`` > 1 a warm job whose
-baseline is not finished fails with a message saying so and runs on the next call).
+baseline is not finished fails with a message saying so and runs on the next call). Both fine-tune with the
+study's learning rate (``optim.lr``, 1e-3 by default, the rate the baseline was trained with);
+``warm-baseline-lr<x>`` and ``warm-sibnet-lr<x>`` (:func:`warm_lr_method`) fine-tune with Adam's learning
+rate x instead (e.g. ``warm-sibnet-lr0.0001``), in the same job folder as the baseline they start from.
 """
 
 from __future__ import annotations
@@ -170,8 +173,48 @@ def capacity_methods(bases: list[Method], capacities) -> list[Method]:
     return [capacity_method(b, m) for b in bases for m in capacities]
 
 
+WARM_LR_MARK = "-lr"
+
+
+def warm_lr_method(base: Method | str, lr: float) -> Method:
+    """The warm-started method ``base`` fine-tuning with Adam's learning rate ``lr`` (``optim.lr``), named
+    ``<base>-lr<lr>`` with lr written as Python's %g (e.g. ``warm-sibnet-lr0.0001``)."""
+    base = get_method(base) if isinstance(base, str) else base
+    lr = float(lr)
+    name = f"{base.name}{WARM_LR_MARK}{lr:g}"
+    if base.warm_start is None:
+        raise ConfigError(f"--methods: {name!r}: {base.name!r} is not a warm-started method; a learning rate of "
+                          f"its own is for {', '.join(m.name for m in METHODS.values() if m.warm_start)}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"--methods: {name!r}: the learning rate must be a number > 0")
+    return Method(name, f"{base.description}; Adam learning rate {lr:g}", model=base.model,
+                  overrides={**base.overrides, "optim.lr": lr}, unlabeled=base.unlabeled,
+                  warm_start=base.warm_start)
+
+
+def _parse_warm_lr_name(name: str) -> Method:
+    base, _, text = name.rpartition(WARM_LR_MARK)
+    why = (f"--methods: {name!r} is not <warm method>{WARM_LR_MARK}<learning rate> with the rate a number > 0 "
+           f"written as Python's %g (e.g. warm-sibnet-lr0.0001)")
+    try:
+        lr = float(text)
+    except ValueError:
+        raise ConfigError(why) from None
+    if base not in METHODS or not math.isfinite(lr) or f"{lr:g}" != text:
+        raise ConfigError(why)
+    return warm_lr_method(METHODS[base], lr)
+
+
+def _is_warm_lr_name(name: str) -> bool:
+    base = name.rpartition(WARM_LR_MARK)[0]
+    return name not in METHODS and base in METHODS and METHODS[base].warm_start is not None
+
+
 def get_method(name: str) -> Method:
-    """The method called ``name``: one of :data:`METHODS`, a lambda-grid point or a capacity method."""
+    """The method called ``name``: one of :data:`METHODS`, a lambda-grid point, a capacity method or a
+    warm-started method with a learning rate of its own."""
+    if _is_warm_lr_name(name):
+        return _parse_warm_lr_name(name)
     if name.startswith(CAPACITY_PREFIX):
         return capacity_method_from_name(name)
     if name.startswith(LAMBDA_PREFIX):
