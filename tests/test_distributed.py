@@ -29,9 +29,11 @@ def child(out: str, batch: int, bn: bool, saliency: str) -> None:
     from sibnet.training.build import sibnet_loss_factory
 
     torch.set_num_threads(1)
+    saliency, _, balance = saliency.partition("+")  # e.g. gradcam+gradient: the loss balance too
     real = saliency != "stand-in"
     cfg = t.tiny_config(out, f"data.batch_size={batch}", "train.epochs=2",
-                        f"loss.saliency={saliency if real else 'null'}", "loss.radius=2")
+                        f"loss.saliency={saliency if real else 'null'}", "loss.radius=2",
+                        *([f"loss.balance={balance}"] if balance else []))
     # without BatchNorm: no dropout and no input noise either, so that one process can reproduce it
     trainer = t.tiny_trainer(cfg, bn=bn, dropout=0.2 if bn else 0.0, noise=bn,
                              loss_factory=sibnet_loss_factory if real else t.PlainLoss)
@@ -96,10 +98,12 @@ def test_two_ranks_identical_weights_and_gathered_metrics(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not found")
-@pytest.mark.parametrize("saliency", ["stand-in", "deep_taylor", "gradcam"])
+@pytest.mark.parametrize("saliency", ["stand-in", "deep_taylor", "gradcam", "gradcam+gradient"])
 def test_two_ranks_equal_one_process_with_double_batch(tmp_path, saliency):
     """With SIBNetLoss the saliency maps come from second-order graphs through the DDP forward;
-    the gradients must still be averaged over the ranks exactly once per step."""
+    the gradients must still be averaged over the ranks exactly once per step. gradcam+gradient: the
+    gradient-norm balance's first-step norms are those of the whole batch (gradients averaged over the
+    ranks before the norm), so the normalisers and the weights equal one process's too."""
     sys.path.insert(0, str(HERE))
     import test_train_loop as t
 
@@ -112,6 +116,8 @@ def test_two_ranks_equal_one_process_with_double_batch(tmp_path, saliency):
     assert res.returncode == 0, res.stderr[-3000:]
     ddp, one = load(tmp_path / "ddp" / "rank0.pt"), load(single / "rank0.pt")
     t.assert_same_weights(ddp["model"], one["model"], atol=1e-6)
+    if "+" in saliency:
+        assert torch.allclose(ddp["loss"]["balance.scale"], one["loss"]["balance.scale"], rtol=1e-5)
 
 
 if __name__ == "__main__":

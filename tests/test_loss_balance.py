@@ -1,4 +1,4 @@
-"""Loss balance (first_step, running, none): values by hand, state in checkpoints, exact resume,
+"""Loss balance (first_step, running, gradient, none): values by hand, state in checkpoints, exact resume,
 SIBNet+ batches, zero terms, and the collapse figures the loop logs."""
 
 from __future__ import annotations
@@ -51,6 +51,63 @@ def test_first_step_divides_each_term_by_its_first_value():
     assert loss_fn.balance.normalisers() == first
     expected = terms2["wce"] / first["wce"] + 0.7 * terms2["cd"] / first["cd"] + 0.3 * terms2["sc"] / first["sc"]
     assert total2.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("saliency", ["gradcam", "deep_taylor"])
+def test_gradient_balance_divides_each_term_by_its_first_gradient_norm(saliency):
+    """gradient: the normalisers are the norms of each term's gradient on the parameters at the first step,
+    computed without touching .grad; after the division each term's gradient has norm lambda; fixed later."""
+    import copy
+
+    torch.manual_seed(0)
+    model = SmallCNN().train()
+    pristine = copy.deepcopy(model)  # each check below starts from it: one forward each (BatchNorm statistics)
+    loss_fn = SIBNetLoss(model, saliency=saliency, balance="gradient", embed_size=None, radius=2, lambda_cd=0.7,
+                         lambda_sc=0.3)
+    x, y = _batch()
+    total, terms = loss_fn(x, y)
+    assert all(p.grad is None for p in model.parameters())  # the norms left no trace in .grad
+
+    def grad_norm_of(name, balance_state=None):
+        net = copy.deepcopy(pristine)
+        fn = SIBNetLoss(net, saliency=saliency, balance="gradient", embed_size=None, radius=2, lambda_cd=0.7,
+                        lambda_sc=0.3)
+        if balance_state is not None:
+            fn.load_state_dict(balance_state)
+        _single_term(fn, x, y, name, weighted=balance_state is not None).backward()
+        return torch.sqrt(sum(p.grad.double().pow(2).sum() for p in net.parameters() if p.grad is not None)).item()
+
+    norms = {name: grad_norm_of(name) for name in ("wce", "cd", "sc")}  # an independent backward per term
+    assert loss_fn.balance.normalisers() == pytest.approx(norms, rel=1e-4)
+    assert terms["wce_w"].item() == pytest.approx(terms["wce"].item() / norms["wce"], rel=1e-4)
+    # each weighted term's gradient norm is its lambda at the first step
+    for name, lam in (("wce", 1.0), ("cd", 0.7), ("sc", 0.3)):
+        assert grad_norm_of(name, loss_fn.state_dict()) == pytest.approx(lam, rel=1e-4), name
+    first = loss_fn.balance.normalisers()
+    loss_fn(*_batch(1))
+    assert loss_fn.balance.normalisers() == first
+
+
+def _single_term(loss_fn, x, y, name, weighted=False):
+    """One term of the loss (raw, or as the total weighs it) with its graph to the parameters."""
+    o = loss_fn.options
+    from sibnet.losses import spatial_coherence
+    from sibnet.losses.normalise import normalise_maps
+
+    logits, maps = loss_fn.maps_and_logits(x)
+    maps = normalise_maps(maps)
+
+    if name == "wce":
+        value = loss_fn.classification_loss(logits, y)
+    elif name == "sc":
+        value = spatial_coherence(maps, radius=o.radius, threshold=o.threshold,
+                                  background_cluster=o.background_cluster, scale=o.sc_scale)
+    else:
+        value = loss_fn.distinctiveness(maps, x)
+    if weighted:
+        lam = {"wce": 1.0, "cd": loss_fn.lambda_cd, "sc": loss_fn.lambda_sc}[name]
+        value = value * (lam / loss_fn.balance.divisor(name))
+    return value
 
 
 def test_running_mean_is_bias_corrected_by_hand():
@@ -143,7 +200,7 @@ def _sibnet_factory(net, cfg, task, class_weight):
     return sibnet_loss_factory(net, cfg, task, class_weight)
 
 
-@pytest.mark.parametrize("balance", ["first_step", "running"])
+@pytest.mark.parametrize("balance", ["first_step", "running", "gradient"])
 def test_normalisers_are_saved_and_a_resumed_run_equals_an_uninterrupted_one(tmp_path, balance):
     common = ["loss.saliency=gradcam", "loss.radius=2", "loss.embed_size=null", f"loss.balance={balance}",
               "loss.balance_momentum=0.5", "train.epochs=2"]
@@ -158,7 +215,7 @@ def test_normalisers_are_saved_and_a_resumed_run_equals_an_uninterrupted_one(tmp
     a, b = load_checkpoint(tmp_path / "whole" / "last.pt"), load_checkpoint(tmp_path / "half" / "last.pt")
     t.assert_same_weights(a["model"], b["model"])
     assert torch.equal(a["loss"]["balance.scale"], b["loss"]["balance.scale"])
-    if balance == "first_step":
+    if balance != "running":  # fixed after the first step
         assert torch.equal(a["loss"]["balance.scale"], mid["balance.scale"])
     else:
         assert not torch.equal(a["loss"]["balance.scale"], mid["balance.scale"])

@@ -64,7 +64,7 @@ def test_choices_are_defined_once():
     ("lambda_sc", "1", "lambda_sc: expected a number >= 0 or null, got '1'"),
     ("use_cd", 1, "use_cd: expected true/false, got 1"),
     ("embed_size", 4, "embed_size: expected null (the input size) or an integer >= 8, got 4"),
-    ("balance", "grad", "balance: expected one of none, first_step, running, got 'grad'"),
+    ("balance", "grad", "balance: expected one of none, first_step, running, gradient, got 'grad'"),
     ("balance_momentum", 1.0, "balance_momentum: must be in [0, 1), got 1.0"),
     ("contrast", "clrp2", "contrast: expected one of auto, none, clrp, sglrp, got 'clrp2'"),
     ("saliency_options", [1], "saliency_options: expected a mapping, got [1]"),

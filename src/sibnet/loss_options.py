@@ -31,7 +31,7 @@ Embed = Literal["maps", "image"]
 EmbedGrad = Literal["all", "maps"]
 ScResolution = Literal["input", "features"]
 ScScale = Literal["sum", "pair_mean"]
-Balance = Literal["none", "first_step", "running"]
+Balance = Literal["none", "first_step", "running", "gradient"]
 CdSpace = Literal["embedding", "maps"]
 Contrast = Literal["auto", "none", "clrp", "sglrp"]
 
@@ -164,7 +164,8 @@ class LossOptions:
         _boolean)
     balance: Balance = option(
         "first_step", "first_step: each term divided by its value at the first step | running: by its running mean | "
-        "none: the raw terms", one_of(Balance))
+        "gradient: by the norm of its gradient w.r.t. the model's parameters at the first step | none: the raw terms",
+        one_of(Balance))
     balance_momentum: float = option(0.99, "running: the running mean's momentum, in [0, 1)", _fraction)
     cd_space: CdSpace = option(
         "embedding", "embedding: L_CD on the maps' embeddings (eq. 1) | maps: on the maps themselves", one_of(CdSpace))

@@ -81,6 +81,10 @@ METHODS: dict[str, Method] = {m.name: m for m in [
                       "loss.cd_space": "maps", "loss.cd_abs": True, "loss.balance": "first_step",
                       "loss.lambda_cd": 1.0, "loss.lambda_sc": 1.0}),
     Method("sibnet-gradcam", "SIBNet with GradCAM maps", overrides={"loss.saliency": "gradcam"}),
+    Method("sibnet-gradient", "SIBNet (DeepTaylor) with each term divided by the norm of its gradient at the first "
+           "step (loss.balance gradient)", overrides={"loss.saliency": "deep_taylor", "loss.balance": "gradient"}),
+    Method("sibnet-gradcam-gradient", "SIBNet with GradCAM maps and the gradient-norm balance (loss.balance gradient)",
+           overrides={"loss.saliency": "gradcam", "loss.balance": "gradient"}),
     Method("sibnet-lrp", "SIBNet with LRP-epsilon maps", overrides={"loss.saliency": "lrp_epsilon"}),
     Method("no-cd", "SIBNet (DeepTaylor) without L_CD",
            overrides={"loss.saliency": "deep_taylor", "loss.use_cd": False}),

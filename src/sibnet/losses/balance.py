@@ -10,6 +10,13 @@ The raw terms differ by orders of magnitude (L_SC, a sum per map, is 10-300x the
                 ``m_t = beta m_(t-1) + (1 - beta) |L_t|``, normaliser ``m_t / (1 - beta^n)`` with n
                 the number of values seen (the current step's included, so the first step equals
                 ``first_step``).
+``gradient``    each term divided by the L2 norm of its own gradient with respect to the model's
+                trainable parameters at the first training step (one extra backward pass per term,
+                at that step only): after the division every term's gradient on the shared weights
+                starts with norm 1, so the lambdas weigh the terms' pulls on the weights rather than
+                their values (Adam sees their sum; balancing values alone leaves one term's
+                gradient free to dominate). The normaliser is fixed after the first step, as
+                ``first_step``; the term's own value never enters it.
 
 Conventions:
 * Normalisers are estimated from labeled training batches only (the model in train mode, gradients
@@ -17,6 +24,10 @@ Conventions:
   constants of each step.
 * Under ``torch.distributed`` the observed values are averaged over the ranks before they are used,
   so every rank holds the same normalisers.
+* ``gradient``: the observed value of a term is its gradient norm (:func:`gradient_norms`), computed
+  with ``torch.autograd.grad`` (nothing is accumulated into ``.grad``, no model state changes), of
+  the gradient averaged over DDP ranks (the norm of the whole step's batch). A term with no path to
+  any parameter has norm 0.
 * A term whose observed value is 0 or not finite has no normaliser yet (first_step: it takes the
   first later value that is finite and nonzero; running: non-finite values are skipped, and a
   running mean of 0 is not used). Until then the term enters the total unnormalised (divisor 1),
@@ -38,6 +49,7 @@ from ..loss_options import Balance, LossOptions, check_option, choices
 
 BALANCES = choices(Balance)
 TERM_NAMES = ("wce", "cd", "sc")
+FIXED_AFTER_FIRST = ("first_step", "gradient")  # modes whose normalisers never change once set
 
 
 def _all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
@@ -46,6 +58,24 @@ def _all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(values)
         values /= dist.get_world_size()
     return values
+
+
+def gradient_norms(terms: dict[str, torch.Tensor], parameters) -> dict[str, torch.Tensor]:
+    """The L2 norm of each term's gradient with respect to ``parameters`` (those that require a gradient),
+    the graph kept for the step's own backward; ``.grad`` is not touched. Under ``torch.distributed`` the
+    gradients are averaged over the ranks before the norm is taken (as DistributedDataParallel averages the
+    step's gradients), so the norm is that of the whole step's batch."""
+    params = [p for p in parameters if p.requires_grad]
+    out = {}
+    for name, value in terms.items():
+        if not value.requires_grad or not params:
+            flat = value.detach().new_zeros(1, dtype=torch.float64)
+        else:
+            grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+            flat = torch.cat([(g if g is not None else torch.zeros_like(p)).detach().double().reshape(-1)
+                              for g, p in zip(grads, params)])
+        out[name] = _all_reduce_mean(flat).norm()
+    return out
 
 
 class LossBalance(nn.Module):
@@ -67,19 +97,27 @@ class LossBalance(nn.Module):
         self.register_buffer("count", torch.zeros(n, dtype=torch.long))
         self._warned: set[str] = set()
 
+    def pending(self, names) -> bool:
+        """Whether this step must observe the terms ``names`` (False once a first-step mode has fixed all of
+        their normalisers: no collective and no device sync on later steps, the same on every rank)."""
+        if self.mode == "none":
+            return False
+        if self.mode in FIXED_AFTER_FIRST:
+            return not all(int(self.count[TERM_NAMES.index(k)]) for k in names if k in TERM_NAMES)
+        return True
+
     def update(self, values: dict[str, torch.Tensor]) -> None:
-        """Observe this step's values of the terms present (detached; averaged over ranks)."""
-        if self.mode == "none" or not values:
+        """Observe this step's values of the terms present (detached; averaged over ranks); for ``gradient``
+        the values are the terms' gradient norms (:func:`gradient_norms`)."""
+        if not values or not self.pending(values):
             return
         names = [k for k in TERM_NAMES if k in values]
-        if self.mode == "first_step" and all(int(self.count[TERM_NAMES.index(k)]) for k in names):
-            return  # every normaliser is fixed: no collective, no device sync on later steps (same on every rank)
         observed = torch.stack([values[k].detach().double().abs().reshape(()) for k in names])
         observed = _all_reduce_mean(observed.to(self.scale.device)).cpu()
         for name, value in zip(names, observed.tolist()):
             i = TERM_NAMES.index(name)
             usable = math.isfinite(value)
-            if self.mode == "first_step":
+            if self.mode in FIXED_AFTER_FIRST:
                 if int(self.count[i]) == 0 and usable and value > 0:
                     self.scale[i] = value
                     self.count[i] = 1
@@ -89,7 +127,8 @@ class LossBalance(nn.Module):
                 self.scale[i] = self.running[i] / (1 - self.momentum ** int(self.count[i]))
             if not self._has_scale(i) and name not in self._warned:
                 self._warned.add(name)
-                warnings.warn(f"loss balance ({self.mode}): the term {name} is {value:g} at this step, so it has no "
+                what = "the gradient norm of the term" if self.mode == "gradient" else "the term"
+                warnings.warn(f"loss balance ({self.mode}): {what} {name} is {value:g} at this step, so it has no "
                               "normaliser yet; it enters the total unnormalised until it is finite and nonzero",
                               RuntimeWarning, stacklevel=3)
 

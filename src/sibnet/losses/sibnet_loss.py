@@ -21,7 +21,7 @@ from ..loss_options import LossOptions, check_loss_options
 from ..models.embedding import frozen_parameters, penultimate
 from ..saliency.resize import resize_linear
 from ..saliency.state import eval_norm
-from .balance import LossBalance
+from .balance import LossBalance, gradient_norms
 from .classification import TASKS, weighted_bce, weighted_ce
 from .coherence import spatial_coherence
 from .distinctiveness import class_distinctiveness, embed_maps, pairwise_cosine
@@ -123,8 +123,9 @@ class SIBNetLoss(nn.Module):
       :func:`sibnet.losses.spatial_coherence`).
     - saliency_options: extra keyword options for the saliency method.
     - balance: "none" (raw terms), "first_step" (each term divided by its own value at the first
-      training step, as the published SIBNet training code does) or "running" (by a
-      bias-corrected running mean of its value, ``balance_momentum``); see
+      training step, as the published SIBNet training code does), "running" (by a
+      bias-corrected running mean of its value, ``balance_momentum``) or "gradient" (each term divided
+      by the norm of its gradient w.r.t. the model's parameters at the first step); see
       :mod:`sibnet.losses.balance`. The lambdas weigh the balanced terms.
     - cd_space: "embedding" (L_CD on the model's embeddings of the maps, eq. 1) or "maps" (the
       cosine of the flattened maps themselves, the published code's default).
@@ -248,8 +249,9 @@ class SIBNetLoss(nn.Module):
             if self.sc_features:
                 cd_maps = resize_linear(maps, x.shape[2:])
             raw["cd"] = self.distinctiveness(cd_maps, x)
-        if y is not None and self.model.training and torch.is_grad_enabled():
-            self.balance.update(raw)
+        if y is not None and self.model.training and torch.is_grad_enabled() and self.balance.pending(raw):
+            observed = gradient_norms(raw, _unwrap(self.model).parameters()) if self.balance.mode == "gradient" else raw
+            self.balance.update(observed)
         lam = {"wce": 1.0, "cd": self.lambda_cd, "sc": self.lambda_sc}
         weighted = {k: v * (lam[k] / self.balance.divisor(k)) for k, v in raw.items()}
         total = sum(weighted.values(), zero)
