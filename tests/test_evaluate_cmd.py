@@ -267,6 +267,12 @@ def test_checkpoint_data_follows_its_fold_held_out_test_and_data_seed():
     want = build_dataset("synthetic", split="test", image_size=16, fold=2, folds=3, seed=7, held_out_test=True,
                          n=30)
     assert list(got.patients) == list(want.patients) and len(got) == 10
+    from sibnet.config import data_seed, load_config
+
+    # the dict reading equals the Config reading: data.seed, else train.seed (0 when a plain form lacks it)
+    assert data_seed(config) == 7 and data_seed({"data": {"seed": None}, "train": {"seed": 3}}) == 3
+    assert data_seed({}) == 0
+    assert data_seed(load_config(None, ["train.seed=5"])) == 5 and data_seed(load_config(None, ["data.seed=2"])) == 2
 
 
 def test_note_when_the_maps_are_not_those_the_loss_trained_on():

@@ -143,8 +143,12 @@ RESERVED_DATA_OPTIONS = {"root": "root", "split": "train_split/val_split", "fold
                          "image_size": "image_size", "size": "image_size", "seed": "seed"}
 
 
-def data_seed(cfg: "Config") -> int:
-    """The seed of the dataset draws and splits: ``data.seed``, or ``train.seed`` when it is null."""
+def data_seed(cfg: "Config | dict") -> int:
+    """The seed of the dataset draws and splits: ``data.seed``, or ``train.seed`` when it is null. ``cfg``: a
+    Config or its plain form as a checkpoint stores it (a missing train.seed there reads as 0)."""
+    if isinstance(cfg, dict):
+        seed = (cfg.get("data") or {}).get("seed")
+        return int((cfg.get("train") or {}).get("seed", 0) if seed is None else seed)
     return cfg.data.seed if cfg.data.seed is not None else cfg.train.seed
 
 

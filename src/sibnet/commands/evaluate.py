@@ -63,6 +63,7 @@ def register(subparsers) -> None:
 
 def dataset_for_checkpoint(meta: dict, config: dict, *, name=None, root=None, split="test"):
     """Build the evaluation dataset from the checkpoint's training settings and the overrides."""
+    from ..config import data_seed
     from ..data.registry import build_dataset
 
     data = dict(config.get("data") or {})
@@ -73,8 +74,7 @@ def dataset_for_checkpoint(meta: dict, config: dict, *, name=None, root=None, sp
     options = dict(data.get("options") or {}) if same else {}
     options.pop("augment", None)
     root = root if root is not None else (data.get("root") if same else None)
-    seed = data.get("seed")  # the data seed (data.seed, else train.seed), as training drew the splits
-    seed = int((config.get("train") or {}).get("seed", 0) if seed is None else seed)
+    seed = data_seed(config)  # as training drew the splits
     fold = data.get("fold") if same else None  # a fold's 'val' is part of the training pool
     ds = build_dataset(name, root=root, split=split, image_size=int(meta["image_size"]), seed=seed, fold=fold,
                        folds=int(data.get("folds") or 5), held_out_test=bool(same and data.get("held_out_test")),
