@@ -9,6 +9,9 @@
 # without / with SIBNet's terms (the configuration's defaults: DeepTaylor + CLRP, first_step balance),
 # the recipe that kept AUROC on the synthetic study (docs/results/README.md, "Start here");
 # sibnet-gradcam: SIBNet from scratch with GradCAM maps (same balance).
+# Second block: warm-baseline-lr0.0001 / warm-sibnet-lr0.0001: the same fine-tuning with Adam at lr 1e-4
+# (the first warm epoch at 1e-3 disturbed every converged baseline); sibnet: SIBNet from scratch
+# (DeepTaylor + CLRP, first_step), ~2.5 min per epoch here (about 30 min per fold).
 # CPU plan (2-core machine, two single-thread processes): baseline ~30 s per epoch (about 10 min per
 # fold), warm-sibnet ~3-5 min per epoch: about 1.2 h for the 15 jobs; sibnet-gradcam ~1.5x the baseline. SIBNet from scratch with
 # DeepTaylor (~5 min per epoch, 10-20 epochs per fold: 5-8 h), no-cd, no-sc, SE and CBAM are not in
@@ -18,7 +21,7 @@ set -u
 cd "$(dirname "$0")/../.."
 COMMON="--dataset busi --root ../shared/data/busi --image-size 128 --folds 5 --seeds 1 --budget epochs=20
         --warm-budget epochs=3 --patience 4 --batch-size 16 --held-out-test"
-METHODS=${METHODS:-baseline,warm-baseline,warm-sibnet,sibnet-gradcam}
+METHODS=${METHODS:-baseline,warm-baseline,warm-sibnet,sibnet-gradcam,warm-baseline-lr0.0001,warm-sibnet-lr0.0001}
 RUNS=$PWD/runs/busi/128px  # absolute: the jobs record the path they were started with
 OUT=docs/results/busi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -27,6 +30,8 @@ for pass in 1 2; do  # a warm job whose baseline another process still trains ru
 done
 sibnet experiment table1 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/vs-warm-baseline \
   --reference warm-baseline --report-only
+sibnet experiment table1 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/vs-warm-baseline-lr0.0001 \
+  --reference warm-baseline-lr0.0001 --report-only
 # agreement with the lesion masks and share on the marks: the loss's own maps (DeepTaylor + CLRP),
 # plain DeepTaylor and GradCAM, every test image of each fold
 sibnet experiment table3 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT --saliency deep_taylor \
