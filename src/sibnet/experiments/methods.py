@@ -75,6 +75,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            "budget (the control of warm-sibnet)", overrides={"loss.saliency": None}, warm_start=BASELINE),
     Method("warm-sibnet", "the baseline's evaluated model trained on with SIBNet's loss (the configuration's "
            "defaults) for the study's budget", overrides={"loss.saliency": "deep_taylor"}, warm_start=BASELINE),
+    Method("warm-sibnet-gradient", "warm-sibnet with the gradient-norm balance (loss.balance gradient): the SIBNet "
+           "terms pull on the converged weights as hard as the weighted BCE/CE (times lambda)",
+           overrides={"loss.saliency": "deep_taylor", "loss.balance": "gradient"}, warm_start=BASELINE),
     Method("authors", "the published SIBNet training code's objective: GradCAM with constant channel weights, "
            "L_CD as |cos| of the maps themselves, every term divided by its first value, lambdas 1",
            overrides={"loss.saliency": "gradcam", "loss.saliency_options": {"weight_grad": False},
