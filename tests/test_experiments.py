@@ -139,7 +139,7 @@ def test_reference_method_takes_the_place_of_the_baseline(study, tmp_path, capsy
     assert "paired differences against sibnet-gradcam (--reference), not the baseline" in md
     assert main(argv(study["runs"], out, extra=("--report-only", "--reference", "no-cd"))) == 2
     err = capsys.readouterr().err
-    assert "--reference 'no-cd': table1 only, and one of --methods (baseline, sibnet-gradcam)" in err
+    assert "--reference 'no-cd': table1 and table3 only, and one of --methods (baseline, sibnet-gradcam)" in err
 
 
 def test_header(study):
@@ -404,6 +404,16 @@ def test_agreement_table_against_direct_computation(study):
         assert float(by[m]["dice"]) == pytest.approx(np.mean(dice[m]))
     d = paired_difference(dice["sibnet-gradcam"], dice["baseline"])
     assert float(by["sibnet-gradcam"]["diff_dice"]) == pytest.approx(d["mean_diff"])
+    # --reference: the paired Dice differences against another method (the cached maps, no recomputation)
+    vs = study["out"] / "vs-gradcam-3"
+    ref = ("--max-maps", "6", "--reference", "sibnet-gradcam")
+    assert main(argv(study["runs"], vs, table="table3", extra=ref)) == 0
+    _, rows_vs = read_csv_table(vs / "table3.csv")
+    by_vs = {r["method"]: r for r in rows_vs}
+    assert float(by_vs["baseline"]["diff_dice"]) == pytest.approx(-d["mean_diff"]) and by_vs["sibnet-gradcam"][
+        "diff_dice"] == ""
+    md = (vs / "table3.md").read_text()
+    assert "ΔDice vs sibnet-gradcam [95% CI]" in md and "--reference sibnet-gradcam" in md
     # with re-estimated BatchNorm statistics: the maps of the recalibrated models, cached beside
     from sibnet.evaluation.batchnorm import recalibrate_batchnorm
 

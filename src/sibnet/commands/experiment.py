@@ -96,8 +96,8 @@ def _add_study_arguments(p) -> None:
 def _add_table_arguments(p) -> None:
     """The settings of single tables."""
     p.add_argument("--reference", default=None, metavar="METHOD",
-                   help="table1: the method the paired differences are taken against (default baseline; e.g. "
-                        "warm-baseline, the control of warm-sibnet)")
+                   help="table1, table3: the method the paired differences are taken against (default baseline; "
+                        "e.g. warm-baseline, the control of warm-sibnet)")
     p.add_argument("--sigmas", default=None, help="table4: comma-separated noise sds on [0, 1] images "
                                                   "(default 0,0.005,0.01,0.05,0.1)")
     p.add_argument("--probes", default=None, help="table5: comma-separated probes (default linear_svm,rbf_svm,"
@@ -251,19 +251,21 @@ def _write_table(args, study, methods, jobs, out, command: str, settings: dict) 
 
         return write_cases(study, methods, jobs, out, command, args.saliency, args.cases,
                            parse_case_job(args.case_job, study), options)
-    return write_table3(study, methods, jobs, out, command, args.saliency, args.max_maps, args.bn_stats, options)
+    return write_table3(study, methods, jobs, out, command, args.saliency, args.max_maps, args.bn_stats, options,
+                        reference=settings["reference"])
 
 
 def reference_method(args, methods) -> str:
-    """table1's ``--reference`` (default the baseline), checked to be one of the study's methods."""
+    """table1's and table3's ``--reference`` (default the baseline), checked to be one of the study's methods."""
     from ..errors import ConfigError
     from ..experiments.methods import BASELINE
 
     if args.reference is None:
         return BASELINE
     names = [m.name for m in methods]
-    if args.table != "table1" or args.reference not in names:
-        raise ConfigError(f"--reference {args.reference!r}: table1 only, and one of --methods ({', '.join(names)})")
+    if args.table not in ("table1", "table3") or args.reference not in names:
+        raise ConfigError(f"--reference {args.reference!r}: table1 and table3 only, and one of --methods "
+                          f"({', '.join(names)})")
     return args.reference
 
 
@@ -301,7 +303,7 @@ def canonical_argv(args) -> list[str]:
         out += ["--sigmas", args.sigmas]
     if args.table == "table5" and args.probes is not None:
         out += ["--probes", args.probes]
-    if args.table == "table1" and args.reference is not None:
+    if args.table in ("table1", "table3") and args.reference is not None:
         out += ["--reference", args.reference]
     if args.table in ("table3", "cases"):
         out += ["--saliency", args.saliency] + (["--max-maps", str(args.max_maps)] if args.table == "table3" else

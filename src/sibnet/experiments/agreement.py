@@ -96,13 +96,16 @@ def job_agreement(study: Study, job: Job, method: str, max_maps: int, bn_stats: 
 
 
 def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path, command: str, method: str,
-                 max_maps: int, bn_stats: str = "stored", options: dict | None = None) -> dict:
+                 max_maps: int, bn_stats: str = "stored", options: dict | None = None,
+                 reference: str = BASELINE) -> dict:
     """Write ``table3.md``, ``table3.csv`` and (with kept epochs) ``fig9_dice_per_epoch.png`` to ``out``
-    from the finished jobs; returns their paths plus ``agreement``, the per-job results."""
+    from the finished jobs; returns their paths plus ``agreement``, the per-job results. Dice differences
+    are paired against ``reference`` (default the baseline; e.g. ``warm-baseline``, the control of
+    ``warm-sibnet``)."""
     done = collect(study, jobs)
     res = {job: job_agreement(study, job, method, max_maps, bn_stats, options) for job in done}
     method = describe(method, options)
-    has_base = any(m.name == BASELINE for m in methods)
+    has_base = any(m.name == reference for m in methods)
     marks = any("marks" in r["last"] for r in res.values())
     rows, csv_rows, per_epoch = [], [], {}
     for m in methods:
@@ -117,8 +120,8 @@ def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path
             v = [np.nan if res[j]["last"]["marks"]["mean"] is None else res[j]["last"]["marks"]["mean"] for j in mine]
             row.append(mean_sd(v) if v else "n/a")
             c["marks_share"], c["marks_share_sd"] = finite_mean(v), finite_sd(v)
-        if has_base and m.name != BASELINE:
-            d = paired_vs_baseline({j: {"v": r["last"]["dice"]} for j, r in res.items()}, m.name, "v")
+        if has_base and m.name != reference:
+            d = paired_vs_baseline({j: {"v": r["last"]["dice"]} for j, r in res.items()}, m.name, "v", reference)
             row += list(fmt_diff(d))
             c["diff_dice"], c["diff_dice_lo"], c["diff_dice_hi"], c["p_dice"] = d["mean_diff"], *d["ci"], \
                 d["p_wilcoxon"]
@@ -135,9 +138,11 @@ def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path
         f"maps: {method} for every model, all classes, eval mode, first {max_maps} images of the evaluation split",
         "agreement: convex hull of the Otsu foreground of each map vs the expert mask, pairs with the class "
         "present and a nonempty mask; Dice, HD95 (pixels; empty maps left out of HD95), SSIM; per run the mean "
-        "over classes, mean (sd) over runs", *([marks_note(res)] if marks else []), PAIRED_NOTE])
+        "over classes, mean (sd) over runs", *([marks_note(res)] if marks else []), PAIRED_NOTE,
+        *([f"paired differences against {reference} (--reference), not the baseline"]
+          if has_base and reference != BASELINE else [])])
     cols = ["method", "runs", "Dice", "HD95 (px)", "SSIM"] + (["on marks"] if marks else []) \
-        + (["ΔDice vs baseline [95% CI]", "p"] if has_base else [])
+        + ([f"ΔDice vs {reference} [95% CI]", "p"] if has_base else [])
     figs = []
     if per_epoch:
         fig = curves(per_epoch, "epoch", f"mean Dice ({method} maps)", f"Fig. 9: Dice per epoch ({study.dataset})")
