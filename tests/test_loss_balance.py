@@ -242,12 +242,15 @@ def test_collapse_warning_advises_only_what_the_loss_does_not_do():
     net = SmallCNN()
     identical = {"map_cos": 0.995, "flat_maps": 0.0}
     gradcam = collapse_warning(identical, 4, SIBNetLoss(net, saliency="gradcam", task="multilabel"))
-    assert "loss.saliency=deep_taylor loss.contrast=clrp" in gradcam and "balance" not in gradcam
+    assert "loss.saliency=deep_taylor loss.contrast=clrp" in gradcam and "loss.balance=gradient" in gradcam
     default = collapse_warning(identical, 4, SIBNetLoss(net, saliency="deep_taylor", task="multilabel"))
-    assert "contrast" not in default and "balance" not in default and "model.pretrained=RUN/best.pt" in default
+    assert "contrast" not in default and "model.pretrained=RUN/best.pt" in default
     raw = collapse_warning(identical, 4, SIBNetLoss(net, saliency="deep_taylor", balance="none", contrast="none",
                                                     task="multilabel"))
-    assert "loss.balance=first_step" in raw and "loss.contrast=clrp" in raw
+    assert "loss.balance=gradient" in raw and "loss.contrast=clrp" in raw
+    balanced = collapse_warning(identical, 4, SIBNetLoss(net, saliency="gradcam", balance="gradient",
+                                                         task="multilabel"))
+    assert "balance" not in balanced
     flat = collapse_warning({"map_cos": 0.2, "flat_maps": 0.9}, 4, SIBNetLoss(net, saliency="deep_taylor",
                                                                              task="multilabel"))
     assert "a lower loss.lambda_sc" in flat

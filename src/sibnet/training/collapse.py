@@ -78,8 +78,8 @@ def _advice(loss_fn, *extra: str) -> str:
     balance = getattr(getattr(loss_fn, "balance", None), "mode", None)
     contrast = getattr(loss_fn, "saliency_options", {}).get("contrast", "none")
     tips = []
-    if loss_fn is None or balance == "none":
-        tips.append("loss.balance=first_step")
+    if balance != "gradient":  # measured: GradCAM maps collapse under first_step, not under gradient
+        tips.append("loss.balance=gradient")
     if method is None or not takes_option(method, "contrast"):
         tips.append("class-contrastive relevance maps (loss.saliency=deep_taylor loss.contrast=clrp)")
     elif contrast == "none":
