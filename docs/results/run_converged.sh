@@ -14,12 +14,15 @@
 # About two sessions of this machine for the first block; a GPU would do all of it in minutes.
 # State on 2026-12-05: baseline, sibnet, warm-baseline, warm-sibnet finished for 3 seeds (SIBNet jobs
 # stopped early after 15-19 epochs, 40-90 min each with two or three jobs sharing the 2 cores; warm
-# jobs 5-18 epochs). Next: METHODS=baseline,sibnet-gradcam,no-cd,no-sc then sibnet-raw,authors,
-# sibnet-plus (about 1 h per SIBNet job and seed here), then VARIANTS=on.
+# jobs 5-18 epochs). Then sibnet-gradcam (3 seeds, 7-13 epochs, ~40-65 s per epoch) and
+# sibnet-gradcam-gradient (GradCAM with loss.balance gradient; 3 seeds, 19-20 epochs, ~40 s per epoch).
+# Under way: sibnet-gradient (seed 0), no-cd and no-sc (seed 0, a few epochs each). Next:
+# METHODS=baseline,sibnet,warm-baseline,warm-sibnet,sibnet-gradcam,sibnet-gradcam-gradient,sibnet-gradient,no-cd,no-sc
+# then sibnet-raw, authors, sibnet-plus (about 1 h per DeepTaylor job and seed here), then VARIANTS=on.
 set -u
 cd "$(dirname "$0")/../.."
 COMMON="--dataset synthetic --image-size 64 --folds 1 --seeds 3 --budget epochs=20 --patience 4 --batch-size 16"
-METHODS=${METHODS:-baseline,sibnet}
+METHODS=${METHODS:-baseline,sibnet,warm-baseline,warm-sibnet,sibnet-gradcam,sibnet-gradcam-gradient}
 for variant in ${VARIANTS:-off}; do
   if [ "$variant" = on ]; then OPT="--data-option shortcut=Cardiomegaly"; else OPT=""; fi
   RUNS=$PWD/runs/study15/shortcut-$variant  # absolute: the jobs record the path they were started with
@@ -27,5 +30,7 @@ for variant in ${VARIANTS:-off}; do
   sibnet experiment table1 $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT
   sibnet experiment table3 $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT --saliency deep_taylor \
     --saliency-option contrast=clrp --max-maps 100
+  sibnet experiment table3 $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT/gradcam --saliency gradcam \
+    --max-maps 100
   sibnet experiment table4 $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT
 done
