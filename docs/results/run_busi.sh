@@ -11,7 +11,11 @@
 # sibnet-gradcam: SIBNet from scratch with GradCAM maps (same balance).
 # Second block: warm-baseline-lr0.0001 / warm-sibnet-lr0.0001: the same fine-tuning with Adam at lr 1e-4
 # (the first warm epoch at 1e-3 disturbed every converged baseline); sibnet: SIBNet from scratch
-# (DeepTaylor + CLRP, first_step), ~2.5 min per epoch here (about 30 min per fold).
+# (DeepTaylor + CLRP, first_step), ~2.5 min per epoch here (about 30 min per fold);
+# warm-sibnet-gradient-lr0.0001: the lr 1e-4 fine-tuning with the gradient-norm balance (the SIBNet terms
+# pull as hard as the CE; under first_step they pull a fraction of it on a converged model);
+# sibnet-gradcam-gradient: SIBNet from scratch with GradCAM maps and the gradient-norm balance (~1 min per
+# epoch here).
 # CPU plan (2-core machine, two single-thread processes): baseline ~30 s per epoch (about 10 min per
 # fold), warm-sibnet ~3-5 min per epoch: about 1.2 h for the 15 jobs; sibnet-gradcam ~1.5x the baseline. SIBNet from scratch with
 # DeepTaylor (~5 min per epoch, 10-20 epochs per fold: 5-8 h), no-cd, no-sc, SE and CBAM are not in
@@ -36,6 +40,8 @@ sibnet experiment table1 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/vs
 # plain DeepTaylor and GradCAM, every test image of each fold
 sibnet experiment table3 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT --saliency deep_taylor \
   --saliency-option contrast=clrp --max-maps 1000
+sibnet experiment table3 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/vs-warm-baseline-lr0.0001 \
+  --saliency deep_taylor --saliency-option contrast=clrp --max-maps 1000 --reference warm-baseline-lr0.0001
 sibnet experiment table3 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/deep-taylor --saliency deep_taylor \
   --max-maps 1000
 sibnet experiment table3 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/gradcam --saliency gradcam \
