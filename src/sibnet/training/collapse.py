@@ -85,5 +85,5 @@ def _advice(loss_fn, *extra: str) -> str:
     elif contrast == "none":
         tips.append("loss.contrast=clrp")
     tips += list(extra)
-    tips.append("fine-tuning a converged model instead (model.pretrained=RUN/best.pt)")
+    tips.append("fine-tuning a converged model instead (model.pretrained=RUN/best.pt optim.lr=1e-4)")
     return ", ".join(tips[:-1]) + " or " + tips[-1]
