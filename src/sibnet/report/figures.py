@@ -195,5 +195,6 @@ def case_figure(image, mask, label, models: Mapping[str, tuple], class_names: Se
             axes[r][j + 1].set_title(f"{class_names[j]} ({present})\np = {float(probs[j]):.2f}", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    # a fixed 0.35 inch band for the title, however many rows (tight_layout alone lets it overlap row 1)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.35 / (2.8 * rows) if title else 0)))
     return fig
