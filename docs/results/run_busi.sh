@@ -19,14 +19,14 @@
 # CPU plan (2-core machine, two single-thread processes): baseline ~30 s per epoch (about 10 min per
 # fold), warm-sibnet ~2-3 min per epoch: about 1.2 h for the first 15 jobs; sibnet-gradcam(-gradient)
 # ~35-60 s per epoch (12-15 min per fold). Second block: about 2 h with two jobs at a time. Not in either
-# block: SIBNet from scratch with DeepTaylor (30-45 min per fold), no-cd, no-sc (the same), SE and CBAM
-# (baseline cost; started with METHODS=baseline,se,cbam); minutes on a GPU.
+# block: SIBNet from scratch with DeepTaylor (30-45 min per fold), no-cd, no-sc (the same); minutes on a
+# GPU. SE and CBAM (baseline cost, ~8 min per fold) ran at the end of the second block.
 # Resumable: rerun to continue; two copies of this script share the jobs (each takes the next free one).
 set -u
 cd "$(dirname "$0")/../.."
 COMMON="--dataset busi --root ../shared/data/busi --image-size 128 --folds 5 --seeds 1 --budget epochs=20
         --warm-budget epochs=3 --patience 4 --batch-size 16 --held-out-test"
-METHODS=${METHODS:-baseline,warm-baseline,warm-sibnet,sibnet-gradcam,warm-baseline-lr0.0001,warm-sibnet-lr0.0001,warm-sibnet-gradient-lr0.0001,sibnet-gradcam-gradient}
+METHODS=${METHODS:-baseline,se,cbam,warm-baseline,warm-sibnet,sibnet-gradcam,warm-baseline-lr0.0001,warm-sibnet-lr0.0001,warm-sibnet-gradient-lr0.0001,sibnet-gradcam-gradient}
 RUNS=$PWD/runs/busi/128px  # absolute: the jobs record the path they were started with
 OUT=docs/results/busi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
