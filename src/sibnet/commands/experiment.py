@@ -9,6 +9,7 @@ from ..config import BN_STATS
 
 TABLES = ("table1", "table3", "table4", "table5", "lambda-grid", "capacity", "cases", "status")
 TRAINED = ("table1", "lambda-grid", "capacity")  # the tables whose missing jobs are trained (unless --report-only)
+REFERENCE_TABLES = ("table1", "table3")  # the tables whose paired differences take --reference
 DEFAULT_METHODS = "baseline,se,cbam,sibnet,sibnet-gradcam,sibnet-lrp,no-cd,no-sc,image-embed"
 CAPACITY_METHODS = "baseline,sibnet"
 
@@ -263,7 +264,7 @@ def reference_method(args, methods) -> str:
     if args.reference is None:
         return BASELINE
     names = [m.name for m in methods]
-    if args.table not in ("table1", "table3") or args.reference not in names:
+    if args.table not in REFERENCE_TABLES or args.reference not in names:
         raise ConfigError(f"--reference {args.reference!r}: table1 and table3 only, and one of --methods "
                           f"({', '.join(names)})")
     return args.reference
@@ -303,7 +304,7 @@ def canonical_argv(args) -> list[str]:
         out += ["--sigmas", args.sigmas]
     if args.table == "table5" and args.probes is not None:
         out += ["--probes", args.probes]
-    if args.table in ("table1", "table3") and args.reference is not None:
+    if args.table in REFERENCE_TABLES and args.reference is not None:
         out += ["--reference", args.reference]
     if args.table in ("table3", "cases"):
         out += ["--saliency", args.saliency] + (["--max-maps", str(args.max_maps)] if args.table == "table3" else

@@ -97,19 +97,22 @@ class LossBalance(nn.Module):
         self.register_buffer("count", torch.zeros(n, dtype=torch.long))
         self._warned: set[str] = set()
 
-    def pending(self, names) -> bool:
-        """Whether this step must observe the terms ``names`` (False once a first-step mode has fixed all of
-        their normalisers: no collective and no device sync on later steps, the same on every rank)."""
+    def to_observe(self, values: dict) -> dict:
+        """The terms of ``values`` this step must observe: none for ``none``; for the first-step modes only
+        those without a normaliser yet (none once all are fixed: no collective, no device sync and, for
+        ``gradient``, no extra backward pass on later steps; the same on every rank); every term for
+        ``running``."""
         if self.mode == "none":
-            return False
+            return {}
         if self.mode in FIXED_AFTER_FIRST:
-            return not all(int(self.count[TERM_NAMES.index(k)]) for k in names if k in TERM_NAMES)
-        return True
+            return {k: v for k, v in values.items() if k in TERM_NAMES and not int(self.count[TERM_NAMES.index(k)])}
+        return dict(values)
 
     def update(self, values: dict[str, torch.Tensor]) -> None:
         """Observe this step's values of the terms present (detached; averaged over ranks); for ``gradient``
         the values are the terms' gradient norms (:func:`gradient_norms`)."""
-        if not values or not self.pending(values):
+        values = self.to_observe(values)
+        if not values:
             return
         names = [k for k in TERM_NAMES if k in values]
         observed = torch.stack([values[k].detach().double().abs().reshape(()) for k in names])

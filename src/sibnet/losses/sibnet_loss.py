@@ -249,9 +249,11 @@ class SIBNetLoss(nn.Module):
             if self.sc_features:
                 cd_maps = resize_linear(maps, x.shape[2:])
             raw["cd"] = self.distinctiveness(cd_maps, x)
-        if y is not None and self.model.training and torch.is_grad_enabled() and self.balance.pending(raw):
-            observed = gradient_norms(raw, _unwrap(self.model).parameters()) if self.balance.mode == "gradient" else raw
-            self.balance.update(observed)
+        todo = self.balance.to_observe(raw) if y is not None and self.model.training and torch.is_grad_enabled() \
+            else {}
+        if todo:  # gradient: the norms of the terms still without a normaliser only (one backward pass each)
+            self.balance.update(gradient_norms(todo, _unwrap(self.model).parameters())
+                                if self.balance.mode == "gradient" else todo)
         lam = {"wce": 1.0, "cd": self.lambda_cd, "sc": self.lambda_sc}
         weighted = {k: v * (lam[k] / self.balance.divisor(k)) for k, v in raw.items()}
         total = sum(weighted.values(), zero)
