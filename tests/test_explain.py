@@ -148,15 +148,15 @@ def test_contrastive_maps_and_their_options(ckpt, tmp_path, capsys, monkeypatch)
     shown = {}
     real = figures.explain_figure
 
-    def spy(image, maps, names, probs, title="", method=""):
-        shown.update(maps=maps, method=method)
-        return real(image, maps, names, probs, title=title, method=method)
+    def spy(image, maps, names, probs, title="", method="", mask=None):
+        shown.update(maps=maps, method=method, mask=mask)
+        return real(image, maps, names, probs, title=title, method=method, mask=mask)
 
     monkeypatch.setattr(figures, "explain_figure", spy)
     out = tmp_path / "out"
     assert main(["explain", "--checkpoint", str(ckpt), "--contrast", "clrp", "--out", str(out), str(png)]) == 0
     assert [p.name for p in out.iterdir()] == ["case0_deep_taylor-contrast-clrp.png"]
-    assert shown["method"] == "deep_taylor contrast=clrp"
+    assert shown["method"] == "deep_taylor contrast=clrp" and shown["mask"] is None
     from sibnet.commands.explain import load_input
 
     model, meta = load_model_from_checkpoint(ckpt)
@@ -168,3 +168,72 @@ def test_contrastive_maps_and_their_options(ckpt, tmp_path, capsys, monkeypatch)
                  "--out", str(tmp_path / "o2"), str(png)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "contrast" in err and not (tmp_path / "o2").exists()
+
+
+def test_masks_beside_are_merged_drawn_and_scored(ckpt, tmp_path, capsys, monkeypatch):
+    """--masks-beside: <stem>_mask.png and <stem>_mask_1.png are merged (the BUSI release's layout), resized
+    with the image, passed to the figure, and each class panel gives the map's mass inside the mask."""
+    import sibnet.report.figures as figures
+
+    png, _ = _synthetic_png(tmp_path)  # 32 x 32 pixels
+    a = np.zeros((32, 32), np.uint8)
+    a[2:10, 2:10] = 255
+    b = np.zeros((32, 32), np.uint8)
+    b[20:30, 16:28] = 255
+    Image.fromarray(a).save(tmp_path / "case0_mask.png")
+    Image.fromarray(b).save(tmp_path / "case0_mask_1.png")
+    Image.fromarray(b).save(tmp_path / "case0_mask_extra.png")  # not one of its masks
+    other, _ = _synthetic_png(tmp_path, index=1)  # no mask beside it
+    seen = []
+    real = figures.explain_figure
+
+    def spy(image, maps, names, probs, title="", method="", mask=None):
+        seen.append((maps, mask))
+        fig = real(image, maps, names, probs, title=title, method=method, mask=mask)
+        seen.append([ax.get_title() for ax in fig.axes])
+        return fig
+
+    monkeypatch.setattr(figures, "explain_figure", spy)
+    out = tmp_path / "out"
+    assert main(["explain", "--checkpoint", str(ckpt), "--method", "input_x_gradient", "--masks-beside",
+                 "--out", str(out), str(png), str(other)]) == 0
+    assert "case1.png: no mask beside it" in capsys.readouterr().out
+    (maps, mask), titles, (_, none), _ = seen
+    assert none is None
+    want = ((a > 0) | (b > 0)).astype(np.float32)
+    np.testing.assert_array_equal(mask, want)
+    pos = np.maximum(maps, 0)
+    for j, title in enumerate(titles[1:]):
+        share = pos[j][want > 0].sum() / pos[j].sum()
+        assert f"in mask {100 * share:.0f}%" in title
+    assert titles[0] == "image + mask"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "case1_mask.png")  # an empty mask: no share
+    seen.clear()
+    assert main(["explain", "--checkpoint", str(ckpt), "--method", "input_x_gradient", "--masks-beside",
+                 "--out", str(out), str(other)]) == 0
+    titles = seen[1]
+    assert titles[0] == "image (mask empty)" and not any("in mask" in t for t in titles)
+
+
+def test_mask_errors_name_the_file(ckpt, tmp_path, capsys):
+    png, _ = _synthetic_png(tmp_path)
+    small = tmp_path / "small_mask.png"
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(small)
+    cases = [(["--mask", str(small)], "small_mask.png: mask is 16x16 pixels"),
+             (["--mask", str(tmp_path / "none.png")], "none.png: mask file not found"),
+             (["--mask", str(small), "--mask", str(small)], "--mask: 2 masks for 1 images")]
+    for extra, message in cases:
+        capsys.readouterr()
+        assert main(["explain", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), *extra, str(png)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_mass_inside_by_hand():
+    from sibnet.report.figures import mass_inside
+
+    heat = np.array([[1.0, -2.0], [3.0, 0.0]])
+    mask = np.array([[1, 1], [0, 0]])
+    assert mass_inside(heat, mask) == pytest.approx(1 / 4)
+    assert np.isnan(mass_inside(-np.ones((2, 2)), mask))

@@ -140,19 +140,36 @@ def _check(image, maps, names):
     return image, maps
 
 
+def mass_inside(heat: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the positive mass of ``heat`` inside ``mask`` (> 0.5); NaN for a map without positive mass."""
+    pos = np.maximum(np.asarray(heat, dtype=float), 0)
+    total = pos.sum()
+    return float(pos[np.asarray(mask) > 0.5].sum() / total) if total > 0 else float("nan")
+
+
 def explain_figure(image, maps, class_names: Sequence[str], probs: Sequence[float], title: str = "",
-                   method: str = ""):
-    """The image, then one overlay per class whose panel title gives the predicted probability."""
+                   method: str = "", mask: np.ndarray | None = None):
+    """The image, then one overlay per class whose panel title gives the predicted probability; with a
+    ``mask`` (H, W) its contour on every panel and each map's share of positive mass inside it."""
     plt = pyplot()
     image, maps = _check(image, maps, class_names)
+    if mask is not None and np.shape(mask) != maps.shape[-2:]:
+        raise DataError(f"mask {np.shape(mask)} and maps {maps.shape} differ in size")
     k = maps.shape[0]
-    fig, axes = plt.subplots(1, k + 1, figsize=(2.5 * (k + 1), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, k + 1, figsize=(2.5 * (k + 1), 3.4 if mask is not None else 3.2), squeeze=False)
     _show_image(axes[0][0], image)
-    axes[0][0].set_title("image", fontsize=9)
+    inside = mask is not None and bool(np.any(np.asarray(mask) > 0.5))  # an empty mask (e.g. BUSI normal): no share
+    if inside:
+        axes[0][0].contour(np.asarray(mask, dtype=float), levels=[0.5], colors=[MASK_COLOUR], linewidths=1.2)
+    axes[0][0].set_title("image" + ("" if mask is None else " + mask" if inside else " (mask empty)"), fontsize=9)
     scale = _scale(maps)
     for j in range(k):
-        _overlay(axes[0][j + 1], image, maps[j], scale)
-        axes[0][j + 1].set_title(f"{class_names[j]}\np = {float(probs[j]):.3f}", fontsize=9)
+        _overlay(axes[0][j + 1], image, maps[j], scale, mask)
+        text = f"{class_names[j]}\np = {float(probs[j]):.3f}"
+        if inside:
+            share = mass_inside(maps[j], mask)
+            text += f", in mask {100 * share:.0f}%" if math.isfinite(share) else ", no positive mass"
+        axes[0][j + 1].set_title(text, fontsize=9)
     head = title + (f" — {method}" if method else "")
     fig.suptitle(f"{head} (maps share one colour scale)".strip(), fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.9))
