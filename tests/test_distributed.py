@@ -19,6 +19,7 @@ import pytest
 import torch
 
 HERE = Path(__file__).resolve().parent
+TEARDOWN_ABORT = "terminate called without an active exception"
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
 
 
@@ -48,7 +49,15 @@ def child(out: str, batch: int, bn: bool, saliency: str) -> None:
 def torchrun(out: Path, batch: int, bn: bool, saliency: str = "stand-in", nproc: int = 2) -> None:
     cmd = [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", __file__, str(out), str(batch), str(int(bn)),
            saliency]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for attempt in range(2):
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        # gloo's threads can abort a rank at interpreter exit, after the process group was destroyed
+        # ("terminate called without an active exception", seen once here, on a loaded
+        # machine): run once more from scratch then; any other failure fails at once
+        if res.returncode == 0 or TEARDOWN_ABORT not in res.stderr or attempt == 1:
+            break
+        shutil.rmtree(out, ignore_errors=True)
     assert res.returncode == 0, res.stderr[-3000:]
 
 
