@@ -280,7 +280,7 @@ def test_larger_budget_continues_smaller_is_refused(tmp_path):
     assert run_job(two, job)["status"] == "skipped"
     with pytest.raises(SibnetError, match="smaller budget"):
         run_job(one, job)
-    with pytest.raises(SibnetError, match="other settings.*batch_size"):
+    with pytest.raises(SibnetError, match="other settings.*batch_size: 8 there, 4 now"):
         run_job(_tiny_study(tmp_path, "epochs=2", batch_size=4), job)
 
 
@@ -303,7 +303,7 @@ def test_job_saved_before_a_setting_existed_continues(tmp_path):
     # a setting that really differs is still refused
     record["config"]["loss"]["sc_scale"] = "pair_mean"
     path.write_text(yaml.safe_dump(record))
-    with pytest.raises(SibnetError, match="other settings.*sc_scale"):
+    with pytest.raises(SibnetError, match="other settings.*sc_scale: 'pair_mean' there, 'sum' now"):
         run_job(_tiny_study(tmp_path, "steps=3"), job, log=lambda m: None)
 
 

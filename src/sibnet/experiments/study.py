@@ -224,8 +224,15 @@ def check_identity(old: dict, identity: dict, path: Path) -> None:
         # without saliency terms only the class weighting of the loss matters
         changed = [k for k in changed if not k.startswith("config.loss.") or k == "config.loss.class_weight"]
     if changed:
-        raise SibnetError(f"{path}: this job folder was started with other settings ({', '.join(changed[:6])}); "
-                          "use another --runs folder or the same settings")
+        def value(record: dict, key: str):
+            for part in key.split("."):
+                record = record.get(part) if isinstance(record, dict) else None
+            return record
+
+        shown = ", ".join(f"{k}: {value(old, k)!r} there, {value(identity, k)!r} now" for k in changed[:4])
+        raise SibnetError(f"{path}: this job folder was started with other settings ({shown}"
+                          f"{', ...' if len(changed) > 4 else ''}); use another --runs folder or the same settings "
+                          "(e.g. KEY=VALUE overrides after the table's name)")
     old_budget = parse_budget(old.get("budget", ""))
     new_budget = parse_budget(identity["budget"])
     if not new_budget.covers(old_budget):
