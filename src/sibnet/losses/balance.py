@@ -50,6 +50,12 @@ from ..loss_options import Balance, LossOptions, check_option, choices
 BALANCES = choices(Balance)
 TERM_NAMES = ("wce", "cd", "sc")
 FIXED_AFTER_FIRST = ("first_step", "gradient")  # modes whose normalisers never change once set
+DESCRIPTIONS = {  # one clause per mode, for reports
+    "none": "the raw terms",
+    "first_step": "each term divided by its own value at the first step",
+    "running": "each term divided by a running mean of its own value",
+    "gradient": "each term divided by the norm of its own gradient on the weights at the first step",
+}
 
 
 def _all_reduce_mean(values: torch.Tensor) -> torch.Tensor:

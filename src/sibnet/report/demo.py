@@ -24,6 +24,7 @@ import torch
 from ..config import load_config
 from ..data.registry import build_dataset
 from ..evaluation.run import agreement_rows, evaluate
+from ..losses.balance import DESCRIPTIONS as BALANCE_TEXT
 from ..training import Trainer
 from ..training.checkpoint import load_model_from_checkpoint
 from .figures import case_figure, read_metrics_csv, training_curves
@@ -251,7 +252,7 @@ def _setup_section(plan: DemoPlan, summaries: dict, options: dict, torch_threads
         f"Adam lr 1e-3, betas (0.93, 0.999), positive-class weights from the training labels. Baseline: "
         f"weighted BCE only. SIBNet: weighted BCE + {lam['lambda_cd']} L_CD + {lam['lambda_sc']} L_SC with "
         f"{_method_text(plan.method, options)} saliency maps (the method's default weights; loss balance "
-        f"{lam['balance']}: each term divided by its own value at the first step, then weighted). "
+        f"{lam['balance']}: {BALANCE_TEXT.get(lam['balance'], lam['balance'])}, then weighted). "
         "The checkpoint evaluated is each run's "
         f"best.pt (best validation mean AUROC: baseline epoch {summaries['baseline']['best_epoch']}, SIBNet "
         f"epoch {summaries['SIBNet']['best_epoch']}).",
