@@ -20,9 +20,11 @@ def write(tmp_path, text, name="cfg.yaml"):
     return p
 
 
-def test_defaults_follow_the_paper():
+def test_defaults_follow_the_paper_and_the_studies():
+    """The paper's model and optimiser; the loss's maps and balance as the converged synthetic study chose
+    (GradCAM with the gradient-norm balance: docs/results/README.md, README 'The default objective')."""
     cfg = Config()
-    assert cfg.model.name == "densenet121" and cfg.loss.saliency == "deep_taylor"
+    assert cfg.model.name == "densenet121" and cfg.loss.saliency == "gradcam" and cfg.loss.balance == "gradient"
     assert cfg.optim.lr == 1e-3 and cfg.optim.betas == (0.93, 0.999)
     assert cfg.train.device == "auto" and cfg.data.name == "synthetic"
 

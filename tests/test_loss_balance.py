@@ -241,10 +241,11 @@ def test_collapse_warning_advises_only_what_the_loss_does_not_do():
 
     net = SmallCNN()
     identical = {"map_cos": 0.995, "flat_maps": 0.0}
-    gradcam = collapse_warning(identical, 4, SIBNetLoss(net, saliency="gradcam", task="multilabel"))
+    gradcam = collapse_warning(identical, 4, SIBNetLoss(net, saliency="gradcam", balance="first_step",
+                                                        task="multilabel"))
     assert "loss.saliency=deep_taylor loss.contrast=clrp" in gradcam and "loss.balance=gradient" in gradcam
     default = collapse_warning(identical, 4, SIBNetLoss(net, saliency="deep_taylor", task="multilabel"))
-    assert "contrast" not in default and "model.pretrained=RUN/best.pt" in default
+    assert "contrast" not in default and "balance" not in default and "model.pretrained=RUN/best.pt" in default
     raw = collapse_warning(identical, 4, SIBNetLoss(net, saliency="deep_taylor", balance="none", contrast="none",
                                                     task="multilabel"))
     assert "loss.balance=gradient" in raw and "loss.contrast=clrp" in raw

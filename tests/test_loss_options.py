@@ -137,9 +137,13 @@ def test_objective_in_words_resolves_defaults_and_lists_other_options():
     o = LossOptions()
     loss = SIBNetLoss(torch.nn.Linear(2, 2), o)
     assert objective_text(o, "multilabel") == (f"weighted BCE + {loss.lambda_cd:g} L_CD + {loss.lambda_sc:g} L_SC "
-                                               f"(deep_taylor contrast={loss.saliency_options['contrast']} maps; "
-                                               "balance first_step)")
+                                               "(gradcam maps; balance gradient)")
+    dt = LossOptions(saliency="deep_taylor", balance="first_step")
+    loss = SIBNetLoss(torch.nn.Linear(2, 2), dt)
+    assert objective_text(dt, "multilabel") == (f"weighted BCE + {loss.lambda_cd:g} L_CD + {loss.lambda_sc:g} L_SC "
+                                                f"(deep_taylor contrast={loss.saliency_options['contrast']} maps; "
+                                                "balance first_step)")
     assert objective_text(LossOptions(saliency=None), "multiclass") == "weighted CE alone"
     text = objective_text(LossOptions(use_cd=False, lambda_sc=2.0, radius=3, saliency="gradcam"))
-    assert text.startswith("weighted BCE/CE + 2 L_SC (gradcam maps; balance first_step; radius=3")
+    assert text.startswith("weighted BCE/CE + 2 L_SC (gradcam maps; balance gradient; radius=3")
     assert "L_CD" not in text

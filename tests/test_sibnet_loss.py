@@ -90,7 +90,8 @@ def test_embed_grad_maps_keeps_encoder_out_of_the_embedding_path():
 
 def test_switches_and_lambdas():
     model = SmallCNN()
-    assert SIBNetLoss(model).lambda_cd == DEFAULT_LAMBDAS["deep_taylor"][0]
+    assert SIBNetLoss(model).lambda_cd == DEFAULT_LAMBDAS["gradcam"][0]  # the default maps
+    assert SIBNetLoss(model, saliency="deep_taylor").lambda_cd == DEFAULT_LAMBDAS["deep_taylor"][0]
     assert SIBNetLoss(model, saliency="gradcam").lambda_sc == DEFAULT_LAMBDAS["gradcam"][1]
     assert SIBNetLoss(model, saliency="lrp_epsilon", lambda_cd=0.3).lambda_cd == 0.3
     assert SIBNetLoss(model, use_cd=False, use_sc=False).baseline

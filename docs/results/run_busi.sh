@@ -23,6 +23,9 @@
 # GPU. SE and CBAM (baseline cost, ~8 min per fold) ran at the end of the second block.
 # Resumable: rerun to continue; two copies of this script share the jobs (each takes the next free one).
 set -u
+# the jobs of this study ran when first_step was the default balance: kept for every method that does
+# not set its own (sibnet, warm-sibnet, sibnet-gradcam, ...; the *-gradient methods set theirs)
+PIN=loss.balance=first_step
 cd "$(dirname "$0")/../.."
 COMMON="--dataset busi --root ../shared/data/busi --image-size 128 --folds 5 --seeds 1 --budget epochs=20
         --warm-budget epochs=3 --patience 4 --batch-size 16 --held-out-test"
@@ -31,22 +34,22 @@ RUNS=$PWD/runs/busi/128px  # absolute: the jobs record the path they were starte
 OUT=docs/results/busi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 for pass in 1 2; do  # a warm job whose baseline another process still trains runs on the second pass
-  sibnet experiment table1 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT
+  sibnet experiment table1 $PIN $COMMON --methods "$METHODS" --runs $RUNS --out $OUT
 done
-sibnet experiment table1 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/vs-warm-baseline \
+sibnet experiment table1 $PIN $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/vs-warm-baseline \
   --reference warm-baseline --report-only
-sibnet experiment table1 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/vs-warm-baseline-lr0.0001 \
+sibnet experiment table1 $PIN $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/vs-warm-baseline-lr0.0001 \
   --reference warm-baseline-lr0.0001 --report-only
 # agreement with the lesion masks and share on the marks: the loss's own maps (DeepTaylor + CLRP),
 # plain DeepTaylor and GradCAM, every test image of each fold
-sibnet experiment table3 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT --saliency deep_taylor \
+sibnet experiment table3 $PIN $COMMON --methods "$METHODS" --runs $RUNS --out $OUT --saliency deep_taylor \
   --saliency-option contrast=clrp --max-maps 1000
-sibnet experiment table3 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/vs-warm-baseline-lr0.0001 \
+sibnet experiment table3 $PIN $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/vs-warm-baseline-lr0.0001 \
   --saliency deep_taylor --saliency-option contrast=clrp --max-maps 1000 --reference warm-baseline-lr0.0001
-sibnet experiment table3 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/deep-taylor --saliency deep_taylor \
+sibnet experiment table3 $PIN $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/deep-taylor --saliency deep_taylor \
   --max-maps 1000
-sibnet experiment table3 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/gradcam --saliency gradcam \
+sibnet experiment table3 $PIN $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/gradcam --saliency gradcam \
   --max-maps 1000
-sibnet experiment table4 $COMMON --methods "$METHODS" --runs $RUNS --out $OUT
-sibnet experiment cases $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/cases --saliency deep_taylor \
+sibnet experiment table4 $PIN $COMMON --methods "$METHODS" --runs $RUNS --out $OUT
+sibnet experiment cases $PIN $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/cases --saliency deep_taylor \
   --saliency-option contrast=clrp --cases 2

@@ -20,6 +20,9 @@
 # METHODS=baseline,sibnet,warm-baseline,warm-sibnet,sibnet-gradcam,sibnet-gradcam-gradient,sibnet-gradient,no-cd,no-sc
 # then sibnet-raw, authors, sibnet-plus (about 1 h per DeepTaylor job and seed here), then VARIANTS=on.
 set -u
+# the jobs of this study ran when first_step was the default balance: kept for every method that does
+# not set its own (sibnet, warm-sibnet, sibnet-gradcam, ...; the *-gradient methods set theirs)
+PIN=loss.balance=first_step
 cd "$(dirname "$0")/../.."
 COMMON="--dataset synthetic --image-size 64 --folds 1 --seeds 3 --budget epochs=20 --patience 4 --batch-size 16"
 METHODS=${METHODS:-baseline,sibnet,warm-baseline,warm-sibnet,sibnet-gradcam,sibnet-gradcam-gradient}
@@ -27,10 +30,10 @@ for variant in ${VARIANTS:-off}; do
   if [ "$variant" = on ]; then OPT="--data-option shortcut=Cardiomegaly"; else OPT=""; fi
   RUNS=$PWD/runs/study15/shortcut-$variant  # absolute: the jobs record the path they were started with
   OUT=docs/results/synthetic-converged/shortcut-$variant
-  sibnet experiment table1 $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT
-  sibnet experiment table3 $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT --saliency deep_taylor \
+  sibnet experiment table1 $PIN $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT
+  sibnet experiment table3 $PIN $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT --saliency deep_taylor \
     --saliency-option contrast=clrp --max-maps 100
-  sibnet experiment table3 $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT/gradcam --saliency gradcam \
+  sibnet experiment table3 $PIN $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT/gradcam --saliency gradcam \
     --max-maps 100
-  sibnet experiment table4 $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT
+  sibnet experiment table4 $PIN $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT
 done

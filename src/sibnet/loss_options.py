@@ -136,7 +136,7 @@ class LossOptions:
     """
 
     saliency: Optional[str] = option(
-        "deep_taylor", "deep_taylor | gradcam | lrp_epsilon | lrp_alpha_beta | null (the baseline: L_WCE only)",
+        "gradcam", "gradcam | deep_taylor | lrp_epsilon | lrp_alpha_beta | null (the baseline: L_WCE only)",
         _saliency)
     lambda_cd: Optional[float] = option(None, "weight of L_CD; null: the saliency method's default",
                                         _non_negative_or_null)
@@ -163,8 +163,8 @@ class LossOptions:
         True, "class weights from the training labels (the builder computes them; SIBNetLoss takes the weights)",
         _boolean)
     balance: Balance = option(
-        "first_step", "first_step: each term divided by its value at the first step | running: by its running mean | "
-        "gradient: by the norm of its gradient w.r.t. the model's parameters at the first step | none: the raw terms",
+        "gradient", "gradient: each term divided by the norm of its gradient w.r.t. the model's parameters at the "
+        "first step | first_step: by its value at the first step | running: by its running mean | none: the raw terms",
         one_of(Balance))
     balance_momentum: float = option(0.99, "running: the running mean's momentum, in [0, 1)", _fraction)
     cd_space: CdSpace = option(

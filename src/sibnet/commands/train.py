@@ -14,7 +14,7 @@ FLAGS = [  # (flag, config key, type, help)
     ("--root", "data.root", str, "folder of the dataset's files (needed by every dataset but the synthetic ones)"),
     ("--model", "model.name", str, "densenet121 (default), resnet18, resnet50, resnet101"),
     ("--pretrained", "model.pretrained", str, "local torchvision-style ImageNet state dict (.pth) to start from"),
-    ("--saliency", "loss.saliency", str, "saliency method of the loss terms (deep_taylor default, gradcam, "
+    ("--saliency", "loss.saliency", str, "saliency method of the loss terms (gradcam default, deep_taylor, "
                                          "lrp_epsilon, ...); 'none' trains the plain weighted-BCE/CE baseline"),
     ("--lambda-cd", "loss.lambda_cd", float, "weight of the class-distinctiveness term (default: the method's)"),
     ("--lambda-sc", "loss.lambda_sc", float, "weight of the spatial-coherence term (default: the method's)"),

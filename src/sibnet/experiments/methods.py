@@ -86,6 +86,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("sibnet-gradcam", "SIBNet with GradCAM maps", overrides={"loss.saliency": "gradcam"}),
     Method("sibnet-gradient", "SIBNet (DeepTaylor) with each term divided by the norm of its gradient at the first "
            "step (loss.balance gradient)", overrides={"loss.saliency": "deep_taylor", "loss.balance": "gradient"}),
+    Method("sibnet-first-step", "SIBNet (DeepTaylor) with each term divided by its own value at the first step "
+           "(loss.balance first_step, the default before gradient)",
+           overrides={"loss.saliency": "deep_taylor", "loss.balance": "first_step"}),
     Method("sibnet-gradcam-gradient", "SIBNet with GradCAM maps and the gradient-norm balance (loss.balance gradient)",
            overrides={"loss.saliency": "gradcam", "loss.balance": "gradient"}),
     Method("sibnet-lrp", "SIBNet with LRP-epsilon maps", overrides={"loss.saliency": "lrp_epsilon"}),

@@ -56,7 +56,7 @@ _NAMED = ("saliency", "use_cd", "use_sc", "lambda_cd", "lambda_sc", "contrast", 
 
 def objective_text(o: LossOptions, task: str | None = None) -> str:
     """The training objective in words, e.g. ``weighted BCE + 1.2 L_CD + 0.9 L_SC (deep_taylor contrast=clrp
-    maps; balance first_step)``; options other than these that differ from their defaults follow. ``task``
+    maps; balance gradient)``; options other than these that differ from their defaults follow. ``task``
     None (not known): ``weighted BCE/CE``."""
     wce = {"multiclass": "weighted CE", "multilabel": "weighted BCE"}.get(task or "", "weighted BCE/CE")
     if o.saliency is None or not (o.use_cd or o.use_sc):
@@ -122,10 +122,10 @@ class SIBNetLoss(nn.Module):
       sum divided by the map's number of same-cluster pairs; an option outside the paper, see
       :func:`sibnet.losses.spatial_coherence`).
     - saliency_options: extra keyword options for the saliency method.
-    - balance: "none" (raw terms), "first_step" (each term divided by its own value at the first
-      training step, as the published SIBNet training code does), "running" (by a
-      bias-corrected running mean of its value, ``balance_momentum``) or "gradient" (each term divided
-      by the norm of its gradient w.r.t. the model's parameters at the first step); see
+    - balance: "gradient" (the default: each term divided by the norm of its gradient w.r.t. the
+      model's parameters at the first step), "first_step" (each term divided by its own value at the
+      first training step, as the published SIBNet training code does), "running" (by a
+      bias-corrected running mean of its value, ``balance_momentum``) or "none" (raw terms); see
       :mod:`sibnet.losses.balance`. The lambdas weigh the balanced terms.
     - cd_space: "embedding" (L_CD on the model's embeddings of the maps, eq. 1) or "maps" (the
       cosine of the flattened maps themselves, the published code's default).

@@ -24,6 +24,7 @@ import torch
 from ..config import load_config
 from ..data.registry import build_dataset
 from ..evaluation.run import agreement_rows, evaluate
+from ..loss_options import LossOptions
 from ..losses.balance import DESCRIPTIONS as BALANCE_TEXT
 from ..training import Trainer
 from ..training.checkpoint import load_model_from_checkpoint
@@ -39,7 +40,7 @@ class DemoPlan:
     n_test: int = 96
     batch_size: int = 16
     epochs: int = 3
-    method: str = "deep_taylor"
+    method: str = LossOptions().saliency or "gradcam"  # the loss's default maps (configs/default.yaml)
     n_boot: int = 1000
     cases: int = 4
     seed: int = 0
