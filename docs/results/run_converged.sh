@@ -16,7 +16,8 @@
 # stopped early after 15-19 epochs, 40-90 min each with two or three jobs sharing the 2 cores; warm
 # jobs 5-18 epochs). Then sibnet-gradcam (3 seeds, 7-13 epochs, ~40-65 s per epoch) and
 # sibnet-gradcam-gradient (GradCAM with loss.balance gradient; 3 seeds, 19-20 epochs, ~40 s per epoch).
-# Under way: sibnet-gradient (seed 0), no-cd and no-sc (seed 0, a few epochs each). Next:
+# Then sibnet-gradient (DeepTaylor + CLRP, gradient balance; 3 seeds, 15-20 epochs, ~130-150 s per epoch
+# with two jobs on the 2 cores). Partial: no-cd and no-sc (seed 0, a few epochs each, first_step). Next:
 # METHODS=baseline,sibnet,warm-baseline,warm-sibnet,sibnet-gradcam,sibnet-gradcam-gradient,sibnet-gradient,no-cd,no-sc
 # then sibnet-raw, authors, sibnet-plus (about 1 h per DeepTaylor job and seed here), then VARIANTS=on.
 set -u
@@ -25,7 +26,7 @@ set -u
 PIN=loss.balance=first_step
 cd "$(dirname "$0")/../.."
 COMMON="--dataset synthetic --image-size 64 --folds 1 --seeds 3 --budget epochs=20 --patience 4 --batch-size 16"
-METHODS=${METHODS:-baseline,sibnet,warm-baseline,warm-sibnet,sibnet-gradcam,sibnet-gradcam-gradient}
+METHODS=${METHODS:-baseline,sibnet,warm-baseline,warm-sibnet,sibnet-gradcam,sibnet-gradcam-gradient,sibnet-gradient}
 for variant in ${VARIANTS:-off}; do
   if [ "$variant" = on ]; then OPT="--data-option shortcut=Cardiomegaly"; else OPT=""; fi
   RUNS=$PWD/runs/study15/shortcut-$variant  # absolute: the jobs record the path they were started with
