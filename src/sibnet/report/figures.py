@@ -193,7 +193,7 @@ def case_figure(image, mask, label, models: Mapping[str, tuple], class_names: Se
     checked = {n: _check(image, m, class_names)[1] for n, (m, _) in models.items()}
     scale = _scale(np.stack(list(checked.values())))
     rows = len(models)
-    fig, axes = plt.subplots(rows, k + 1, figsize=(2.3 * (k + 1), 2.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, k + 1, figsize=(2.3 * (k + 1), 3.1 * rows), squeeze=False)
     for r, (name, (_, probs)) in enumerate(models.items()):
         ax = axes[r][0]
         _show_image(ax, image)
@@ -213,5 +213,5 @@ def case_figure(image, mask, label, models: Mapping[str, tuple], class_names: Se
     if title:
         fig.suptitle(title, fontsize=10)
     # a fixed 0.35 inch band for the title, however many rows (tight_layout alone lets it overlap row 1)
-    fig.tight_layout(rect=(0, 0, 1, 1 - (0.35 / (2.8 * rows) if title else 0)))
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.35 / (3.1 * rows) if title else 0)))
     return fig
