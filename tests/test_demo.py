@@ -33,7 +33,7 @@ def test_quick_demo_writes_runs_and_a_complete_report(quick_demo, capsys):
     res = json.loads((out / "results.json").read_text())
     assert len(imgs) == 1 + len(res["cases"]) >= 2  # curves + one figure per case
     assert all(base64.b64decode(s).startswith(b"\x89PNG") for s in imgs)
-    assert "32x32" in html and "deep_taylor" in html and "1 epoch(s)" in html
+    assert "32x32" in html and "gradcam" in html and "1 epoch(s)" in html  # the loss's default maps
 
 
 def test_report_tables_show_the_evaluated_numbers(quick_demo):
@@ -52,7 +52,10 @@ def test_report_tables_show_the_evaluated_numbers(quick_demo):
     # same data and seed for both runs: the same test labels, so the same positives per label
     base, sib = res["classification"]["baseline"], res["classification"]["SIBNet"]
     assert {k: v["n_pos"] for k, v in base["per_label"].items()} == {k: v["n_pos"] for k, v in sib["per_label"].items()}
-    assert res["training"]["SIBNet"]["lambda_cd"] == 1.2 and res["training"]["baseline"]["lambda_cd"] is None
+    from sibnet.losses.sibnet_loss import DEFAULT_LAMBDAS
+
+    assert res["training"]["SIBNet"]["lambda_cd"] == DEFAULT_LAMBDAS["gradcam"][0]
+    assert res["training"]["baseline"]["lambda_cd"] is None and res["training"]["SIBNet"]["balance"] == "gradient"
     assert (quick_demo / "figures" / "training_curves.png").is_file()
 
 
