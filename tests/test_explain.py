@@ -196,8 +196,10 @@ def test_masks_beside_are_merged_drawn_and_scored(ckpt, tmp_path, capsys, monkey
     monkeypatch.setattr(figures, "explain_figure", spy)
     out = tmp_path / "out"
     assert main(["explain", "--checkpoint", str(ckpt), "--method", "input_x_gradient", "--masks-beside",
-                 "--out", str(out), str(png), str(other)]) == 0
-    assert "case1.png: no mask beside it" in capsys.readouterr().out
+                 "--out", str(out), str(png), str(tmp_path / "case0_mask_1.png"), str(other)]) == 0
+    printed = capsys.readouterr().out
+    assert "case1.png: no mask beside it" in printed and "case0_mask_1.png: the mask of" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["case0_input_x_gradient.png", "case1_input_x_gradient.png"]
     (maps, mask), titles, (_, none), _ = seen
     assert none is None
     want = ((a > 0) | (b > 0)).astype(np.float32)

@@ -17,6 +17,8 @@ the image's size; it is resized with the image (nearest neighbour).
 from __future__ import annotations
 
 import argparse
+import glob
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,8 @@ import torch
 
 from ..errors import SibnetError
 from .arguments import add_checkpoint, add_saliency_options, saliency_options
+
+MASK_NAME = re.compile(r"^(?P<stem>.+?)_mask(?:_\d+)?\.png$", re.IGNORECASE)  # the BUSI release's mask names
 
 
 def register(subparsers) -> None:
@@ -71,15 +75,21 @@ def masks_beside(image: str | Path) -> list[Path]:
     """The mask files next to ``image``: ``<stem>_mask.png``, then ``<stem>_mask_1.png``, ``_mask_2``, ..."""
     image = Path(image)
     found = []
-    for f in image.parent.glob(f"{glob_escape(image.stem)}_mask*.png"):
+    for f in image.parent.glob(f"{glob.escape(image.stem)}_mask*.png"):
         rest = f.name[len(image.stem) + len("_mask"):-len(".png")]
         if rest == "" or (rest.startswith("_") and rest[1:].isdigit()):
             found.append((int(rest[1:]) if rest else 0, f))
     return [f for _, f in sorted(found)]
 
 
-def glob_escape(text: str) -> str:
-    return "".join(f"[{c}]" if c in "[]*?" else c for c in text)
+def mask_of(path: str | Path) -> Path | None:
+    """The image whose mask ``path`` is (``<stem>_mask.png`` or ``<stem>_mask_N.png`` beside it), else None."""
+    path = Path(path)
+    m = MASK_NAME.match(path.name)
+    if m is None:
+        return None
+    image = path.with_name(m.group("stem") + ".png")
+    return image if image.is_file() else None
 
 
 def load_mask(files, image: str | Path, meta: dict) -> np.ndarray:
@@ -153,6 +163,13 @@ def run(args) -> int:
     if args.mask is not None:
         masks = [[m] for m in args.mask]
     elif args.masks_beside:
+        images = [p for p in args.images if mask_of(p) is None]  # e.g. busi/benign/*.png lists the masks too
+        for p in args.images:
+            if mask_of(p) is not None:
+                print(f"{p}: the mask of {mask_of(p)}, not explained")
+        if not images:
+            raise SibnetError("--masks-beside: every file given is a mask; give the images")
+        args.images = images
         masks = [masks_beside(p) for p in args.images]
         for p, m in zip(args.images, masks):
             if not m:
