@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import re
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +25,6 @@ import torch
 
 from ..errors import SibnetError
 from .arguments import add_checkpoint, add_saliency_options, saliency_options
-
-MASK_NAME = re.compile(r"^(?P<stem>.+?)_mask(?:_\d+)?\.png$", re.IGNORECASE)  # the BUSI release's mask names
 
 
 def register(subparsers) -> None:
@@ -73,17 +70,21 @@ def load_input(path: str | Path, meta: dict) -> tuple[torch.Tensor, torch.Tensor
 
 def masks_beside(image: str | Path) -> list[Path]:
     """The mask files next to ``image``: ``<stem>_mask.png``, then ``<stem>_mask_1.png``, ``_mask_2``, ..."""
+    from ..data.busi import MASK_NAME
+
     image = Path(image)
     found = []
     for f in image.parent.glob(f"{glob.escape(image.stem)}_mask*.png"):
-        rest = f.name[len(image.stem) + len("_mask"):-len(".png")]
-        if rest == "" or (rest.startswith("_") and rest[1:].isdigit()):
-            found.append((int(rest[1:]) if rest else 0, f))
+        m = MASK_NAME.match(f.name)
+        if m and m.group("stem") == image.stem:
+            found.append((int(m.group("k") or 0), f))
     return [f for _, f in sorted(found)]
 
 
 def mask_of(path: str | Path) -> Path | None:
     """The image whose mask ``path`` is (``<stem>_mask.png`` or ``<stem>_mask_N.png`` beside it), else None."""
+    from ..data.busi import MASK_NAME
+
     path = Path(path)
     m = MASK_NAME.match(path.name)
     if m is None:
@@ -113,6 +114,11 @@ def load_mask(files, image: str | Path, meta: dict) -> np.ndarray:
     return resize_labels(merged.astype(np.uint8), int(meta["image_size"])).astype(np.float32)
 
 
+def _check_mask_count(masks: list, paths) -> None:
+    if len(masks) != len(paths):
+        raise SibnetError(f"--mask: {len(masks)} masks for {len(paths)} images (give one per image, in their order)")
+
+
 def explain_images(model, meta: dict, paths, method: str, out: str | Path, device="cpu",
                    options: dict | None = None, masks=None) -> list[Path]:
     """Write one overlay figure per image (``options``: the saliency method's, e.g. ``contrast``; ``masks``:
@@ -124,8 +130,7 @@ def explain_images(model, meta: dict, paths, method: str, out: str | Path, devic
     fn = get(method)
     inputs = [load_input(p, meta) for p in paths]  # every file read (and checked) before any work
     masks = list(masks) if masks is not None else [[] for _ in paths]
-    if len(masks) != len(paths):
-        raise SibnetError(f"--mask: {len(masks)} masks for {len(paths)} images (give one per image, in their order)")
+    _check_mask_count(masks, paths)
     mask_maps = [load_mask(m, p, meta) if m else None for m, p in zip(masks, paths)]
     out = Path(out)
     written, used = [], set()
@@ -163,10 +168,13 @@ def run(args) -> int:
     if args.mask is not None:
         masks = [[m] for m in args.mask]
     elif args.masks_beside:
-        images = [p for p in args.images if mask_of(p) is None]  # e.g. busi/benign/*.png lists the masks too
-        for p in args.images:
-            if mask_of(p) is not None:
-                print(f"{p}: the mask of {mask_of(p)}, not explained")
+        images = []
+        for p in args.images:  # e.g. busi/benign/*.png lists the masks too
+            owner = mask_of(p)
+            if owner is None:
+                images.append(p)
+            else:
+                print(f"{p}: the mask of {owner}, not explained")
         if not images:
             raise SibnetError("--masks-beside: every file given is a mask; give the images")
         args.images = images
@@ -176,9 +184,8 @@ def run(args) -> int:
                 print(f"{p}: no mask beside it (drawn without a contour)")
     else:
         masks = None
-    if masks is not None and len(masks) != len(args.images):  # before the model is loaded
-        raise SibnetError(f"--mask: {len(masks)} masks for {len(args.images)} images (give one per image, in "
-                          "their order)")
+    if masks is not None:
+        _check_mask_count(masks, args.images)  # before the model is loaded
     model, meta = load_model_from_checkpoint(args.checkpoint, map_location=args.device)
     written = explain_images(model, meta, args.images, args.method, args.out, args.device, options, masks)
     for w in written:

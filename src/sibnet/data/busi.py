@@ -61,7 +61,7 @@ SPLITS = ("train", "all")
 RELEASE_FOLDER = "Dataset_BUSI_with_GT"
 HASH_SHAPE = (16, 17)  # rows, columns of the resized image: 16 x 16 = 256 difference bits
 DUPLICATE_BITS = 48
-_MASK_NAME = re.compile(r"^(?P<stem>.+?)_mask(?:_(?P<k>\d+))?\.png$", re.IGNORECASE)
+MASK_NAME = re.compile(r"^(?P<stem>.+?)_mask(?:_(?P<k>\d+))?\.png$", re.IGNORECASE)
 _NUMBER = re.compile(r"\((\d+)\)")
 _HASHES: dict[tuple, tuple[np.ndarray, tuple[int, int]]] = {}  # (path, size, mtime) -> (bits, (h, w))
 
@@ -138,10 +138,10 @@ def _release_records(root: Path, classes) -> list[Record]:
             continue
         names = sorted((e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(".png")),
                        key=_sort_key)
-        images = [n for n in names if not _MASK_NAME.match(n)]
+        images = [n for n in names if not MASK_NAME.match(n)]
         masks: dict[str, list[tuple[int, str]]] = {}
         for n in names:
-            m = _MASK_NAME.match(n)
+            m = MASK_NAME.match(n)
             if m:
                 masks.setdefault(m.group("stem"), []).append((int(m.group("k") or 0), n))
         stems = {Path(n).stem for n in images}

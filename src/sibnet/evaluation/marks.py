@@ -71,6 +71,16 @@ def marks_region(image, footprint: int = FOOTPRINT, threshold: float = THRESHOLD
     return region
 
 
+def mass_share(maps: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Share of each map's positive mass inside ``region`` (boolean, broadcast against ``maps`` (..., H, W));
+    NaN where a map has no positive mass."""
+    pos = np.clip(np.asarray(maps, dtype=np.float64), 0, None)
+    total = pos.sum(axis=(-2, -1))
+    on = (pos * np.asarray(region, dtype=bool)).sum(axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, on / np.where(total > 0, total, 1), np.nan)
+
+
 def marks_share(maps, images, labels=None, *, footprint: int = FOOTPRINT, threshold: float = THRESHOLD,
                 dilate: int = 0) -> dict:
     """Share of each map's positive mass on the marks region of its image.
@@ -97,11 +107,7 @@ def marks_share(maps, images, labels=None, *, footprint: int = FOOTPRINT, thresh
     else:
         use = np.ones(m.shape[:2], dtype=bool)
     regions = np.stack([marks_region(img, footprint, threshold, dilate) for img in x])
-    pos = np.clip(m, 0, None)
-    total = pos.sum(axis=(2, 3))
-    on = (pos * regions[:, None]).sum(axis=(2, 3))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(total > 0, on / np.where(total > 0, total, 1), np.nan)
+    share = mass_share(m, regions[:, None])
     area = regions.mean(axis=(1, 2))
     chosen = share[use & np.isfinite(share)]
     rows = np.flatnonzero((use & np.isfinite(share)).any(1))
