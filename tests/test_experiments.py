@@ -587,6 +587,23 @@ def test_warm_lr_methods():
         get_method("sibnet-lr0.1")
 
 
+def test_ablations_of_the_default_objective_change_one_setting():
+    """no-cd/no-sc/sibnet-plus/raw of GradCAM + gradient balance differ from sibnet-gradcam-gradient in the one
+    setting they name, and that objective is the configuration's default one."""
+    from sibnet.config import load_config
+    from sibnet.experiments.methods import get_method
+
+    default = get_method("sibnet-gradcam-gradient")
+    cfg = load_config()
+    assert (cfg.loss.saliency, cfg.loss.balance) == ("gradcam", "gradient")
+    for name, extra in (("no-cd-gradcam-gradient", {"loss.use_cd": False}),
+                        ("no-sc-gradcam-gradient", {"loss.use_sc": False}),
+                        ("sibnet-gradcam-raw", {"loss.balance": "none"})):
+        assert get_method(name).overrides == {**default.overrides, **extra}, name
+    plus = get_method("sibnet-plus-gradcam-gradient")
+    assert plus.unlabeled and plus.overrides == default.overrides and not default.unlabeled
+
+
 def test_held_out_test_study_evaluates_on_the_fold_part_and_stops_on_the_next(tmp_path):
     """--held-out-test: the jobs' configuration carries it, the evaluated split is the fold's part (not the
     validation part early stopping used), and a configuration without a fold is refused."""

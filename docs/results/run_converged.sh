@@ -20,6 +20,9 @@
 # with two jobs on the 2 cores). Partial: no-cd and no-sc (seed 0, a few epochs each, first_step). Next:
 # METHODS=baseline,sibnet,warm-baseline,warm-sibnet,sibnet-gradcam,sibnet-gradcam-gradient,sibnet-gradient,no-cd,no-sc
 # then sibnet-raw, authors, sibnet-plus (about 1 h per DeepTaylor job and seed here), then VARIANTS=on.
+# Since GradCAM + gradient balance became the default objective, its ablations have methods of their own
+# (no-cd-gradcam-gradient, no-sc-gradcam-gradient, sibnet-plus-gradcam-gradient, sibnet-gradcam-raw):
+# ~15 min per job and seed at 20 epochs, two jobs on the 2 cores.
 set -u
 # the jobs of this study ran when first_step was the default balance: kept for every method that does
 # not set its own (sibnet, warm-sibnet, sibnet-gradcam, ...; the *-gradient methods set theirs)

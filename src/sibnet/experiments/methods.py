@@ -91,6 +91,15 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            overrides={"loss.saliency": "deep_taylor", "loss.balance": "first_step"}),
     Method("sibnet-gradcam-gradient", "SIBNet with GradCAM maps and the gradient-norm balance (loss.balance gradient)",
            overrides={"loss.saliency": "gradcam", "loss.balance": "gradient"}),
+    Method("sibnet-gradcam-raw", "SIBNet with GradCAM maps and the raw terms (loss.balance none)",
+           overrides={"loss.saliency": "gradcam", "loss.balance": "none"}),
+    # ablations of the default objective (GradCAM maps, gradient-norm balance): one term off, or SIBNet+
+    Method("no-cd-gradcam-gradient", "SIBNet (GradCAM, gradient-norm balance) without L_CD",
+           overrides={"loss.saliency": "gradcam", "loss.balance": "gradient", "loss.use_cd": False}),
+    Method("no-sc-gradcam-gradient", "SIBNet (GradCAM, gradient-norm balance) without L_SC",
+           overrides={"loss.saliency": "gradcam", "loss.balance": "gradient", "loss.use_sc": False}),
+    Method("sibnet-plus-gradcam-gradient", "SIBNet+ (GradCAM, gradient-norm balance) with the dataset's "
+           "unlabeled pool", overrides={"loss.saliency": "gradcam", "loss.balance": "gradient"}, unlabeled=True),
     Method("sibnet-lrp", "SIBNet with LRP-epsilon maps", overrides={"loss.saliency": "lrp_epsilon"}),
     Method("no-cd", "SIBNet (DeepTaylor) without L_CD",
            overrides={"loss.saliency": "deep_taylor", "loss.use_cd": False}),
