@@ -456,6 +456,34 @@ def test_lambda_grid(tmp_path):
     assert not runs.exists() or not any(runs.iterdir())
 
 
+def test_lambda_grid_of_another_base_method(tmp_path):
+    """--methods names the grid's base method: its settings are kept and only the lambdas vary."""
+    from sibnet.errors import ConfigError
+    from sibnet.experiments.methods import get_method
+    from sibnet.experiments.study import Job, job_config
+    from sibnet.experiments.tables import read_csv_table
+
+    m = get_method("sibnet-gradcam-gradient-lambda-0.5-2")
+    assert m.overrides == {**get_method("sibnet-gradcam-gradient").overrides, "loss.lambda_cd": 0.5,
+                           "loss.lambda_sc": 2.0}
+    for bad, why in (("baseline-lambda-1-1", "must be a SIBNet method"), ("warm-sibnet-lambda-1-1", "from scratch"),
+                     ("nope-lambda-1-1", "not one"), ("sibnet-gradcam-lambda-1-x", "numbers >= 0")):
+        with pytest.raises(ConfigError, match=why):
+            get_method(bad)
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    base = ["experiment", "lambda-grid", "--dataset", "synthetic", "--image-size", "32", "--folds", "2",
+            "--budget", "steps=1", "--batch-size", "8", "--data-option", "n=16", "--lambdas", "0,1",
+            "--runs", str(runs), "--out", str(out), "--report-only"]
+    assert main(base + ["--methods", "sibnet-gradcam-gradient"]) == 0
+    header, rows = read_csv_table(out / "lambda_grid.csv")
+    text = "\n".join(header)
+    assert "of sibnet-gradcam-gradient" in text and "--methods sibnet-gradcam-gradient" in text and len(rows) == 4
+    cfg = job_config(_tiny_study(runs, "steps=1"), Job("sibnet-gradcam-gradient-lambda-1-0", 0, 0))
+    assert (cfg.loss.lambda_cd, cfg.loss.lambda_sc, cfg.loss.saliency, cfg.loss.balance) == (1.0, 0.0, "gradcam",
+                                                                                              "gradient")
+    assert main(base + ["--methods", "sibnet,sibnet-gradcam"]) == 2
+
+
 def test_identity_ignores_unused_loss_settings_of_the_baseline(tmp_path):
     import yaml
 

@@ -42,7 +42,8 @@ def register(subparsers) -> None:
 
     method_list = "".join("\n  " + f"{m.name}: {m.description}" + ("" if m.implemented else " [not implemented]")
                           for m in METHODS.values())
-    method_list += ("\n  sibnet-lambda-<l1>-<l2>: SIBNet (DeepTaylor) with lambda_cd=l1, lambda_sc=l2"
+    method_list += ("\n  <method>-lambda-<l1>-<l2>: a SIBNet method with lambda_cd=l1, lambda_sc=l2 (sibnet-lambda-"
+                    "<l1>-<l2>: DeepTaylor)"
                     "\n  warm-baseline-lr<x>, warm-sibnet-lr<x>: the warm-started method fine-tuning with Adam's "
                     "learning rate x (e.g. warm-sibnet-lr0.0001)"
                     "\n  capacity-<method>-<m>: the method on a DenseNet-121 of about m x the parameters")
@@ -72,7 +73,8 @@ def _add_study_arguments(p) -> None:
                    help="training budget of the warm-started methods (warm-baseline, warm-sibnet), e.g. epochs=3: "
                         "fine-tune the converged model for a few epochs (default: --budget)")
     p.add_argument("--methods", default=None, help=f"comma-separated methods (default {DEFAULT_METHODS}; "
-                   f"capacity: the base methods, default {CAPACITY_METHODS})")
+                   f"capacity: the base methods, default {CAPACITY_METHODS}; lambda-grid: the one method whose "
+                   "lambdas are varied, default sibnet)")
     p.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
     p.add_argument("--patience", type=int, default=None, help="early stopping after N epochs without a better "
                    "validation AUROC; the model of the best validation epoch (best.pt) is then evaluated "
@@ -198,7 +200,8 @@ def _methods(args) -> tuple[list, dict]:
         from ..experiments.lambda_grid import DEFAULT_GRID, grid_methods
 
         grid = DEFAULT_GRID if args.lambdas is None else _floats(args.lambdas, "--lambdas")
-        return grid_methods(grid, grid), {"grid": grid}
+        base = _lambda_base_name(args.methods)
+        return grid_methods(grid, grid, base), {"grid": grid, "base": base}
     if args.table == "capacity":
         from ..experiments.capacity import parse_capacities
 
@@ -206,6 +209,18 @@ def _methods(args) -> tuple[list, dict]:
         capacities = parse_capacities(args.capacities)
         return capacity_methods(bases, capacities), {"bases": bases, "capacities": capacities}
     return parse_methods(args.methods or DEFAULT_METHODS), {}
+
+
+def _lambda_base_name(methods: str | None) -> str:
+    """lambda-grid: the one base method named by --methods (default sibnet)."""
+    from ..errors import ConfigError
+    from ..experiments.methods import LAMBDA_BASE
+
+    names = [n.strip() for n in (methods or LAMBDA_BASE).split(",") if n.strip()]
+    if len(names) != 1:
+        raise ConfigError(f"--methods: lambda-grid takes one base method (e.g. sibnet-gradcam-gradient), got "
+                          f"{methods!r}")
+    return names[0]
 
 
 def _print_status(study, jobs) -> None:
@@ -224,7 +239,7 @@ def _write_table(args, study, methods, jobs, out, command: str, settings: dict) 
     if args.table == "lambda-grid":
         from ..experiments.lambda_grid import write_lambda_grid
 
-        return write_lambda_grid(study, settings["grid"], settings["grid"], jobs, out, command)
+        return write_lambda_grid(study, settings["grid"], settings["grid"], jobs, out, command, settings["base"])
     if args.table == "capacity":
         from ..experiments.capacity import write_capacity
 
@@ -281,7 +296,7 @@ def canonical_argv(args) -> list[str]:
     if args.warm_budget:
         out += ["--warm-budget", args.warm_budget]
     if args.table == "lambda-grid":
-        out += ["--lambdas", args.lambdas or "0,0.5,1,1.5,2"]
+        out += ["--lambdas", args.lambdas or "0,0.5,1,1.5,2", "--methods", _lambda_base_name(args.methods)]
     elif args.table == "capacity":
         out += ["--methods", args.methods or CAPACITY_METHODS, "--capacities", args.capacities or "0.2,0.5,1,1.5,2"]
     else:

@@ -7,7 +7,7 @@ dotted keys as in ``sibnet train``) and, for the attention variants, the classif
 else differs between methods of one study: data, folds, seeds, optimiser and budget are the study's.
 
 Besides :data:`METHODS`, two families are named by their settings: the lambda grid's
-``sibnet-lambda-<l1>-<l2>`` (:func:`lambda_method`) and the capacity study's width-scaled
+``<method>-lambda-<l1>-<l2>`` (:func:`lambda_method`; ``sibnet-lambda-<l1>-<l2>`` for DeepTaylor) and the capacity study's width-scaled
 ``capacity-<base>-<m>`` (:func:`capacity_method`).
 
 ``pham`` (Pham et al. 2020) is the DenseNet-121 with weighted BCE, no saliency terms, trained by
@@ -117,26 +117,44 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 ]}
 
 
-LAMBDA_PREFIX = "sibnet-lambda-"
+LAMBDA_MARK = "-lambda-"
+LAMBDA_BASE = "sibnet"  # the grid's default base method: SIBNet with DeepTaylor maps
 
 
-def lambda_method(lambda_cd: float, lambda_sc: float) -> Method:
-    """SIBNet (DeepTaylor) with the given weights, named ``sibnet-lambda-<l1>-<l2>`` (lambda-grid)."""
-    name = f"{LAMBDA_PREFIX}{float(lambda_cd):g}-{float(lambda_sc):g}"
-    return Method(name, f"SIBNet (DeepTaylor), lambda_cd={float(lambda_cd):g}, lambda_sc={float(lambda_sc):g}",
-                  overrides={"loss.saliency": "deep_taylor", "loss.lambda_cd": float(lambda_cd),
-                             "loss.lambda_sc": float(lambda_sc)})
+def _lambda_base(base: Method | str, name: str) -> Method:
+    """The base method of a lambda-grid point: a SIBNet method of :data:`METHODS` trained from scratch on the
+    labeled images (its saliency terms are what lambda weighs)."""
+    if isinstance(base, Method):
+        return base
+    m = METHODS.get(base)
+    if m is None or m.overrides.get("loss.saliency") is None or m.warm_start or m.unlabeled:
+        choices = [k for k, v in METHODS.items()
+                   if v.overrides.get("loss.saliency") is not None and not v.warm_start and not v.unlabeled]
+        raise ConfigError(f"--methods: {name!r}: the lambda grid's base method must be a SIBNet method trained "
+                          f"from scratch; {base!r} is not one (choose from {', '.join(choices)})")
+    return m
+
+
+def lambda_method(lambda_cd: float, lambda_sc: float, base: Method | str = LAMBDA_BASE) -> Method:
+    """``base`` (default ``sibnet``: DeepTaylor) with the given weights, named ``<base>-lambda-<l1>-<l2>``
+    (lambda-grid), e.g. ``sibnet-lambda-0.5-1`` or ``sibnet-gradcam-gradient-lambda-0.5-1``."""
+    name = f"{base if isinstance(base, str) else base.name}{LAMBDA_MARK}{float(lambda_cd):g}-{float(lambda_sc):g}"
+    b = _lambda_base(base, name)
+    return Method(name, f"{b.description}; lambda_cd={float(lambda_cd):g}, lambda_sc={float(lambda_sc):g}",
+                  model=b.model, overrides={**b.overrides, "loss.lambda_cd": float(lambda_cd),
+                                            "loss.lambda_sc": float(lambda_sc)})
 
 
 def _parse_lambda_name(name: str) -> Method | None:
-    parts = name[len(LAMBDA_PREFIX):].split("-")
+    base, _, text = name.rpartition(LAMBDA_MARK)
+    parts = text.split("-")
     try:
         l1, l2 = (float(p) for p in parts)
     except ValueError:
         return None
     if l1 < 0 or l2 < 0:
         return None
-    m = lambda_method(l1, l2)
+    m = lambda_method(l1, l2, base)
     return m if m.name == name else None
 
 
@@ -236,11 +254,11 @@ def get_method(name: str) -> Method:
         return _parse_warm_lr_name(name)
     if name.startswith(CAPACITY_PREFIX):
         return capacity_method_from_name(name)
-    if name.startswith(LAMBDA_PREFIX):
+    if LAMBDA_MARK in name and name not in METHODS:
         m = _parse_lambda_name(name)
         if m is None:
-            raise ConfigError(f"--methods: {name!r} is not {LAMBDA_PREFIX}<lambda_cd>-<lambda_sc> with numbers "
-                              ">= 0 written as Python's %g (e.g. sibnet-lambda-0.5-1)")
+            raise ConfigError(f"--methods: {name!r} is not <method>{LAMBDA_MARK}<lambda_cd>-<lambda_sc> with "
+                              "numbers >= 0 written as Python's %g (e.g. sibnet-lambda-0.5-1)")
         return m
     if name not in METHODS:
         raise ConfigError(f"--methods: unknown method {name!r}; choose from {', '.join(METHODS)}")
