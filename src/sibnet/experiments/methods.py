@@ -7,8 +7,8 @@ dotted keys as in ``sibnet train``) and, for the attention variants, the classif
 else differs between methods of one study: data, folds, seeds, optimiser and budget are the study's.
 
 Besides :data:`METHODS`, two families are named by their settings: the lambda grid's
-``<method>-lambda-<l1>-<l2>`` (:func:`lambda_method`; ``sibnet-lambda-<l1>-<l2>`` for DeepTaylor) and the capacity study's width-scaled
-``capacity-<base>-<m>`` (:func:`capacity_method`).
+``<method>-lambda-<l1>-<l2>`` (:func:`lambda_method`; ``sibnet-lambda-<l1>-<l2>`` for DeepTaylor) and
+the capacity study's width-scaled ``capacity-<base>-<m>`` (:func:`capacity_method`).
 
 ``pham`` (Pham et al. 2020) is the DenseNet-121 with weighted BCE, no saliency terms, trained by
 the recipe ``train.recipe: pham`` (:mod:`sibnet.training.recipes`): conditional training on the
