@@ -105,3 +105,30 @@ def test_evaluate_reports_the_marks_share_on_busi_by_default(tmp_path):
     assert set(marks["per_class"]) == {"benign", "malignant", "normal"}
     assert sum(c["n"] for c in marks["per_class"].values()) == marks["n"]
     assert evaluate(model, ds, method="input_x_gradient", n_boot=0, marks=False)["marks"] is None
+
+
+def test_glyph_share_of_the_shortcut_class_on_images_with_the_glyph():
+    """glyph_summary: the shortcut class's mass inside the glyph box, over the images that carry the glyph only;
+    a uniform map gives the box's area, a map inside the box 1, an all-zero map is left out."""
+    from sibnet.errors import SibnetError
+    from sibnet.evaluation.run import glyph_summary
+
+    names = ["A", "B"]
+    box = (0, 4, 12, 16)  # 16 of 256 pixels
+    maps = np.zeros((4, 2, 16, 16))
+    maps[0, 0, 0:4, 12:16] = 1.0  # image 0, class A: all mass on the glyph
+    maps[0, 1] = 1.0  # class B uniform
+    maps[1, 0] = 1.0  # image 1, class A uniform
+    maps[1, 1, 8:, :] = 1.0  # class B away from the glyph
+    maps[2, 0, 0:4, 12:16] = 5.0  # image 2 has no glyph: not summarised
+    # image 3 (glyph): class A all zero -> no positive mass, left out
+    marker = np.array([True, True, False, True])
+    out = glyph_summary(maps, marker, box, names, "A")
+    assert out["n"] == 3 and out["area"] == pytest.approx(16 / 256) and out["shortcut"] == "A"
+    assert out["mean"] == pytest.approx((1.0 + 16 / 256) / 2)
+    assert out["per_class"]["B"] == pytest.approx((16 / 256 + 0.0) / 2)
+    assert glyph_summary(maps, np.zeros(4, bool), box, names, "A")["mean"] is None
+    with pytest.raises(SibnetError, match="shortcut class 'C'"):
+        glyph_summary(maps, marker, box, names, "C")
+    with pytest.raises(SibnetError, match="one glyph flag per image"):
+        glyph_summary(maps, marker[:3], box, names, "A")

@@ -766,3 +766,29 @@ def test_a_study_may_choose_its_classifier_and_old_identities_still_match(tmp_pa
     plain = Study(dataset="synthetic", runs=tmp_path, budget=parse_budget("epochs=1"), image_size=32,
                   folds=2, options={"n": 8})
     assert job_identity(plain, job, job_config(plain, job))["model"] == "densenet121"
+
+
+def test_table3_on_shortcut_data_reports_the_share_on_the_glyph(tmp_path):
+    """With --data-option shortcut=<class>, table 3 adds the shortcut class's map share inside the glyph's box,
+    equal to glyph_summary on the job's own maps."""
+    from sibnet.data.registry import build_dataset
+    from sibnet.evaluation.run import compute_maps, glyph_summary
+    from sibnet.training.checkpoint import load_model_from_checkpoint
+
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    base = ["experiment", "table1", "--dataset", "synthetic", "--image-size", "32", "--folds", "1", "--seeds", "1",
+            "--budget", "steps=1", "--batch-size", "8", "--data-option", "n=16", "--data-option",
+            "shortcut=Cardiomegaly", "--methods", "baseline", "--runs", str(runs), "--out", str(out)]
+    assert main(base) == 0
+    base[1] = "table3"
+    assert main(base + ["--max-maps", "12", "--saliency", "gradcam"]) == 0
+    header, rows = read_csv_table(out / "table3.csv")
+    assert any(h.startswith("on glyph: share of the Cardiomegaly map") for h in header), header
+    assert "| on glyph |" in (out / "table3.md").read_text()
+    test = build_dataset("synthetic", split="test", image_size=32, seed=0, n=16, shortcut="Cardiomegaly")
+    model, meta = load_model_from_checkpoint(runs / "baseline" / "fold0-seed0" / "last.pt")
+    maps = compute_maps(model, test, "gradcam", range(12))
+    want = glyph_summary(maps["maps"], test.marker[:12], test.info.extra["marker_box"], meta["class_names"],
+                         "Cardiomegaly")
+    assert want["n"] > 0
+    assert float(rows[0]["glyph_share"]) == pytest.approx(want["mean"], abs=1e-6)

@@ -31,7 +31,7 @@ from ..saliency import get as get_saliency
 from .agreement import saliency_agreement
 from .classification import classification_metrics
 from .distinctiveness import map_distinctiveness
-from .marks import FOOTPRINT, THRESHOLD, marks_share
+from .marks import FOOTPRINT, THRESHOLD, marks_share, mass_share
 
 
 @dataclass
@@ -180,3 +180,36 @@ def marks_summary(maps, images, labels, class_names) -> dict:
         v = share[(y[:, j] == 1) & np.isfinite(share[:, j]), j]
         per_class[str(name)] = {"mean": float(v.mean()) if v.size else None, "n": int(v.size)}
     return {**out, "per_class": per_class, "footprint": FOOTPRINT, "threshold": THRESHOLD}
+
+
+def glyph_summary(maps, marker, box, class_names, shortcut: str) -> dict:
+    """Share of each class's map (positive mass) inside the synthetic shortcut glyph's pixel ``box``
+    ``(row0, row1, col0, col1)`` on the images that carry the glyph (``marker`` True), whatever their labels
+    (outside ``train`` the glyph is independent of the finding, so a model that reads it puts mass there on
+    any image that has it). ``{"mean": the shortcut class's share, "sd", "n": glyph images, "area": the
+    box's fraction of the image (a uniform map's share), "per_class": {name: mean share}, "shortcut"}``."""
+    m = np.asarray(maps, dtype=np.float64)
+    flags = np.asarray(marker, dtype=bool)
+    if m.ndim != 4 or flags.shape != (m.shape[0],):
+        raise SibnetError(f"glyph share: maps (N, K, H, W) and one glyph flag per image expected, got maps "
+                          f"{tuple(m.shape)} and {tuple(flags.shape)} flags")
+    names = [str(c) for c in class_names]
+    if shortcut not in names:
+        raise SibnetError(f"glyph share: the shortcut class {shortcut!r} is not one of {names}")
+    r0, r1, c0, c1 = (int(v) for v in box)
+    region = np.zeros(m.shape[-2:], dtype=bool)
+    region[r0:r1, c0:c1] = True
+    share = mass_share(m[flags], region)  # (n, K), nan where a map has no positive mass
+
+    def mean(v):
+        v = v[np.isfinite(v)]
+        return float(v.mean()) if v.size else None
+
+    k = names.index(shortcut)
+    col = share[:, k][np.isfinite(share[:, k])] if share.size else np.zeros(0)
+    return {"mean": mean(share[:, k]) if share.size else None,
+            "sd": float(col.std(ddof=1)) if col.size > 1 else None, "n": int(flags.sum()),
+            "area": float(region.mean()), "per_class": {c: (mean(share[:, j]) if share.size else None)
+                                                        for j, c in enumerate(names)},
+            "shortcut": shortcut}
+

@@ -11,6 +11,9 @@
 * Fig. 9: mean Dice per epoch, when the jobs kept ``epoch<E>.pt`` (``--keep-epochs``).
 * Datasets whose images carry burned-in marks (BUSI): also the share of each labelled class's map on
   the marks (:func:`sibnet.evaluation.run.marks_summary`), column "on marks".
+* Synthetic data with a shortcut glyph (``--data-option shortcut=<class>``): also the share of the
+  shortcut class's map inside the glyph's box on the evaluated images that carry it
+  (:func:`sibnet.evaluation.run.glyph_summary`), column "on glyph".
 * Per job the result is cached in ``agreement.json`` (reused when method and image count match).
 """
 
@@ -22,7 +25,7 @@ import numpy as np
 
 from ..errors import SibnetError
 from ..evaluation.agreement import saliency_agreement
-from ..evaluation.run import compute_maps, marks_summary
+from ..evaluation.run import compute_maps, glyph_summary, marks_summary
 from ..evaluation.statistics import finite_mean, finite_sd, mean_sd
 from ..saliency import describe
 from .evaluate import eval_dataset, load_job_model, train_split
@@ -37,6 +40,10 @@ SCORES = ("dice", "hd95", "ssim")
 MARKS_NOTE = ("on marks: share of the labelled class's map (positive mass) on the bright thin burned-in marks of "
               "its image (sibnet.evaluation.marks; every image of the first max_maps, also those without a mask); "
               "a uniform map would have the marks' area, {area} of the image on average")
+GLYPH_NOTE = ("on glyph: share of the {shortcut} map (positive mass) inside the shortcut glyph's box, mean over the "
+              "evaluated images that carry the glyph ({n} per run on average; outside training the glyph is "
+              "independent of the finding), whatever their labels; a uniform map would have the box's area, "
+              "{area:.3f} of the image")
 
 
 def checkpoint_agreement(model, meta: dict, dataset, method: str, max_maps: int, options: dict | None = None) -> dict:
@@ -52,7 +59,27 @@ def checkpoint_agreement(model, meta: dict, dataset, method: str, max_maps: int,
                                                                for c, v in agr["per_class"].items()}}
     if has_marks(dataset):
         out["marks"] = marks_summary(maps["maps"], maps["images"], maps["labels"], meta["class_names"])
+    shortcut = glyph_of(dataset)
+    if shortcut:
+        out["glyph"] = glyph_summary(maps["maps"], np.asarray(dataset.marker)[maps["indices"]],
+                                     dataset.info.extra["marker_box"], meta["class_names"], shortcut)
     return out
+
+
+def glyph_of(dataset) -> str | None:
+    """The shortcut class of a synthetic dataset drawn with the glyph (its per-image flags in ``.marker``), or
+    None."""
+    extra = getattr(getattr(dataset, "info", None), "extra", None) or {}
+    if extra.get("shortcut") and "marker_box" in extra and hasattr(dataset, "marker"):
+        return str(extra["shortcut"])
+    return None
+
+
+def glyph_note(res: dict) -> str:
+    """The header line that explains the "on glyph" column."""
+    g = [r["last"]["glyph"] for r in res.values() if "glyph" in r["last"]]
+    return GLYPH_NOTE.format(shortcut=g[0]["shortcut"], n=f"{finite_mean([x['n'] for x in g]):.0f}",
+                             area=g[0]["area"])
 
 
 def marks_note(res: dict) -> str:
@@ -73,8 +100,10 @@ def job_agreement(study: Study, job: Job, method: str, max_maps: int, bn_stats: 
     folder = job.folder(study)
     cache = eval_cache(folder, describe("agreement", options, for_files=True), bn_stats)
     # "marks": written by code that adds the marks share where the dataset has marks (older caches lack it)
+    # "glyph": written by code that adds the glyph share where the study's data has the shortcut glyph
+    glyph = {"glyph": True} if study.data_options().get("shortcut") else {}
     key = {"saliency": method, "max_maps": int(max_maps), "budget": study.budget_label,
-           "checkpoint": study.checkpoint, **({"options": options} if options else {}), "marks": True}
+           "checkpoint": study.checkpoint, **({"options": options} if options else {}), "marks": True, **glyph}
     old = read_json(cache)
     if old is not None and old.get("key") == key:
         return old
@@ -107,6 +136,7 @@ def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path
     method = describe(method, options)
     has_base = any(m.name == reference for m in methods)
     marks = any("marks" in r["last"] for r in res.values())
+    glyph = any("glyph" in r["last"] for r in res.values())
     rows, csv_rows, per_epoch = [], [], {}
     for m in methods:
         mine = [j for j in res if j.method == m.name]
@@ -120,6 +150,10 @@ def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path
             v = [np.nan if res[j]["last"]["marks"]["mean"] is None else res[j]["last"]["marks"]["mean"] for j in mine]
             row.append(mean_sd(v) if v else "n/a")
             c["marks_share"], c["marks_share_sd"] = finite_mean(v), finite_sd(v)
+        if glyph:
+            v = [np.nan if res[j]["last"]["glyph"]["mean"] is None else res[j]["last"]["glyph"]["mean"] for j in mine]
+            row.append(mean_sd(v) if v else "n/a")
+            c["glyph_share"], c["glyph_share_sd"] = finite_mean(v), finite_sd(v)
         if has_base and m.name != reference:
             d = paired_vs_baseline({j: {"v": r["last"]["dice"]} for j, r in res.items()}, m.name, "v", reference)
             row += list(fmt_diff(d))
@@ -138,17 +172,19 @@ def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path
         f"maps: {method} for every model, all classes, eval mode, first {max_maps} images of the evaluation split",
         "agreement: convex hull of the Otsu foreground of each map vs the expert mask, pairs with the class "
         "present and a nonempty mask; Dice, HD95 (pixels; empty maps left out of HD95), SSIM; per run the mean "
-        "over classes, mean (sd) over runs", *([marks_note(res)] if marks else []), PAIRED_NOTE,
+        "over classes, mean (sd) over runs", *([marks_note(res)] if marks else []),
+        *([glyph_note(res)] if glyph else []), PAIRED_NOTE,
         *([f"paired differences against {reference} (--reference), not the baseline"]
           if has_base and reference != BASELINE else [])])
     cols = ["method", "runs", "Dice", "HD95 (px)", "SSIM"] + (["on marks"] if marks else []) \
-        + ([f"ΔDice vs {reference} [95% CI]", "p"] if has_base else [])
+        + (["on glyph"] if glyph else []) + ([f"ΔDice vs {reference} [95% CI]", "p"] if has_base else [])
     figs = []
     if per_epoch:
         fig = curves(per_epoch, "epoch", f"mean Dice ({method} maps)", f"Fig. 9: Dice per epoch ({study.dataset})")
         figs.append(str(save_figure(fig, Path(out) / "fig9_dice_per_epoch.png")))
     csv_cols = ["method", "runs", "dice", "dice_sd", "hd95", "hd95_sd", "ssim", "ssim_sd"]
     csv_cols += ["marks_share", "marks_share_sd"] if marks else []
+    csv_cols += ["glyph_share", "glyph_share_sd"] if glyph else []
     csv_cols += ["diff_dice", "diff_dice_lo", "diff_dice_hi", "p_dice"] if has_base else []
     paths = write_outputs(out, "table3", f"Table 3: saliency agreement with expert masks, {study.dataset}", header,
                           [("Agreement with expert masks", cols, rows)], csv_cols, csv_rows, figs)
