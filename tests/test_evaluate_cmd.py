@@ -286,3 +286,28 @@ def test_note_when_the_maps_are_not_those_the_loss_trained_on():
     assert loss_maps_note({"loss": {"saliency": None}}, "deep_taylor", {}) is None  # a baseline
     assert loss_maps_note({"loss": {"saliency": "gradcam", "contrast": "auto"}}, "gradcam", {}) is None
     assert loss_maps_note(sib, None, {}) is None  # --method none
+
+
+def test_shortcut_data_reports_the_glyph_share(tmp_path, capsys):
+    """A model of synthetic data drawn with the shortcut glyph: evaluate prints and writes the maps' share inside
+    the glyph, equal to glyph_summary on the evaluated maps."""
+    from sibnet.data.synthetic import SyntheticChestXray
+    from sibnet.evaluation.run import compute_maps, glyph_summary
+    from sibnet.training.checkpoint import load_checkpoint, load_model_from_checkpoint, save_checkpoint
+
+    ckpt = tiny_checkpoint(tmp_path / "t.pt", n=24)
+    payload = load_checkpoint(ckpt)
+    payload["config"]["data"]["options"]["shortcut"] = "Cardiomegaly"
+    save_checkpoint(ckpt, payload)
+    out = tmp_path / "o"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--method", "input_x_gradient", "--n-boot", "20",
+                 "--max-maps", "24", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "inside the shortcut glyph" in text and "the shortcut class" in text
+    doc = json.loads((out / "metrics.json").read_text())["glyph"]
+    model, meta = load_model_from_checkpoint(ckpt)
+    data = SyntheticChestXray(split="test", size=32, n=24, shortcut="Cardiomegaly", seed=0)
+    assert doc["shortcut"] == "Cardiomegaly" and doc["n"] == int(data.marker.sum()) > 0
+    maps = compute_maps(model, data, "input_x_gradient", range(24))
+    want = glyph_summary(maps["maps"], data.marker, data.info.extra["marker_box"], meta["class_names"], "Cardiomegaly")
+    assert doc["mean"] == pytest.approx(want["mean"]) and doc["area"] == pytest.approx(49 / 1024)

@@ -136,6 +136,7 @@ def write_outputs(out: Path, result: dict, header: dict) -> dict:
                                 for r in result["agreement"]["records"]]
     doc = {**header, "classification": result["classification"], "agreement": agreement,
            "distinctiveness": result.get("distinctiveness"), "marks": result.get("marks"),
+           "glyph": result.get("glyph"),
            "n_uncertain_labels_masked": result["n_uncertain_masked"]}
     (out / "metrics.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
     _write_csv(out / "metrics.csv", to_rows(result["classification"]))
@@ -226,6 +227,17 @@ def _print_marks(on_marks: dict, method: str) -> None:
         print(f"  {name[:10]:<10} {_num(c['mean'])} ({c['n']} maps)")
 
 
+def _print_glyph(on_glyph: dict, method: str) -> None:
+    """The share of the maps inside the synthetic shortcut glyph, the shortcut class's first."""
+    print(f"\nshare of the {method} maps inside the shortcut glyph ({on_glyph['n']} images that carry it, whatever "
+          f"their labels; a uniform map would have the glyph box's area, {_num(on_glyph['area'])}):")
+    print(f"  {on_glyph['shortcut'][:10]:<10} {_num(on_glyph['mean'])} (sd {_num(on_glyph['sd'])}), the shortcut "
+          "class")
+    for name, v in on_glyph["per_class"].items():
+        if name != on_glyph["shortcut"]:
+            print(f"  {name[:10]:<10} {_num(v)}")
+
+
 def _print_results(result: dict, method: str | None, options: dict, marks: bool | None) -> None:
     """The tables of an evaluation: classification, then agreement, distinctiveness and marks where computed."""
     print(classification_table(result["classification"]))
@@ -243,6 +255,8 @@ def _print_results(result: dict, method: str | None, options: dict, marks: bool 
         _print_marks(result["marks"], describe(method, options))
     elif marks and method is None:
         print("\n(--marks needs a saliency method)")
+    if result.get("glyph") is not None:
+        _print_glyph(result["glyph"], describe(method, options))
 
 
 def loss_maps_note(config: dict, method: str | None, options: dict) -> str | None:

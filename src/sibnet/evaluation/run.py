@@ -118,10 +118,12 @@ def evaluate(model: nn.Module, dataset, *, task: str | None = None, class_names=
     and, where masks exist, their agreement with them.
 
     With ``marks`` (default: the dataset's ``info.extra["burned_in_marks"]``), also the share of the
-    labelled classes' maps on burned-in marks (:func:`marks_summary`).
+    labelled classes' maps on burned-in marks (:func:`marks_summary`); on synthetic data drawn with the
+    shortcut glyph, the shortcut class's map share inside the glyph (:func:`glyph_summary`).
 
     Returns ``{"classification": ..., "agreement": ... or None, "distinctiveness": ... or None,
-    "marks": ... or None, "n_uncertain_masked", "predictions": Predictions, "maps": compute_maps(...) or None}``.
+    "marks": ... or None, "glyph": ... or None, "n_uncertain_masked", "predictions": Predictions,
+    "maps": compute_maps(...) or None}``.
     """
     info = getattr(dataset, "info", None)
     task = task or (info.task if info is not None else "multilabel")
@@ -131,7 +133,7 @@ def evaluate(model: nn.Module, dataset, *, task: str | None = None, class_names=
     if pred.probs.shape[1] != y.shape[1]:
         raise SibnetError(f"the model has {pred.probs.shape[1]} outputs but the dataset has {y.shape[1]} labels")
     cls = classification_metrics(pred.probs, y, class_names=names or None, n_boot=n_boot, seed=seed)
-    agreement, maps, distinct, on_marks = None, None, None, None
+    agreement, maps, distinct, on_marks, on_glyph = None, None, None, None, None
     if marks is None:
         marks = bool(getattr(info, "extra", {}).get("burned_in_marks", False))
     has_masks = bool(getattr(info, "has_masks", False))
@@ -151,8 +153,13 @@ def evaluate(model: nn.Module, dataset, *, task: str | None = None, class_names=
         if marks:
             on_marks = marks_summary(maps["maps"], maps["images"], maps["labels"], names)
             on_marks["method"] = method_name
+        shortcut = glyph_of(dataset)
+        if shortcut:
+            on_glyph = glyph_summary(maps["maps"], np.asarray(dataset.marker)[maps["indices"]],
+                                     info.extra["marker_box"], names, shortcut)
+            on_glyph["method"] = method_name
     return {"classification": cls, "agreement": agreement, "distinctiveness": distinct, "marks": on_marks,
-            "n_uncertain_masked": masked, "predictions": pred, "maps": maps}
+            "glyph": on_glyph, "n_uncertain_masked": masked, "predictions": pred, "maps": maps}
 
 
 def agreement_rows(agreement: dict) -> list[dict]:
@@ -180,6 +187,15 @@ def marks_summary(maps, images, labels, class_names) -> dict:
         v = share[(y[:, j] == 1) & np.isfinite(share[:, j]), j]
         per_class[str(name)] = {"mean": float(v.mean()) if v.size else None, "n": int(v.size)}
     return {**out, "per_class": per_class, "footprint": FOOTPRINT, "threshold": THRESHOLD}
+
+
+def glyph_of(dataset) -> str | None:
+    """The shortcut class of a synthetic dataset drawn with the glyph (per-image flags in ``.marker``, the box in
+    ``info.extra["marker_box"]``), or None."""
+    extra = getattr(getattr(dataset, "info", None), "extra", None) or {}
+    if extra.get("shortcut") and "marker_box" in extra and hasattr(dataset, "marker"):
+        return str(extra["shortcut"])
+    return None
 
 
 def glyph_summary(maps, marker, box, class_names, shortcut: str) -> dict:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import SibnetError
 from ..evaluation.agreement import saliency_agreement
-from ..evaluation.run import compute_maps, glyph_summary, marks_summary
+from ..evaluation.run import compute_maps, glyph_of, glyph_summary, marks_summary
 from ..evaluation.statistics import finite_mean, finite_sd, mean_sd
 from ..saliency import describe
 from .evaluate import eval_dataset, load_job_model, train_split
@@ -64,15 +64,6 @@ def checkpoint_agreement(model, meta: dict, dataset, method: str, max_maps: int,
         out["glyph"] = glyph_summary(maps["maps"], np.asarray(dataset.marker)[maps["indices"]],
                                      dataset.info.extra["marker_box"], meta["class_names"], shortcut)
     return out
-
-
-def glyph_of(dataset) -> str | None:
-    """The shortcut class of a synthetic dataset drawn with the glyph (its per-image flags in ``.marker``), or
-    None."""
-    extra = getattr(getattr(dataset, "info", None), "extra", None) or {}
-    if extra.get("shortcut") and "marker_box" in extra and hasattr(dataset, "marker"):
-        return str(extra["shortcut"])
-    return None
 
 
 def glyph_note(res: dict) -> str:
