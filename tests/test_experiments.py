@@ -792,3 +792,8 @@ def test_table3_on_shortcut_data_reports_the_share_on_the_glyph(tmp_path):
                          "Cardiomegaly")
     assert want["n"] > 0
     assert float(rows[0]["glyph_share"]) == pytest.approx(want["mean"], abs=1e-6)
+    base[1] = "cases"
+    assert main(base + ["--out", str(out / "cases"), "--cases", "1", "--saliency", "gradcam"]) == 0
+    md = (out / "cases" / "cases.md").read_text()
+    assert "magenta: the Cardiomegaly shortcut glyph" in md and ("with the glyph" in md or "no glyph" in md)
+    assert list((out / "cases").glob("case_*.png"))

@@ -198,6 +198,14 @@ def glyph_of(dataset) -> str | None:
     return None
 
 
+def glyph_region(box, shape) -> np.ndarray:
+    """Boolean (H, W) image of the glyph's pixel box ``(row0, row1, col0, col1)`` (end-exclusive)."""
+    r0, r1, c0, c1 = (int(v) for v in box)
+    region = np.zeros(tuple(shape), dtype=bool)
+    region[r0:r1, c0:c1] = True
+    return region
+
+
 def glyph_summary(maps, marker, box, class_names, shortcut: str) -> dict:
     """Share of each class's map (positive mass) inside the synthetic shortcut glyph's pixel ``box``
     ``(row0, row1, col0, col1)`` on the images that carry the glyph (``marker`` True), whatever their labels
@@ -212,9 +220,7 @@ def glyph_summary(maps, marker, box, class_names, shortcut: str) -> dict:
     names = [str(c) for c in class_names]
     if shortcut not in names:
         raise SibnetError(f"glyph share: the shortcut class {shortcut!r} is not one of {names}")
-    r0, r1, c0, c1 = (int(v) for v in box)
-    region = np.zeros(m.shape[-2:], dtype=bool)
-    region[r0:r1, c0:c1] = True
+    region = glyph_region(box, m.shape[-2:])
     share = mass_share(m[flags], region)  # (n, K), nan where a map has no positive mass
 
     def mean(v):

@@ -7,7 +7,8 @@
   an image counts once. Where a dataset has images with no class present, the first such image too.
 * Maps: one saliency method for every model (table 3's ``--saliency`` and ``--saliency-option``),
   one colour scale per case; lime: the expert mask contours; magenta (datasets with burned-in marks,
-  BUSI): the marks region of :func:`sibnet.evaluation.marks.marks_region`.
+  BUSI): the marks region of :func:`sibnet.evaluation.marks.marks_region`; on synthetic data drawn with
+  the shortcut glyph, the glyph's box on the images that carry it.
 * Written: ``case_<id>.png`` per case and ``cases.md`` listing them under the command.
 """
 
@@ -21,7 +22,7 @@ import torch
 
 from ..errors import ConfigError, SibnetError
 from ..evaluation.marks import marks_region
-from ..evaluation.run import compute_maps, probabilities
+from ..evaluation.run import compute_maps, glyph_of, glyph_region, probabilities
 from ..files import atomic_write_text
 from ..report.figures import case_figure
 from ..saliency import describe
@@ -83,6 +84,7 @@ def write_cases(study: Study, methods: list[Method], jobs: list[Job], out: Path,
         per_method[job.method] = (maps, probs)
     first = next(iter(per_method.values()))[0]
     marks = has_marks(dataset)
+    shortcut = glyph_of(dataset)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figures, lines = [], []
@@ -91,19 +93,25 @@ def write_cases(study: Study, methods: list[Method], jobs: list[Job], out: Path,
         ident = str(item.get("id", i))
         image = first["images"][n]
         mask = first["masks"][n] if first["masks"] is not None else np.zeros_like(first["maps"][n])
+        region = marks_region(image) if marks else None
+        if shortcut:
+            region = glyph_region(dataset.info.extra["marker_box"], image.shape[-2:]) if dataset.marker[i] else None
         fig = case_figure(image, mask, first["labels"][n],
                           {name: (m["maps"][n], p[n]) for name, (m, p) in per_method.items()}, names,
                           title=f"{study.dataset} {split} image {ident} (fold {fold}, seed {seed})",
-                          marks=marks_region(image) if marks else None)
+                          marks=region, marks_name="glyph" if shortcut else "marks")
         path = save_figure(fig, out / f"case_{_slug(ident)}.png")
         figures.append(str(path))
         present = ", ".join(c for c, v in zip(names, first["labels"][n]) if v == 1) or "none"
-        lines.append(f"- `{path.name}`: {ident} (present: {present})")
+        glyph = (", with the glyph" if dataset.marker[i] else ", no glyph") if shortcut else ""
+        lines.append(f"- `{path.name}`: {ident} (present: {present}{glyph})")
     md = out / "cases.md"
     atomic_write_text(md, "\n".join([
         "# Typical cases", "", f"command: `{command}`", "",
         f"Rows: the evaluated model of each method's fold-{fold} seed-{seed} job; columns: the image "
-        f"(lime: expert mask contours{'; magenta: burned-in marks' if marks else ''}), then each class's "
+        f"(lime: expert mask contours{'; magenta: burned-in marks' if marks else ''}"
+        f"{f'; magenta: the {shortcut} shortcut glyph, where the image carries it' if shortcut else ''}), then "
+        "each class's "
         f"{describe(method, options)} map (positive part, one colour scale per case; the class's mask contour "
         f"where the class is present). Cases: the first {per_class} {split} image(s) with each class present, in "
         "the split's order (not chosen by any score).", "", *lines, ""]), what="cases")

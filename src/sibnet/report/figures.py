@@ -177,14 +177,14 @@ def explain_figure(image, maps, class_names: Sequence[str], probs: Sequence[floa
 
 
 def case_figure(image, mask, label, models: Mapping[str, tuple], class_names: Sequence[str], title: str = "",
-                marks=None):
+                marks=None, marks_name: str = "marks"):
     """Saliency of several models for one case beside the ground-truth mask contours.
 
     ``mask`` (K, H, W) and ``label`` (K,) are the case's; ``models`` maps a model's name to
     ``(maps (K, H, W), probs (K,))``. Row r is model r: the image with every mask contour, then
     one overlay per class with that class's contour; titles give p and whether the class is present.
-    ``marks`` (H, W), optional: the burned-in marks region (:func:`sibnet.evaluation.marks.marks_region`),
-    shaded in the first column.
+    ``marks`` (H, W), optional: the burned-in marks region (:func:`sibnet.evaluation.marks.marks_region`)
+    or another region to shade in the first column (``marks_name`` in its title, e.g. "glyph").
     """
     plt = pyplot()
     mask = np.asarray(mask, dtype=float)
@@ -204,7 +204,7 @@ def case_figure(image, mask, label, models: Mapping[str, tuple], class_names: Se
             shade = np.zeros((*np.shape(marks), 4))
             shade[np.asarray(marks, dtype=bool)] = (1.0, 0.0, 1.0, 0.8)  # MARKS_COLOUR
             ax.imshow(shade)
-        ax.set_title("image + expert masks" + (" + marks" if marks is not None else ""), fontsize=8)
+        ax.set_title("image + expert masks" + (f" + {marks_name}" if marks is not None else ""), fontsize=8)
         ax.set_ylabel(name, fontsize=10)
         for j in range(k):
             present = "present" if label[j] == 1 else ("uncertain" if label[j] == -1 else "absent")
