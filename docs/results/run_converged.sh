@@ -29,9 +29,12 @@ set -u
 PIN=loss.balance=first_step
 cd "$(dirname "$0")/../.."
 COMMON="--dataset synthetic --image-size 64 --folds 1 --seeds 3 --budget epochs=20 --patience 4 --batch-size 16"
-METHODS=${METHODS:-baseline,sibnet,warm-baseline,warm-sibnet,sibnet-gradcam,sibnet-gradcam-gradient,sibnet-gradient}
-for variant in ${VARIANTS:-off}; do
-  if [ "$variant" = on ]; then OPT="--data-option shortcut=Cardiomegaly"; else OPT=""; fi
+METHODS_OFF=${METHODS:-baseline,sibnet,warm-baseline,warm-sibnet,sibnet-gradcam,sibnet-gradcam-gradient,sibnet-gradient,no-cd-gradcam-gradient,no-sc-gradcam-gradient,authors,sibnet-plus-gradcam-gradient,sibnet-gradcam-raw}
+# shortcut on: the baseline and the default objective (GradCAM + gradient balance), 3 seeds each
+METHODS_ON=${METHODS_ON:-baseline,sibnet-gradcam-gradient}
+for variant in ${VARIANTS:-off on}; do
+  if [ "$variant" = on ]; then OPT="--data-option shortcut=Cardiomegaly"; METHODS=$METHODS_ON
+  else OPT=""; METHODS=$METHODS_OFF; fi
   RUNS=$PWD/runs/study15/shortcut-$variant  # absolute: the jobs record the path they were started with
   OUT=docs/results/synthetic-converged/shortcut-$variant
   sibnet experiment table1 $PIN $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT
@@ -40,4 +43,8 @@ for variant in ${VARIANTS:-off}; do
   sibnet experiment table3 $PIN $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT/gradcam --saliency gradcam \
     --max-maps 100
   sibnet experiment table4 $PIN $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT
+  if [ "$variant" = on ]; then  # each method's maps of the same test images, the glyph's box shaded
+    sibnet experiment cases $PIN $COMMON $OPT --methods "$METHODS" --runs $RUNS --out $OUT/cases \
+      --saliency deep_taylor --saliency-option contrast=clrp --cases 1
+  fi
 done
