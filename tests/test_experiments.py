@@ -778,7 +778,8 @@ def test_table3_on_shortcut_data_reports_the_share_on_the_glyph(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     base = ["experiment", "table1", "--dataset", "synthetic", "--image-size", "32", "--folds", "1", "--seeds", "1",
             "--budget", "steps=1", "--batch-size", "8", "--data-option", "n=16", "--data-option",
-            "shortcut=Cardiomegaly", "--methods", "baseline", "--runs", str(runs), "--out", str(out)]
+            "shortcut=Cardiomegaly", "--methods", "baseline,sibnet-gradcam-gradient", "--runs", str(runs),
+            "--out", str(out)]
     assert main(base) == 0
     base[1] = "table3"
     assert main(base + ["--max-maps", "12", "--saliency", "gradcam"]) == 0
@@ -792,6 +793,8 @@ def test_table3_on_shortcut_data_reports_the_share_on_the_glyph(tmp_path):
                          "Cardiomegaly")
     assert want["n"] > 0
     assert float(rows[0]["glyph_share"]) == pytest.approx(want["mean"], abs=1e-6)
+    assert "| Δon glyph vs baseline [95% CI] |" in (out / "table3.md").read_text()
+    assert float(rows[1]["diff_glyph"]) == pytest.approx(float(rows[1]["glyph_share"]) - want["mean"], abs=1e-6)
     base[1] = "cases"
     assert main(base + ["--out", str(out / "cases"), "--cases", "1", "--saliency", "gradcam"]) == 0
     md = (out / "cases" / "cases.md").read_text()

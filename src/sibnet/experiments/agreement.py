@@ -150,8 +150,13 @@ def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path
             row += list(fmt_diff(d))
             c["diff_dice"], c["diff_dice_lo"], c["diff_dice_hi"], c["p_dice"] = d["mean_diff"], *d["ci"], \
                 d["p_wilcoxon"]
+            if glyph:
+                d = paired_vs_baseline({j: {"v": r["last"]["glyph"]["mean"]} for j, r in res.items()}, m.name, "v",
+                                       reference)
+                row.append(fmt_diff(d)[0])
+                c["diff_glyph"], c["diff_glyph_lo"], c["diff_glyph_hi"] = d["mean_diff"], *d["ci"]
         elif has_base:
-            row += ["(reference)", ""]
+            row += ["(reference)", ""] + (["(reference)"] if glyph else [])
         rows.append(row)
         csv_rows.append(c)
         dice_curves = [([int(e) for e in res[j]["epochs"]], list(res[j]["epochs"].values())) for j in mine
@@ -168,7 +173,8 @@ def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path
         *([f"paired differences against {reference} (--reference), not the baseline"]
           if has_base and reference != BASELINE else [])])
     cols = ["method", "runs", "Dice", "HD95 (px)", "SSIM"] + (["on marks"] if marks else []) \
-        + (["on glyph"] if glyph else []) + ([f"ΔDice vs {reference} [95% CI]", "p"] if has_base else [])
+        + (["on glyph"] if glyph else []) + ([f"ΔDice vs {reference} [95% CI]", "p"] if has_base else []) \
+        + ([f"Δon glyph vs {reference} [95% CI]"] if has_base and glyph else [])
     figs = []
     if per_epoch:
         fig = curves(per_epoch, "epoch", f"mean Dice ({method} maps)", f"Fig. 9: Dice per epoch ({study.dataset})")
@@ -177,6 +183,7 @@ def write_table3(study: Study, methods: list[Method], jobs: list[Job], out: Path
     csv_cols += ["marks_share", "marks_share_sd"] if marks else []
     csv_cols += ["glyph_share", "glyph_share_sd"] if glyph else []
     csv_cols += ["diff_dice", "diff_dice_lo", "diff_dice_hi", "p_dice"] if has_base else []
+    csv_cols += ["diff_glyph", "diff_glyph_lo", "diff_glyph_hi"] if has_base and glyph else []
     paths = write_outputs(out, "table3", f"Table 3: saliency agreement with expert masks, {study.dataset}", header,
                           [("Agreement with expert masks", cols, rows)], csv_cols, csv_rows, figs)
     paths["figures"] = figs
