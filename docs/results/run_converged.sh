@@ -21,8 +21,11 @@
 # METHODS=baseline,sibnet,warm-baseline,warm-sibnet,sibnet-gradcam,sibnet-gradcam-gradient,sibnet-gradient,no-cd,no-sc
 # then sibnet-raw, authors, sibnet-plus (about 1 h per DeepTaylor job and seed here), then VARIANTS=on.
 # Since GradCAM + gradient balance became the default objective, its ablations have methods of their own
-# (no-cd-gradcam-gradient, no-sc-gradcam-gradient, sibnet-plus-gradcam-gradient, sibnet-gradcam-raw):
-# ~15 min per job and seed at 20 epochs, two jobs on the 2 cores.
+# (no-cd-gradcam-gradient, no-sc-gradcam-gradient, sibnet-plus-gradcam-gradient, sibnet-gradcam-raw).
+# Measured in the session that ran them (two single-thread jobs on the 2 cores, nothing else): ~30 s per
+# epoch for the baseline and the GradCAM methods (8-12 min per job, 15-20 epochs); SIBNet+ twice that.
+# Ran: no-cd-gradcam-gradient, no-sc-gradcam-gradient, authors (3 seeds each, ~1.7 h), VARIANTS=on with
+# baseline and sibnet-gradcam-gradient (3 seeds each, ~1 h), then sibnet-plus-gradcam-gradient.
 set -u
 # the jobs of this study ran when first_step was the default balance: kept for every method that does
 # not set its own (sibnet, warm-sibnet, sibnet-gradcam, ...; the *-gradient methods set theirs)
