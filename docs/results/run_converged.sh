@@ -32,7 +32,7 @@ set -u
 PIN=loss.balance=first_step
 cd "$(dirname "$0")/../.."
 COMMON="--dataset synthetic --image-size 64 --folds 1 --seeds 3 --budget epochs=20 --patience 4 --batch-size 16"
-METHODS_OFF=${METHODS:-baseline,sibnet,warm-baseline,warm-sibnet,sibnet-gradcam,sibnet-gradcam-gradient,sibnet-gradient,no-cd-gradcam-gradient,no-sc-gradcam-gradient,authors,sibnet-plus-gradcam-gradient}
+METHODS_OFF=${METHODS:-baseline,sibnet,warm-baseline,warm-sibnet,sibnet-gradcam,sibnet-gradcam-gradient,sibnet-gradient,no-cd-gradcam-gradient,no-sc-gradcam-gradient,authors,sibnet-plus-gradcam-gradient,sibnet-gradcam-raw}
 # shortcut on: the baseline and the default objective (GradCAM + gradient balance), 3 seeds each
 METHODS_ON=${METHODS_ON:-baseline,sibnet-gradcam-gradient}
 for variant in ${VARIANTS:-off on}; do
