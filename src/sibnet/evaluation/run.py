@@ -153,10 +153,8 @@ def evaluate(model: nn.Module, dataset, *, task: str | None = None, class_names=
         if marks:
             on_marks = marks_summary(maps["maps"], maps["images"], maps["labels"], names)
             on_marks["method"] = method_name
-        shortcut = glyph_of(dataset)
-        if shortcut:
-            on_glyph = glyph_summary(maps["maps"], np.asarray(dataset.marker)[maps["indices"]],
-                                     info.extra["marker_box"], names, shortcut)
+        on_glyph = dataset_glyph_summary(dataset, maps, names)
+        if on_glyph is not None:
             on_glyph["method"] = method_name
     return {"classification": cls, "agreement": agreement, "distinctiveness": distinct, "marks": on_marks,
             "glyph": on_glyph, "n_uncertain_masked": masked, "predictions": pred, "maps": maps}
@@ -222,16 +220,20 @@ def glyph_summary(maps, marker, box, class_names, shortcut: str) -> dict:
         raise SibnetError(f"glyph share: the shortcut class {shortcut!r} is not one of {names}")
     region = glyph_region(box, m.shape[-2:])
     share = mass_share(m[flags], region)  # (n, K), nan where a map has no positive mass
-
-    def mean(v):
-        v = v[np.isfinite(v)]
-        return float(v.mean()) if v.size else None
-
+    finite = [share[:, j][np.isfinite(share[:, j])] for j in range(share.shape[1])]
+    means = [float(v.mean()) if v.size else None for v in finite]
     k = names.index(shortcut)
-    col = share[:, k][np.isfinite(share[:, k])] if share.size else np.zeros(0)
-    return {"mean": mean(share[:, k]) if share.size else None,
-            "sd": float(col.std(ddof=1)) if col.size > 1 else None, "n": int(flags.sum()),
-            "area": float(region.mean()), "per_class": {c: (mean(share[:, j]) if share.size else None)
-                                                        for j, c in enumerate(names)},
+    return {"mean": means[k], "sd": float(finite[k].std(ddof=1)) if finite[k].size > 1 else None,
+            "n": int(flags.sum()), "area": float(region.mean()), "per_class": dict(zip(names, means)),
             "shortcut": shortcut}
+
+
+def dataset_glyph_summary(dataset, maps: dict, class_names) -> dict | None:
+    """:func:`glyph_summary` of :func:`compute_maps` output on ``dataset`` (its glyph flags at the maps'
+    indices), or None where the dataset has no shortcut glyph."""
+    shortcut = glyph_of(dataset)
+    if shortcut is None:
+        return None
+    return glyph_summary(maps["maps"], np.asarray(dataset.marker)[maps["indices"]], dataset.info.extra["marker_box"],
+                         class_names, shortcut)
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import SibnetError
 from ..evaluation.agreement import saliency_agreement
-from ..evaluation.run import compute_maps, glyph_of, glyph_summary, marks_summary
+from ..evaluation.run import compute_maps, dataset_glyph_summary, marks_summary
 from ..evaluation.statistics import finite_mean, finite_sd, mean_sd
 from ..saliency import describe
 from .evaluate import eval_dataset, load_job_model, train_split
@@ -59,10 +59,9 @@ def checkpoint_agreement(model, meta: dict, dataset, method: str, max_maps: int,
                                                                for c, v in agr["per_class"].items()}}
     if has_marks(dataset):
         out["marks"] = marks_summary(maps["maps"], maps["images"], maps["labels"], meta["class_names"])
-    shortcut = glyph_of(dataset)
-    if shortcut:
-        out["glyph"] = glyph_summary(maps["maps"], np.asarray(dataset.marker)[maps["indices"]],
-                                     dataset.info.extra["marker_box"], meta["class_names"], shortcut)
+    on_glyph = dataset_glyph_summary(dataset, maps, meta["class_names"])
+    if on_glyph is not None:
+        out["glyph"] = on_glyph
     return out
 
 

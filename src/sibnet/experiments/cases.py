@@ -93,9 +93,11 @@ def write_cases(study: Study, methods: list[Method], jobs: list[Job], out: Path,
         ident = str(item.get("id", i))
         image = first["images"][n]
         mask = first["masks"][n] if first["masks"] is not None else np.zeros_like(first["maps"][n])
-        region = marks_region(image) if marks else None
-        if shortcut:
-            region = glyph_region(dataset.info.extra["marker_box"], image.shape[-2:]) if dataset.marker[i] else None
+        region = None
+        if marks:
+            region = marks_region(image)
+        elif shortcut and dataset.marker[i]:
+            region = glyph_region(dataset.info.extra["marker_box"], image.shape[-2:])
         fig = case_figure(image, mask, first["labels"][n],
                           {name: (m["maps"][n], p[n]) for name, (m, p) in per_method.items()}, names,
                           title=f"{study.dataset} {split} image {ident} (fold {fold}, seed {seed})",

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..evaluation.statistics import finite_mean, finite_sd, mean_sd
 from .figures import heatmap, save_figure
-from .methods import LAMBDA_BASE, Method, lambda_method
+from .methods import LAMBDA_BASE, Method, lambda_base, lambda_method
 from .store import collect
 from .study import Job, Study
 from .tables import study_header, write_outputs
@@ -33,8 +33,9 @@ def write_lambda_grid(study: Study, values_cd, values_sc, jobs: list[Job], out: 
     """Write ``lambda_grid.md``, ``lambda_grid.csv`` and ``fig11_lambda_grid.png`` to ``out`` from the
     finished jobs of ``base``'s grid; returns their paths plus ``grid``, the mean AUROC per (lambda_sc,
     lambda_cd)."""
+    base = lambda_base(base)
     methods = grid_methods(values_cd, values_sc, base)
-    base_name = base if isinstance(base, str) else base.name
+    base_name = base.name
     done = collect(study, jobs)
     grid = np.full((len(values_sc), len(values_cd)), np.nan)
     rows, csv_rows = [], []
@@ -52,7 +53,7 @@ def write_lambda_grid(study: Study, values_cd, values_sc, jobs: list[Job], out: 
         rows.append(row)
     header = study_header(command, study, methods[:1] + methods[-1:], [
         f"grid: lambda_cd in {list(values_cd)}, lambda_sc in {list(values_sc)} of {base_name} "
-        f"({methods[0].description.rpartition('; lambda_cd=')[0]})",
+        f"({base.description})",
         f"finished jobs: {len(done)} of {len(jobs)}",
         "cell: mean AUROC over labels per run, mean (sd) over runs [finished/total runs]"])
     figs = []

@@ -121,17 +121,20 @@ LAMBDA_MARK = "-lambda-"
 LAMBDA_BASE = "sibnet"  # the grid's default base method: SIBNet with DeepTaylor maps
 
 
-def _lambda_base(base: Method | str, name: str) -> Method:
-    """The base method of a lambda-grid point: a SIBNet method of :data:`METHODS` trained from scratch on the
-    labeled images (its saliency terms are what lambda weighs)."""
+def _grid_base(m: Method) -> bool:
+    """Whether ``m`` can be a lambda grid's base: a SIBNet method trained from scratch on the labeled images."""
+    return m.overrides.get("loss.saliency") is not None and not m.warm_start and not m.unlabeled
+
+
+def lambda_base(base: Method | str, name: str | None = None) -> Method:
+    """The base method of a lambda grid (``name``: the grid point asked for, for the error message)."""
     if isinstance(base, Method):
         return base
     m = METHODS.get(base)
-    if m is None or m.overrides.get("loss.saliency") is None or m.warm_start or m.unlabeled:
-        choices = [k for k, v in METHODS.items()
-                   if v.overrides.get("loss.saliency") is not None and not v.warm_start and not v.unlabeled]
-        raise ConfigError(f"--methods: {name!r}: the lambda grid's base method must be a SIBNet method trained "
-                          f"from scratch; {base!r} is not one (choose from {', '.join(choices)})")
+    if m is None or not _grid_base(m):
+        choices = [k for k, v in METHODS.items() if _grid_base(v)]
+        raise ConfigError(f"--methods: {name or base!r}: the lambda grid's base method must be a SIBNet method "
+                          f"trained from scratch; {base!r} is not one (choose from {', '.join(choices)})")
     return m
 
 
@@ -139,7 +142,7 @@ def lambda_method(lambda_cd: float, lambda_sc: float, base: Method | str = LAMBD
     """``base`` (default ``sibnet``: DeepTaylor) with the given weights, named ``<base>-lambda-<l1>-<l2>``
     (lambda-grid), e.g. ``sibnet-lambda-0.5-1`` or ``sibnet-gradcam-gradient-lambda-0.5-1``."""
     name = f"{base if isinstance(base, str) else base.name}{LAMBDA_MARK}{float(lambda_cd):g}-{float(lambda_sc):g}"
-    b = _lambda_base(base, name)
+    b = lambda_base(base, name)
     return Method(name, f"{b.description}; lambda_cd={float(lambda_cd):g}, lambda_sc={float(lambda_sc):g}",
                   model=b.model, overrides={**b.overrides, "loss.lambda_cd": float(lambda_cd),
                                             "loss.lambda_sc": float(lambda_sc)})
