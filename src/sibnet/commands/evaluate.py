@@ -231,11 +231,12 @@ def _print_glyph(on_glyph: dict, method: str) -> None:
     """The share of the maps inside the synthetic shortcut glyph, the shortcut class's first."""
     print(f"\nshare of the {method} maps inside the shortcut glyph ({on_glyph['n']} images that carry it, whatever "
           f"their labels; a uniform map would have the glyph box's area, {_num(on_glyph['area'])}):")
-    print(f"  {on_glyph['shortcut'][:10]:<10} {_num(on_glyph['mean'])} (sd {_num(on_glyph['sd'])}), the shortcut "
+    width = max(len(n) for n in on_glyph["per_class"])
+    print(f"  {on_glyph['shortcut']:<{width}} {_num(on_glyph['mean'])} (sd {_num(on_glyph['sd'])}), the shortcut "
           "class")
     for name, v in on_glyph["per_class"].items():
         if name != on_glyph["shortcut"]:
-            print(f"  {name[:10]:<10} {_num(v)}")
+            print(f"  {name:<{width}} {_num(v)}")
 
 
 def _print_results(result: dict, method: str | None, options: dict, marks: bool | None) -> None:
