@@ -419,7 +419,7 @@ def test_agreement_table_against_direct_computation(study):
 
     out = study["out"] / "bn-train-3"
     assert main(argv(study["runs"], out, table="table3", extra=("--max-maps", "6", "--bn-stats", "train"))) == 0
-    assert all((p / "agreement.bn-train.json").is_file() and (p / "agreement.json").is_file()
+    assert all((p / "agreement-deep_taylor.bn-train.json").is_file() and (p / "agreement-deep_taylor.json").is_file()
                for p in job_files(study["runs"]))
     _, rows = read_csv_table(out / "table3.csv")
     model, meta = load_model_from_checkpoint(study["runs"] / "baseline" / "fold0-seed0" / "last.pt")
@@ -427,7 +427,7 @@ def test_agreement_table_against_direct_computation(study):
     recalibrate_batchnorm(model, train, batch_size=8, seed=0)
     maps = compute_maps(model, test, "deep_taylor", range(6))
     fold0 = saliency_agreement(maps["maps"], maps["masks"], maps["labels"], class_names=meta["class_names"])
-    got = json.loads((study["runs"] / "baseline" / "fold0-seed0" / "agreement.bn-train.json").read_text())
+    got = json.loads((study["runs"] / "baseline" / "fold0-seed0" / "agreement-deep_taylor.bn-train.json").read_text())
     assert got["last"]["dice"] == pytest.approx(fold0["mean"]["dice"])
     assert {r["method"] for r in rows} == set(METHODS)
 
@@ -739,8 +739,41 @@ def test_agreement_table_with_contrastive_maps(study):
                                           class_names=meta["class_names"])["mean"]["dice"])
     assert float({r["method"]: r for r in rows}["baseline"]["dice"]) == pytest.approx(np.mean(per_run))
     folder = study["runs"] / "baseline" / "fold0-seed0"
-    assert (folder / "agreement-contrast-clrp.json").is_file()
+    assert (folder / "agreement-deep_taylor-contrast-clrp.json").is_file()
     assert main(argv(study["runs"], out, table="table3", extra=("--saliency-option", "contrast=no"))) == 2
+
+
+def test_agreement_caches_of_different_map_methods_stay_side_by_side(study, monkeypatch):
+    """table3 with GradCAM maps and then with DeepTaylor maps: each keeps its own cache, so a rerun of
+    either computes nothing; a cache under the older shared name (agreement.json) is read when its key
+    matches and recomputed when it holds another method's maps."""
+    import shutil
+
+    from sibnet.experiments import agreement as agreement_module
+
+    out = study["out"] / "caches"
+    extra = ("--max-maps", "4")
+    assert main(argv(study["runs"], out / "gc", table="table3", extra=extra + ("--saliency", "gradcam"))) == 0
+    assert main(argv(study["runs"], out / "dt", table="table3", extra=extra)) == 0
+    folders = job_files(study["runs"])
+    assert all((p / "agreement-gradcam.json").is_file() and (p / "agreement-deep_taylor.json").is_file()
+               for p in folders)
+    calls = []
+    real = agreement_module.checkpoint_agreement
+    monkeypatch.setattr(agreement_module, "checkpoint_agreement", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert main(argv(study["runs"], out / "gc2", table="table3", extra=extra + ("--saliency", "gradcam"))) == 0
+    assert main(argv(study["runs"], out / "dt2", table="table3", extra=extra)) == 0
+    assert calls == []
+    assert read_csv_table(out / "gc" / "table3.csv")[1] == read_csv_table(out / "gc2" / "table3.csv")[1]
+    # the older name: one folder's GradCAM cache moved to agreement.json is read from there ...
+    folder = folders[0]
+    shutil.move(folder / "agreement-gradcam.json", folder / "agreement.json")
+    assert main(argv(study["runs"], out / "gc3", table="table3", extra=extra + ("--saliency", "gradcam"))) == 0
+    assert calls == [] and not (folder / "agreement-gradcam.json").exists()
+    # ... and a cache of another method under that name is not taken for GradCAM's
+    shutil.copyfile(folder / "agreement-deep_taylor.json", folder / "agreement.json")
+    assert main(argv(study["runs"], out / "gc4", table="table3", extra=extra + ("--saliency", "gradcam"))) == 0
+    assert len(calls) == 1 and (folder / "agreement-gradcam.json").is_file()
 
 
 def test_a_study_may_choose_its_classifier_and_old_identities_still_match(tmp_path):

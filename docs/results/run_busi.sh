@@ -21,6 +21,10 @@
 # ~35-60 s per epoch (12-15 min per fold). Second block: about 2 h with two jobs at a time. Not in either
 # block: SIBNet from scratch with DeepTaylor (30-45 min per fold), no-cd, no-sc (the same); minutes on a
 # GPU. SE and CBAM (baseline cost, ~8 min per fold) ran at the end of the second block.
+# Third block: sibnet-gradient: SIBNet from scratch with DeepTaylor + CLRP maps and the gradient-norm
+# balance; no-cd-gradcam-gradient / no-sc-gradcam-gradient: the default objective (GradCAM + gradient
+# balance) without L_CD / without L_SC. One process ran sibnet-gradient, the other the two ablations
+# (fold by fold) and then helped with sibnet-gradient.
 # Resumable: rerun to continue; two copies of this script share the jobs (each takes the next free one).
 set -u
 # the jobs of this study ran when first_step was the default balance: kept for every method that does
@@ -29,7 +33,7 @@ PIN=loss.balance=first_step
 cd "$(dirname "$0")/../.."
 COMMON="--dataset busi --root ../shared/data/busi --image-size 128 --folds 5 --seeds 1 --budget epochs=20
         --warm-budget epochs=3 --patience 4 --batch-size 16 --held-out-test"
-METHODS=${METHODS:-baseline,se,cbam,warm-baseline,warm-sibnet,sibnet-gradcam,warm-baseline-lr0.0001,warm-sibnet-lr0.0001,warm-sibnet-gradient-lr0.0001,sibnet-gradcam-gradient}
+METHODS=${METHODS:-baseline,se,cbam,warm-baseline,warm-sibnet,sibnet-gradcam,warm-baseline-lr0.0001,warm-sibnet-lr0.0001,warm-sibnet-gradient-lr0.0001,sibnet-gradcam-gradient,sibnet-gradient,no-cd-gradcam-gradient,no-sc-gradcam-gradient}
 RUNS=$PWD/runs/busi/128px  # absolute: the jobs record the path they were started with
 OUT=docs/results/busi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

@@ -14,7 +14,9 @@
 * Synthetic data with a shortcut glyph (``--data-option shortcut=<class>``): also the share of the
   shortcut class's map inside the glyph's box on the evaluated images that carry it
   (:func:`sibnet.evaluation.run.glyph_summary`), column "on glyph".
-* Per job the result is cached in ``agreement.json`` (reused when method and image count match).
+* Per job the result is cached per map method (``agreement-gradcam.json``,
+  ``agreement-deep_taylor-contrast-clrp.json``, ...; reused when the method, its options and the image
+  count match).
 """
 
 from __future__ import annotations
@@ -88,15 +90,21 @@ def job_agreement(study: Study, job: Job, method: str, max_maps: int, bn_stats: 
     """The job's agreement (its evaluated model and, with ``--keep-epochs``, the Dice of every kept epoch),
     from its cache when the cache's key matches."""
     folder = job.folder(study)
-    cache = eval_cache(folder, describe("agreement", options, for_files=True), bn_stats)
+    # one file per map method (agreement-gradcam.json, agreement-deep_taylor-contrast-clrp.json, ...), so
+    # tables of different map methods keep their caches side by side; files written under the older names
+    # (agreement.json, agreement-contrast-clrp.json: one file for every method with the same options) are
+    # still read when their key matches
+    cache = eval_cache(folder, "agreement-" + describe(method, options, for_files=True), bn_stats)
+    legacy = eval_cache(folder, describe("agreement", options, for_files=True), bn_stats)
     # "marks": written by code that adds the marks share where the dataset has marks (older caches lack it)
     # "glyph": written by code that adds the glyph share where the study's data has the shortcut glyph
     glyph = {"glyph": True} if study.data_options().get("shortcut") else {}
     key = {"saliency": method, "max_maps": int(max_maps), "budget": study.budget_label,
            "checkpoint": study.checkpoint, **({"options": options} if options else {}), "marks": True, **glyph}
-    old = read_json(cache)
-    if old is not None and old.get("key") == key:
-        return old
+    for path in (cache, legacy):
+        old = read_json(path)
+        if old is not None and old.get("key") == key:
+            return old
     cfg = job_config(study, job)
     dataset, split = eval_dataset(study, cfg)
     if not getattr(dataset.info, "has_masks", False):
