@@ -55,5 +55,20 @@ sibnet experiment table3 $PIN $COMMON --methods "$METHODS" --runs $RUNS --out $O
 sibnet experiment table3 $PIN $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/gradcam --saliency gradcam \
   --max-maps 1000
 sibnet experiment table4 $PIN $COMMON --methods "$METHODS" --runs $RUNS --out $OUT
+# third block: validation AUROC and map cosines epoch by epoch, per fold
+for f in 0 1 2 3 4; do
+  python docs/results/tabulate_progress.py runs/busi/128px $OUT/progress/fold$f.md baseline/fold$f-seed0 \
+    sibnet-gradcam-gradient/fold$f-seed0 no-cd-gradcam-gradient/fold$f-seed0 no-sc-gradcam-gradient/fold$f-seed0 \
+    sibnet-gradient/fold$f-seed0
+done
+# third block, check: SIBNet from scratch with DeepTaylor without early stopping (patience 20 = the whole
+# budget), in its own runs folder; as run, only fold 1 (the command was stopped after it; fold 0 already
+# ran all 20 epochs under patience 4, so the patience cannot change it, and was skipped)
+if [ "${PATIENCE20:-0}" = 1 ]; then  # PATIENCE20=1 bash docs/results/run_busi.sh
+  sibnet experiment table1 $PIN ${COMMON/--patience 4/--patience 20} \
+    --methods sibnet-gradient --runs $PWD/runs/busi/128px-patience20 --out $OUT/patience20
+  python docs/results/tabulate_progress.py runs/busi $OUT/patience20/progress-fold1.md \
+    128px/baseline/fold1-seed0 128px/sibnet-gradient/fold1-seed0 128px-patience20/sibnet-gradient/fold1-seed0
+fi
 sibnet experiment cases $PIN $COMMON --methods "$METHODS" --runs $RUNS --out $OUT/cases --saliency deep_taylor \
   --saliency-option contrast=clrp --cases 2
