@@ -236,4 +236,3 @@ def dataset_glyph_summary(dataset, maps: dict, class_names) -> dict | None:
         return None
     return glyph_summary(maps["maps"], np.asarray(dataset.marker)[maps["indices"]], dataset.info.extra["marker_box"],
                          class_names, shortcut)
-
